@@ -1,0 +1,1 @@
+"""Benchmarks: one module per capability plus the shared harness."""

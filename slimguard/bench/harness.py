@@ -1,0 +1,146 @@
+"""Benchmark plumbing shared by every ``slimguard bench <capability>``.
+
+Results follow one JSON shape (``benchmarks/results/<capability>.json``, see
+docs/benchmarks.md): command, commit, machine, resolved config, rows, and every target
+the issue names, met or not. BENCHMARKS.md is regenerated from all result files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..core.runs import atomic_write_json, atomic_write_text, git_commit, now_iso
+
+RESULTS_DIR = Path(os.environ.get("SLIMGUARD_BENCH_DIR", Path(__file__).resolve().parents[2] / "benchmarks" / "results"))
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__.split("+")[0],
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+@dataclass
+class Timing:
+    median_s: float
+    times_s: list[float]
+    threads: int
+
+    def to_dict(self) -> dict:
+        return {"median_s": self.median_s, "times_s": self.times_s, "threads": self.threads}
+
+
+def time_it(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, threads: int | None = None,
+            sync: Callable[[], None] | None = None) -> Timing:
+    """Median wall time of ``fn`` after warm-up, with the torch thread count fixed and recorded."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return Timing(statistics.median(times), times, torch.get_num_threads())
+
+
+def mean_std(values: Iterable[float]) -> dict:
+    """Mean +- (sample) std over seeds, with n."""
+    v = [float(x) for x in values]
+    if not v:
+        return {"value": float("nan"), "std": float("nan"), "n": 0}
+    return {"value": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def target(value: float | None, goal: str) -> dict:
+    """A target entry: ``goal`` is ``'>= 3'`` or ``'<= 0.2'``; ``met`` is computed, never asserted."""
+    op, num = goal.split()
+    lim = float(num)
+    met = None if value is None or value != value else (value >= lim if op == ">=" else value <= lim)
+    return {"value": value, "goal": goal, "met": met}
+
+
+def write_result(capability: str, *, command: str, config: dict, rows: list[dict], targets: dict,
+                 extra: dict | None = None, results_dir: Path | None = None) -> Path:
+    """Write ``benchmarks/results/<capability>.json`` and regenerate BENCHMARKS.md."""
+    doc = {"benchmark": capability, "command": command, "git_commit": git_commit(), "timestamp": now_iso(),
+           "machine": machine(), "config": config, "rows": rows, "targets": targets}
+    if extra:
+        doc.update(extra)
+    out_dir = results_dir or RESULTS_DIR
+    path = atomic_write_json(out_dir / f"{capability}.json", doc)
+    render_benchmarks_md(out_dir)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render_benchmarks_md(results_dir: Path | None = None) -> Path:
+    """BENCHMARKS.md from every result file: targets first, then the rows."""
+    results_dir = results_dir or RESULTS_DIR
+    out = results_dir.parent.parent / "BENCHMARKS.md" if results_dir == RESULTS_DIR else results_dir / "BENCHMARKS.md"
+    lines = ["# Benchmarks", "",
+             "Generated from `benchmarks/results/*.json` by `slimguard bench render`; do not edit by hand.",
+             "Each section names the exact command and machine. Timings are medians of repeats after",
+             "warm-up; accuracy-like numbers are mean +- std over seeds (n given).", ""]
+    for f in sorted(results_dir.glob("*.json")):
+        try:
+            d = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        m = d.get("machine", {})
+        lines += [f"## {d.get('benchmark', f.stem)}", "",
+                  f"- command: `{d.get('command')}`",
+                  f"- commit `{d.get('git_commit')}`, {d.get('timestamp')}",
+                  f"- machine: {m.get('cpu')}, {m.get('cores')} cores, torch threads {m.get('threads')}, "
+                  f"GPU {m.get('gpu') or 'none'}, torch {m.get('torch')}", ""]
+        if d.get("note"):
+            lines += [str(d["note"]), ""]
+        tg = d.get("targets", {})
+        if tg:
+            lines += ["| target | value | goal | met |", "|---|---|---|---|"]
+            for k, t in tg.items():
+                met = {True: "yes", False: "**no**", None: "n/a"}[t.get("met")]
+                lines.append(f"| {k} | {_fmt(t.get('value'))} | {t.get('goal')} | {met} |")
+            lines.append("")
+        rows = d.get("rows", [])
+        if rows:
+            cols: list[str] = []
+            for r in rows:
+                cols += [c for c in r if c not in cols]
+            shown = rows[:60]
+            lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            for r in shown:
+                lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+            if len(rows) > len(shown):
+                lines.append(f"\n({len(rows) - len(shown)} more rows in `{f.relative_to(results_dir.parent.parent) if results_dir == RESULTS_DIR else f.name}`)")
+            lines.append("")
+    return atomic_write_text(out, "\n".join(lines) + "\n")

@@ -1,0 +1,62 @@
+"""The ``slimguard`` command: a thin typer shell over the library.
+
+Each capability group lives in its own module under ``slimguard.cli`` and is mounted
+here. Errors raised as :class:`SlimguardError` print as one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from ..core.errors import SlimguardError
+
+app = typer.Typer(
+    name="slimguard",
+    help="Slim a language model for edge hardware, and guard it against poisoning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module, group name, help). Groups import their heavy dependencies lazily inside commands.
+GROUPS = [
+    ("assets", "assets", "Real offline models and data: list, fetch, verify."),
+    ("bench", "bench", "Benchmarks: write benchmarks/results/*.json and BENCHMARKS.md."),
+    ("compress", "compress", "Prompt compression by token classification (LLMLingua-2)."),
+    ("longctx", "longctx", "Long-context inference with token-level KV selection (TokenSelect)."),
+    ("quant", "quant", "Quantization-aware training and export (EdgeQAT)."),
+    ("backdoor", "backdoor", "Textual backdoor attacks and defences (PuncAttack, BadNets, AddSent; ONION, ...)."),
+    ("promptattack", "promptattack", "Malicious prompt templates against prompt-learning classifiers."),
+    ("diffusion", "diffusion", "Backdoor poisoning of diffusion models and trigger amplification (BiBadDiff)."),
+]
+
+for mod_name, group, help_text in GROUPS:
+    try:
+        mod = importlib.import_module(f"slimguard.cli.{mod_name}")
+    except ModuleNotFoundError as e:  # a capability not yet present in this checkout
+        if e.name != f"slimguard.cli.{mod_name}":
+            raise
+        continue
+    app.add_typer(mod.app, name=group, help=help_text)
+
+from . import common  # noqa: E402  (top-level commands: generate, report, demo)
+
+common.register(app)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except SlimguardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

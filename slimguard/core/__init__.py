@@ -1,0 +1,1 @@
+"""Shared layer: assets, model and data loading, configs, run records, errors."""

@@ -1,0 +1,116 @@
+"""Typed, validated configs with file loading and ``--set a.b=value`` overrides.
+
+Every capability declares one :class:`Config` subclass (pydantic, keyword-only, unknown
+keys forbidden). :func:`resolve` builds it from, in increasing priority: defaults, a
+YAML/TOML file, ``--set`` overrides, and explicit CLI options. A misspelled key is an
+error that names the key and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+
+class Config(BaseModel):
+    """Base for all slimguard configs: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+C = TypeVar("C", bound=Config)
+
+
+def _fields_at(cls: type[BaseModel], path: list[str]) -> list[str]:
+    """Valid field names at a nested location, for suggestions."""
+    for part in path:
+        f = cls.model_fields.get(part)
+        ann = getattr(f, "annotation", None) if f else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        else:
+            return []
+    return list(cls.model_fields)
+
+
+def _one_line(cls: type[Config], err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = [str(x) for x in e["loc"]]
+    key = ".".join(loc) or cls.__name__
+    if e["type"] == "extra_forbidden":
+        valid = _fields_at(cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"; did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else f"; valid keys: {', '.join(valid)}"
+        return f"unknown config key '{key}'{hint}"
+    return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
+
+
+def build(cls: type[C], data: dict[str, Any]) -> C:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(cls, err)) from None
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    try:
+        if p.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix.lower() in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {p} must end in .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {p} does not parse: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    return data
+
+
+def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides; values parse as YAML scalars/lists (never evaluated as code)."""
+    out = dict(data)
+    for s in sets:
+        if "=" not in s:
+            raise ConfigError(f"--set expects key=value, got '{s}'")
+        key, raw = s.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set key '{key}' is malformed")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            node[part] = dict(nxt) if isinstance(nxt, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def resolve(cls: type[C], *, config_file: str | Path | None = None, sets: list[str] | None = None,
+            **explicit: Any) -> C:
+    """Defaults < file < --set < explicit (non-None) CLI options."""
+    data: dict[str, Any] = load_file(config_file) if config_file else {}
+    data = apply_sets(data, sets or [])
+    data.update({k: v for k, v in explicit.items() if v is not None})
+    return build(cls, data)

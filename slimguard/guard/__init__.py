@@ -1,0 +1,1 @@
+"""Security side: textual backdoors and defences, prompt-template attacks, diffusion poisoning."""

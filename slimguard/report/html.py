@@ -1,0 +1,107 @@
+"""Self-contained HTML reports (no network: figures are embedded as data URIs).
+
+A run directory renders as: its config, its metrics (flattened into a table), every
+``*.png`` it holds, and any HTML fragments a capability wrote under ``sections/``
+(e.g. compressed text with kept/dropped words coloured). Capabilities build richer pages
+from the same pieces: :func:`page`, :func:`table`, :func:`figure`, :func:`img_file`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..core.errors import SlimguardError
+from ..core.runs import atomic_write_text
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.6em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f2f2f2}code,pre{background:#f6f6f6;padding:2px 4px}img{max-width:100%}
+.kept{background:#c8f7c5}.dropped{color:#aaa;text-decoration:line-through}.changed{background:#ffd6d6;font-weight:bold}
+.ok{color:#080}.bad{color:#b00}
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def table(rows: list[dict], cols: list[str] | None = None, *, fmt: str = "{:.4g}") -> str:
+    if not rows:
+        return "<p><em>no rows</em></p>"
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
+    out = ["<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>"]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"<td>{esc(fmt.format(v) if isinstance(v, float) else v)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def kv_table(d: dict) -> str:
+    return table([{"key": k, "value": v} for k, v in flatten(d).items()])
+
+
+def flatten(d: Any, prefix: str = "") -> dict:
+    out: dict = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, list) and len(d) > 12:
+        out[prefix[:-1]] = f"[{len(d)} items]"
+    else:
+        out[prefix[:-1]] = json.dumps(d) if isinstance(d, (list, dict)) else d
+    return out
+
+
+def figure(fig) -> str:
+    """A matplotlib figure as an embedded PNG ``<img>``; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def img_file(path: Path) -> str:
+    return f'<img alt="{esc(path.name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
+    body = "\n".join(f'<section id="{esc(t.lower().replace(" ", "-"))}"><h2>{esc(t)}</h2>\n{h}\n</section>'
+                     for t, h in sections)
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Render ``run_dir`` to ``run_dir/report.html`` (or ``out``)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise SlimguardError(f"run directory {d} does not exist")
+    sections: list[tuple[str, str]] = []
+    info = d / "run.json"
+    if info.exists():
+        sections.append(("Run", kv_table(json.loads(info.read_text()))))
+    for name, title in (("metrics.json", "Metrics"), ("config.json", "Config")):
+        p = d / name
+        if p.exists():
+            sections.append((title, kv_table(json.loads(p.read_text()))))
+    for frag in sorted((d / "sections").glob("*.html")) if (d / "sections").is_dir() else []:
+        sections.append((frag.stem.split("_", 1)[-1].replace("-", " ").capitalize(), frag.read_text(encoding="utf-8")))
+    pngs = sorted(d.glob("*.png"))
+    if pngs:
+        sections.append(("Figures", "\n".join(f"<h3>{esc(p.stem)}</h3>{img_file(p)}" for p in pngs)))
+    if not sections:
+        raise SlimguardError(f"run directory {d} holds nothing to report (no run.json, metrics.json or config.json)")
+    target = Path(out) if out else d / "report.html"
+    return atomic_write_text(target, page(f"slimguard run: {d.name}", sections))

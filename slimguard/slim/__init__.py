@@ -1,0 +1,1 @@
+"""Efficiency side: quantization-aware training, KV-cache selection, prompt compression."""
