@@ -1,0 +1,1 @@
+"""Textual backdoors: attacks (PuncAttack, BadNets, AddSent) and defences (ONION, STRIP, RAP, BKI, CUBE)."""
