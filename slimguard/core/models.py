@@ -42,6 +42,16 @@ class LoadedModel:
     source: str
 
 
+def _quiet_third_party() -> None:
+    """transformers imports torchao's quantizer on every load when torchao is installed; its
+    import prints CUDA-extension and pytree deprecation warnings that say nothing about the user's
+    run. Silence those two loggers only."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _torch_dtype(dtype: str):
     import torch
 
@@ -57,6 +67,7 @@ def load_causal_lm(name_or_path: str = "smollm2-135m", *, dtype: str = "float32"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_model_dir(name_or_path, kind="causal-lm")
+    _quiet_third_party()
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -83,6 +94,7 @@ def load_encoder(name_or_path: str = "minilm-l6", *, head: str | None = None, nu
                               AutoModelForTokenClassification, AutoTokenizer)
 
     src = resolve_model_dir(name_or_path, kind="encoder" if name_or_path in assets.REGISTRY else None)
+    _quiet_third_party()
     cls = {None: AutoModel, "token": AutoModelForTokenClassification,
            "sequence": AutoModelForSequenceClassification}.get(head)
     if cls is None:
