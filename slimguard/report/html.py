@@ -76,9 +76,14 @@ def img_file(path: Path) -> str:
     return f'<img alt="{esc(path.name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
 
+def slug(title: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
 def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
-    body = "\n".join(f'<section id="{esc(t.lower().replace(" ", "-"))}"><h2>{esc(t)}</h2>\n{h}\n</section>'
-                     for t, h in sections)
+    body = "\n".join(f'<section id="{slug(t)}"><h2>{esc(t)}</h2>\n{h}\n</section>' for t, h in sections)
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
 
