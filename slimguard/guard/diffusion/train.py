@@ -1,0 +1,151 @@
+"""Training loop for the poisoned class-conditional DDPM of BiBadDiff (Pan et al., NeurIPS 2024).
+
+Standard epsilon-prediction DDPM training (Ho et al., 2020) with classifier-free label
+dropout, an EMA of the weights for sampling, a tqdm bar, periodic atomic checkpoints and
+``resume=True`` that continues bit-for-bit from the latest one (optimiser, schedule, EMA and
+the torch generator are all restored).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...core.errors import SlimguardError
+from ...core.runs import atomic_torch_save, atomic_write_json
+from .config import TrainConfig
+from .model import DiffusionModel, build_scheduler, build_unet, save_model, to_model_space
+from .poison import ImageSet, PoisonedSet, load_data, poison_dataset
+
+
+@dataclass
+class TrainResult:
+    model: DiffusionModel
+    model_dir: Path
+    steps: int
+    seconds: float  # training wall time, summed over resumed calls
+    cpu_seconds: float | None  # process CPU time of the steps (None if an older checkpoint did not record it)
+    final_loss: float
+    losses: list[float]
+    data: ImageSet
+    poisoned: PoisonedSet
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[ImageSet, PoisonedSet]:
+    """The clean subset and its poisoned version, rebuilt deterministically from the config."""
+    data = load_data(cfg.data)
+    return data, poison_dataset(data.x_train, data.y_train, cfg.poison, data.num_classes)
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / max(1, cfg.warmup)
+        prog = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+    return f
+
+
+def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                    log=None, data: tuple[ImageSet, PoisonedSet] | None = None,
+                    stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) and save ``run_dir/model``. ``data`` overrides the configured dataset
+    (tests, user arrays); ``stop_after`` ends this call after that many steps, checkpointed,
+    so a long run can be split across sessions with ``resume=True``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data, ps = data if data is not None else prepare_data(cfg)
+    np.savez_compressed(run_dir / "poison.npz", poisoned_indices=ps.poisoned_indices, poisoned=ps.poisoned,
+                        source_index=ps.source_index, duplicated=ps.duplicated, labels=ps.y)
+    torch.manual_seed(cfg.seed)  # UNet init draws from the global generator inside diffusers
+    unet = build_unet(cfg.model, cfg.data.image_size, data.num_classes)
+    sched = build_scheduler(cfg.train_timesteps, cfg.beta_schedule)
+    ema = build_unet(cfg.model, cfg.data.image_size, data.num_classes)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ckpt = run_dir / "checkpoint.pt"
+    start, losses, prior_secs, prior_cpu = 0, [], 0.0, 0.0
+    if resume:
+        if not ckpt.is_file():
+            raise SlimguardError(f"--resume: no checkpoint at {ckpt}; start without --resume")
+        state = torch.load(ckpt, weights_only=True)
+        if state["config"] != cfg.to_dict():
+            raise SlimguardError(f"--resume: config differs from the checkpoint's in {run_dir}; use the same config or a new --run")
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        lr_sched.load_state_dict(state["lr"])
+        gen.set_state(state["gen"])
+        start, losses, prior_secs = state["step"], list(state["losses"]), float(state.get("seconds", 0.0))
+        prior_cpu = state.get("cpu_seconds")
+    x_all = to_model_space(ps.x)
+    y_all = torch.from_numpy(ps.y)
+    ac = sched.alphas_cumprod
+    n_cls = data.num_classes
+    unet.train()
+    t0, c0 = time.perf_counter(), time.process_time()
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="diffusion train", disable=not progress,
+               dynamic_ncols=True)
+    for step in bar:
+        idx = torch.randint(0, len(y_all), (cfg.batch_size,), generator=gen)
+        x0, y = x_all[idx], y_all[idx].clone()
+        y[torch.rand(len(y), generator=gen) < cfg.label_drop] = n_cls
+        t = torch.randint(0, cfg.train_timesteps, (len(y),), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = ac[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=y).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        lr_sched.step()
+        # bias-corrected warm-up of the EMA decay, so short runs do not sample from the init
+        d = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_decay > 0 else 0.0
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - d)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == end:
+            atomic_torch_save({"step": done, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                               "lr": lr_sched.state_dict(), "gen": gen.get_state(), "losses": losses,
+                               "config": cfg.to_dict(), "seconds": prior_secs + time.perf_counter() - t0,
+                               "cpu_seconds": None if prior_cpu is None else prior_cpu + time.process_time() - c0}, ckpt)
+            if log:
+                log.info("step %d loss %.4f", done, float(np.mean(losses[-50:])))
+    bar.close()
+    secs = prior_secs + time.perf_counter() - t0
+    cpu = None if prior_cpu is None else prior_cpu + time.process_time() - c0
+    ema.eval()
+    meta = {"class_names": data.class_names, "data_name": data.name, "train_config": cfg.to_dict(),
+            "poison_stats": ps.stats}
+    model = DiffusionModel(ema if cfg.ema_decay > 0 else unet.eval(), sched, n_cls, cfg.data.image_size, meta)
+    save_model(model, run_dir / "model")
+    atomic_write_json(run_dir / "losses.json", losses)
+    return TrainResult(model, run_dir / "model", end, secs, cpu, float(np.mean(losses[-50:])) if losses else float("nan"),
+                       losses, data, ps)
+
+
+def training_data_of(model: DiffusionModel) -> tuple[TrainConfig, ImageSet, PoisonedSet]:
+    """Rebuild the exact (poisoned) training data a saved model was trained on, from its config."""
+    from ...core.config import build
+
+    if "train_config" not in model.meta:
+        raise SlimguardError("this diffusion model carries no train_config; it was not trained by slimguard")
+    cfg = build(TrainConfig, model.meta["train_config"])
+    data, ps = prepare_data(cfg)
+    return cfg, data, ps
