@@ -1,0 +1,350 @@
+"""``slimguard bench kvselect``: TokenSelect (Wu et al., 2024) against dense attention and
+equal-budget peers (StreamingLLM, H2O, Quest, random, oracle per-head top-k), side by side.
+
+Three parts, all in one run: (1) attention-only timing at 16K/32K on tensors shaped like a
+SmolLM2 layer (decode per token at the measured Selection Cache hit rate, full prefill,
+peak memory); (2) real-model decode with the Selection Cache at thresholds 0.8/0.9/0.95
+(hit rate, agreement with no cache, speedup vs the bound ``2/(1 - h + 2S/N)``); (3) passkey /
+multi-key / needle accuracy on Paul Graham essay haystacks. The default is sized for two
+busy CPU cores; ``--full`` runs the issue's sizes (4K-32K accuracy, 64K-128K timing) on a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from pydantic import Field
+
+from ..core.config import Config
+
+
+class KVSelectBenchConfig(Config):
+    """Sizes of the kvselect benchmark (reduced CPU defaults)."""
+
+    models: list[str] = Field(["smollm2-135m"], description="Causal LMs for the accuracy part (--full adds gemma3-270m).")
+    tasks: list[str] = Field(["passkey", "multikey"], description="Long-context tasks (passkey, multikey, needle).")
+    lengths: list[int] = Field([1024], description="Context lengths (tokens) for dense and TokenSelect accuracy.")
+    depths: list[float] = Field([0.5], description="Needle depths; cases per length = len(depths) * n_per_depth.")
+    n_per_depth: int = Field(2, ge=1, description="Samples per (length, depth).")
+    peer_length: int = Field(1024, ge=256, description="Context length of the equal-budget peer comparison.")
+    peers: list[str] = Field(["streaming", "h2o", "quest"], description="Peers at equal budget (--full adds random, oracle).")
+    n_init: int = Field(16, ge=0, description="Accuracy-part budget: sink tokens (scaled down with the lengths).")
+    k: int = Field(128, ge=1, description="Accuracy-part budget: selected tokens.")
+    n_local: int = Field(128, ge=1, description="Accuracy-part budget: local window.")
+    chunk_size: int = Field(128, ge=1, description="Accuracy-part prefill chunk.")
+    timing_lengths: list[int] = Field([16384, 32768], description="Context lengths of the attention timing.")
+    prefill_repeats: int = Field(1, ge=1, description="Repeats of the full-prefill timing (dense 32K is slow on CPU).")
+    decode_tokens: int = Field(16, ge=1, description="Decode steps for the Selection Cache / end-to-end part.")
+    thresholds: list[float] = Field([0.8, 0.9, 0.95], description="Selection Cache thresholds.")
+    seed: int = Field(0, description="Seed of the task generator and random tensors.")
+    threads: int = Field(1, ge=1, description="torch threads (1: on an oversubscribed CPU, extra threads mostly add sync overhead).")
+
+
+def _peak_rss_mb(fn) -> tuple[float, object]:
+    """Peak resident memory growth of ``fn`` (Linux: reset VmHWM through /proc/self/clear_refs)."""
+    def status(key):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    base = status("VmRSS")
+    out = fn()
+    return status("VmHWM") - base, out
+
+
+def _fake_layer(cfg, inv, groups):
+    from types import SimpleNamespace
+
+    from ..slim.kvselect.attention import ATTR, LayerState, TokenSelectRuntime
+
+    rt = TokenSelectRuntime(cfg, {})
+    st = LayerState(0, inv, rt)
+    rt.layers[0] = st
+    m = SimpleNamespace(layer_idx=0, is_causal=True, num_key_value_groups=groups, training=False, sliding_window=None)
+    setattr(m, ATTR, st)
+    return m, st
+
+
+def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dict) -> dict:
+    """Attention-only timings for one SmolLM2-shaped layer (9 query / 3 KV heads, d=64)."""
+    import torch
+
+    from ..slim.kvselect import TokenSelectConfig
+    from ..slim.kvselect.attention import token_select_attention
+    from .harness import time_it
+
+    hq, hkv, d = 9, 3, 64
+    inv = 1.0 / (100000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    g = torch.Generator().manual_seed(bc.seed)
+    out = {}
+    ts_cfg = TokenSelectConfig()  # model defaults: 64 + 1024 + 512
+    s_budget = ts_cfg.budget
+    for n in bc.timing_lengths:
+        k = torch.randn(1, hkv, n, d, generator=g)
+        v = torch.randn(1, hkv, n, d, generator=g)
+        q1 = torch.randn(1, hq, 1, d, generator=g)
+        res = {}
+        for name, cfg in [("dense", TokenSelectConfig(method="dense")),
+                          ("tokenselect_miss", TokenSelectConfig(cache_threshold=None)),
+                          ("tokenselect_hit", TokenSelectConfig(cache_threshold=1e-6))]:
+            m, st = _fake_layer(cfg, inv, hq // hkv)
+            token_select_attention(m, q1, k[:, :, :n - 1], v[:, :, :n - 1], None, scaling=d ** -0.5)
+
+            def step():
+                token_select_attention(m, q1, k, v, None, scaling=d ** -0.5)
+                st.n_seen = n - 1  # the same step again: one new key per call, as in decoding
+
+            t = time_it(step, repeats=9, warmup=2)
+            res[name] = t.median_s
+            rows.append({"part": "decode_attention", "method": name, "context": n, "metric": "ms_per_token",
+                         "value": t.median_s * 1e3, "n": len(t.times_s)})
+        ts_dec = hit_rate * res["tokenselect_hit"] + (1 - hit_rate) * res["tokenselect_miss"]
+        bound = 2 / (1 - hit_rate + 2 * s_budget / n)
+        out[f"decode_speedup_{n}"] = res["dense"] / ts_dec
+        out[f"decode_bound_{n}"] = bound
+        rows.append({"part": "decode_attention", "method": "tokenselect@h", "context": n, "metric": "ms_per_token",
+                     "value": ts_dec * 1e3, "hit_rate": hit_rate, "speedup": res["dense"] / ts_dec,
+                     "bound_2/(1-h+2S/N)": bound})
+        qp = torch.randn(1, hq, n, d, generator=g)
+        pre = {}
+        for name, cfg in [("dense", TokenSelectConfig(method="dense")), ("tokenselect", ts_cfg)]:
+            def run():
+                m, _ = _fake_layer(cfg, inv, hq // hkv)
+                return token_select_attention(m, qp, k, v, None, scaling=d ** -0.5)
+            mem, _ = _peak_rss_mb(run)
+            t = time_it(run, repeats=bc.prefill_repeats, warmup=0)
+            pre[name] = t.median_s
+            rows.append({"part": "prefill_attention", "method": name, "context": n, "metric": "s_per_layer",
+                         "value": t.median_s, "n": len(t.times_s), "peak_mem_mb": mem})
+            out[f"prefill_mem_{name}_{n}"] = mem
+        out[f"prefill_speedup_{n}"] = pre["dense"] / pre["tokenselect"]
+        out[f"prefill_s_{n}"] = pre
+        out[f"decode_s_{n}"] = res
+        del k, v, qp
+    return out
+
+
+def _decode(model, cache, last, steps):
+    """Greedy decode ``steps`` tokens from a prefilled cache; returns tokens."""
+    import torch
+
+    toks = []
+    nxt = last
+    for _ in range(steps):
+        o = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        nxt = o.logits[:, -1:].argmax(-1)
+        toks.append(int(nxt))
+    return toks
+
+
+def cache_part(bc: KVSelectBenchConfig, rows: list) -> dict:
+    """Selection Cache on the real SmolLM2: hit rate and agreement with recomputation per threshold."""
+    import copy
+    import time
+
+    import torch
+
+    from ..core.models import load_causal_lm
+    from ..slim.kvselect import TokenSelectConfig, disable_token_select, enable_token_select
+    from ..slim.kvselect.tasks import Haystack
+
+    lm = load_causal_lm("smollm2-135m")
+    hay = Haystack(lm.tokenizer)
+    s = hay.sample("passkey", max(bc.lengths), 0.5, seed=bc.seed)
+    ids = torch.tensor([s.input_ids])
+    base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
+    out = {}
+    with torch.no_grad():
+        rt = enable_token_select(lm.model, TokenSelectConfig(**base, cache_threshold=None))
+        t0 = time.perf_counter()
+        pre = lm.model(ids[:, :-1], use_cache=True, logits_to_keep=1)
+        out["prefill_s_per_token"] = (time.perf_counter() - t0) / (ids.shape[1] - 1)
+        out["layers"] = lm.model.config.num_hidden_layers
+        ref = None
+        for thr in [None] + list(bc.thresholds):
+            rt.cfg = TokenSelectConfig(**base, cache_threshold=thr)
+            rt.reset_stats()
+            for st in rt.layers.values():
+                st.cached_q = st.cached_mid = None
+            cache = copy.deepcopy(pre.past_key_values)
+            for st in rt.layers.values():
+                st.n_seen = min(st.n_seen, ids.shape[1] - 1)
+            t0 = time.perf_counter()
+            toks = _decode(lm.model, cache, ids[:, -1:], bc.decode_tokens)
+            dt = time.perf_counter() - t0
+            stats = rt.stats()
+            ref = toks if thr is None else ref
+            agree = sum(a == b for a, b in zip(toks, ref)) / len(ref)
+            key = "none" if thr is None else str(thr)
+            out[key] = {"hit_rate": stats.hit_rate, "agreement": agree, "decode_s": dt}
+            rows.append({"part": "selection_cache", "method": "tokenselect", "threshold": key,
+                         "context": int(ids.shape[1]), "metric": "hit_rate", "value": stats.hit_rate,
+                         "token_agreement_vs_no_cache": agree, "decode_s_per_token": dt / bc.decode_tokens,
+                         "n": bc.decode_tokens})
+        disable_token_select(lm.model)
+    return out
+
+
+def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Path) -> dict:
+    import time
+
+    import torch
+
+    from ..core.models import load_causal_lm
+    from ..slim.kvselect import TokenSelectConfig, disable_token_select, enable_token_select
+    from ..slim.kvselect.tasks import Haystack, is_correct, make_samples
+    from .harness import mean_std
+
+    base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
+    acc: dict = {}
+    for model_name in bc.models:
+        lm = load_causal_lm(model_name)
+        hay = Haystack(lm.tokenizer)
+        plan = [(t, L, m) for t in bc.tasks for L in bc.lengths for m in ("dense", "tokenselect")]
+        plan += [("passkey", bc.peer_length, p) for p in bc.peers]
+        for task, L, method in plan:
+            samples = make_samples(hay, task, [L], bc.depths if method in ("dense", "tokenselect") else [0.5],
+                                   bc.n_per_depth if method in ("dense", "tokenselect") else len(bc.depths),
+                                   seed=bc.seed + L)
+            rt = enable_token_select(lm.model, TokenSelectConfig(method=method, **base,
+                                                                  record=(task == "passkey" and method == "tokenselect"
+                                                                          and L == max(bc.lengths))))
+            hits, t0 = [], time.perf_counter()
+            for s in samples:
+                ids = torch.tensor([s.input_ids])
+                with torch.no_grad():
+                    g = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                          pad_token_id=lm.tokenizer.pad_token_id)
+                hits.append(float(is_correct(s, lm.tokenizer.decode(g[0, ids.shape[1]:]))))
+            if rt.cfg.record and rt.selected():
+                _selection_plot(rt, samples[-1], model_name, plot_dir)
+            disable_token_select(lm.model)
+            ms = mean_std(hits)
+            acc[(model_name, task, L, method)] = ms["value"]
+            rows.append({"part": "accuracy", "model": model_name, "task": task, "context": L, "method": method,
+                         "metric": "accuracy", "value": ms["value"], "std": ms["std"], "n": ms["n"],
+                         "budget": TokenSelectConfig(**base).budget, "seconds": time.perf_counter() - t0})
+            typer.echo(f"  {model_name} {task} {L} {method}: {ms['value']:.2f} (n={ms['n']})", err=True)
+        del lm
+    return acc
+
+
+def _selection_plot(rt, sample, model_name: str, plot_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = rt.selected()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for layer, idx in sorted(sel.items()):
+        x = idx[0, 0].numpy()
+        ax.scatter(x, [layer] * len(x), s=1, c="tab:blue")
+    lo, hi = sample.needle_span
+    ax.axvspan(lo, hi, color="tab:red", alpha=0.3, label="needle")
+    ax.set_xlabel("token position")
+    ax.set_ylabel("layer")
+    ax.set_title(f"TokenSelect selection per layer, {model_name}, {sample.n_tokens}-token passkey (last decode step)")
+    ax.legend(loc="upper right")
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot_dir / f"kvselect_selection_{model_name}.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def register(app: typer.Typer) -> None:
+    from ..cli.options import ConfigOpt, SetOpt
+
+    @app.command("kvselect")
+    def kvselect(full: bool = typer.Option(False, "--full", help="Issue sizes: 4K-32K accuracy, 64K-128K timing (GPU)."),
+                 config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                 skip: Optional[str] = typer.Option(None, help="Comma-separated parts to skip: timing,cache,accuracy.")) -> None:
+        """TokenSelect vs dense and equal-budget peers: speed, Selection Cache, long-context accuracy."""
+        run_bench(full=full, config=config, sets=set_ or [], skip=(skip or "").split(","))
+
+
+def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: list[str] = ()) -> Path:
+    import torch
+
+    from ..core.config import resolve
+    from .harness import RESULTS_DIR, target, write_result
+
+    overrides = {}
+    if full:
+        overrides = dict(models=["smollm2-135m", "gemma3-270m"], peers=["streaming", "h2o", "quest", "random", "oracle"],
+                         lengths=[1024, 2048, 4096, 8192, 16384, 32768], depths=[0.1, 0.3, 0.5, 0.7, 0.9], n_per_depth=4,
+                         decode_tokens=64,
+                         peer_length=32768, n_init=64, k=1024, n_local=512, chunk_size=512,
+                         timing_lengths=[32768, 65536, 131072], prefill_repeats=5)
+    bc = resolve(KVSelectBenchConfig, config_file=config, sets=sets, **overrides)
+    torch.set_num_threads(bc.threads)
+    torch.manual_seed(bc.seed)
+    rows: list[dict] = []
+    extra: dict = {}
+    cache = cache_part(bc, rows) if "cache" not in skip else {}
+    h = cache.get("0.9", {}).get("hit_rate", 0.0)
+    timing = timing_part(bc, h, rows, extra) if "timing" not in skip else {}
+    n32 = n_max = max(bc.timing_lengths)
+    if cache and timing:
+        # End-to-end at the longest timing length, from measured parts: non-attention cost per token (the real
+        # model's prefill / decode at a short context, attention included, so the estimate errs towards dense)
+        # plus layers x the attention times measured above.
+        L, nl, dec = n_max, cache["layers"], bc.decode_tokens
+        lin_p, lin_d = cache["prefill_s_per_token"], cache["none"]["decode_s"] / dec
+        pd, pt = timing[f"prefill_s_{L}"]["dense"], timing[f"prefill_s_{L}"]["tokenselect"]
+        dd = timing[f"decode_s_{L}"]["dense"]
+        dt_ = h * timing[f"decode_s_{L}"]["tokenselect_hit"] + (1 - h) * timing[f"decode_s_{L}"]["tokenselect_miss"]
+        e_dense = L * lin_p + nl * pd + dec * (lin_d + nl * dd)
+        e_ts = L * lin_p + nl * pt + dec * (lin_d + nl * dt_)
+        extra["e2e_speedup_32k_estimated"] = e_dense / e_ts
+        rows.append({"part": "end_to_end_estimated", "method": "dense", "context": L, "metric": "seconds",
+                     "value": e_dense, "decode_tokens": dec})
+        rows.append({"part": "end_to_end_estimated", "method": "tokenselect", "context": L, "metric": "seconds",
+                     "value": e_ts, "decode_tokens": dec, "speedup": e_dense / e_ts})
+    acc = accuracy_part(bc, rows, extra, RESULTS_DIR) if "accuracy" not in skip else {}
+    tg = {}
+    Lmax = max(bc.lengths)
+    for m in bc.models:
+        tg[f"passkey_tokenselect_16k_{m}"] = target(acc.get((m, "passkey", 16384, "tokenselect")), ">= 0.90")
+        tg[f"passkey_tokenselect_32k_{m}"] = target(acc.get((m, "passkey", 32768, "tokenselect")), ">= 0.90")
+        ts32 = acc.get((m, "passkey", 32768, "tokenselect"))
+        d2 = acc.get((m, "passkey", 2048, "dense"))
+        tg[f"tokenselect32k_minus_dense2k_{m}"] = target(None if ts32 is None or d2 is None else ts32 - d2, ">= 0")
+        tg[f"passkey_tokenselect_{Lmax}_minus_dense_2k_{m}"] = target(
+            None if d2 is None else acc.get((m, "passkey", Lmax, "tokenselect"), float("nan")) - d2, ">= 0")
+        tg[f"multikey_16k_tokenselect_{m}"] = target(acc.get((m, "multikey", 16384, "tokenselect")), ">= 0")
+        mk4 = [acc.get((m, "multikey", 4096, x)) for x in ("tokenselect", "dense")]
+        tg[f"multikey_4k_tokenselect_minus_dense_{m}"] = target(None if None in mk4 else mk4[0] - mk4[1], ">= -0.02")
+        mkL = [acc.get((m, "multikey", Lmax, x)) for x in ("tokenselect", "dense")]
+        tg[f"multikey_{Lmax}_tokenselect_minus_dense_{m}"] = target(None if None in mkL else mkL[0] - mkL[1], ">= -0.02")
+        ts_peer = acc.get((m, "passkey", bc.peer_length, "tokenselect"))
+        for p in ("streaming", "h2o", "quest"):
+            pv = acc.get((m, "passkey", bc.peer_length, p))
+            tg[f"tokenselect_minus_{p}_{bc.peer_length}_{m}"] = target(
+                None if pv is None or ts_peer is None else ts_peer - pv, ">= 0.01")
+    tg["decode_attention_speedup_32k"] = target(timing.get(f"decode_speedup_{n32}"), ">= 5")
+    tg["prefill_attention_speedup_32k"] = target(timing.get(f"prefill_speedup_{n32}"), ">= 8")
+    tg["end_to_end_speedup_32k"] = target(extra.get("e2e_speedup_32k_estimated"), ">= 2.3")
+    for thr in bc.thresholds:
+        c = cache.get(str(thr), {})
+        tg[f"selection_cache_hit_rate_{thr}"] = target(c.get("hit_rate"), ">= 0")
+        tg[f"selection_cache_agreement_{thr}"] = target(c.get("agreement"), ">= 0")
+    extra["note"] = (
+        "Measured on a shared 2-core CPU under heavy load from other jobs (absolute times inflated; ratios are side by "
+        "side in one run). Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
+        "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit rate measured "
+        "on the real model at threshold 0.9. Accuracy runs use a scaled-down budget "
+        f"(n_init={bc.n_init}, k={bc.k}, n_local={bc.n_local}) at {bc.lengths} tokens with n per cell in the rows, because a "
+        "1K-token prefill of SmolLM2 took about a minute on this loaded machine; the 16K/32K accuracy targets need `--full` on a GPU and stay null (not measured) in this run. "
+        "SmolLM2 weights passed through GGUF Q4_1, Gemma-3 through Q4_K_M.")
+    extra["cache"] = cache
+    extra["timing"] = {k: v for k, v in timing.items()}
+    cmd = "slimguard bench kvselect" + (" --full" if full else "")
+    path = write_result("kvselect", command=cmd, config=bc.to_dict(), rows=rows, targets=tg, extra=extra)
+    typer.echo(str(path))
+    return path

@@ -1,0 +1,371 @@
+"""TokenSelect (Wu et al., 2024) as a transformers attention backend.
+
+``enable_token_select(model, cfg)`` registers one attention function under the name
+``"token_select"`` through transformers' ``AttentionInterface`` (and a matching mask
+function through ``AttentionMaskInterface``), switches the model to it with the public
+``set_attn_implementation``, and hangs a small per-layer state object on each attention
+module. The model's own code is untouched: ``model(...)`` and ``model.generate(...)``
+run as usual with the ordinary ``DynamicCache``.
+
+Per full-attention layer and per chunk of ``chunk_size`` queries (or per decode step):
+exact dense SDPA while ``n_init + k + n_local`` covers the context; otherwise score the
+un-rotated keys with the chunk's fingerprint query, keep ``[0, n_init) U top-k U local``,
+and attend over that compacted list with RoPE positions ``0..S-1`` (keys and queries are
+re-rotated: RoPE rotations compose), so positions never leave the trained range.
+
+Gemma-3 sliding-window layers already read at most ``sliding_window`` keys; they are not
+selected but run an exact chunked sliding-window attention (relative positions < 512 are
+always in-distribution), which also avoids the ``N x N`` mask SDPA would need at 32K.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ...core.errors import SlimguardError
+from . import select as K
+from .config import TokenSelectConfig
+
+NAME = "token_select"
+ATTR = "slimguard_kvselect"
+SUPPORTED = ("llama", "gemma3_text", "gemma3", "qwen2", "mistral")
+
+
+@dataclass
+class LayerState:
+    """Per-layer selection state: un-rotated key buffer, Selection Cache, H2O scores, counters."""
+
+    layer_idx: int
+    inv_freq: torch.Tensor
+    runtime: "TokenSelectRuntime"
+    kbuf: torch.Tensor | None = None  # [B, Hkv, cap, d] un-rotated keys, contiguous per head
+    n_seen: int = 0
+    cached_q: torch.Tensor | None = None
+    cached_mid: torch.Tensor | None = None
+    h2o_acc: torch.Tensor | None = None
+    h2o_kept: torch.Tensor | None = None
+    h2o_hi: int = 0
+    last_idx: torch.Tensor | None = None
+    sel_k: torch.Tensor | None = None  # compacted, rotated K of the last selection (reused on cache hits)
+    sel_v: torch.Tensor | None = None
+    table: tuple | None = None  # RoPE cos/sin for compact positions
+    last_n_keys: int = 0
+    selections: int = 0
+    hits: int = 0
+    dense: int = 0
+
+    def reset(self) -> None:
+        self.n_seen = 0
+        self.cached_q = self.cached_mid = self.h2o_acc = self.h2o_kept = None
+        self.sel_k = self.sel_v = None
+        self.h2o_hi = 0
+
+
+@dataclass
+class SelectionStats:
+    """Counters over every layer since the last ``reset_stats``."""
+
+    selections: int
+    cache_hits: int
+    dense_calls: int
+    per_layer_hits: dict = field(default_factory=dict)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cache_hits / self.selections if self.selections else 0.0
+
+
+class TokenSelectRuntime:
+    """Handle returned by :func:`enable_token_select`: config, per-layer states, stats."""
+
+    def __init__(self, cfg: TokenSelectConfig, layers: dict[int, LayerState]):
+        self.cfg = cfg
+        self.layers = layers
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def reset_stats(self) -> None:
+        for s in self.layers.values():
+            s.selections = s.hits = s.dense = 0
+
+    def reset(self) -> None:
+        for s in self.layers.values():
+            s.reset()
+
+    def stats(self) -> SelectionStats:
+        ls = list(self.layers.values())
+        return SelectionStats(sum(s.selections for s in ls), sum(s.hits for s in ls), sum(s.dense for s in ls),
+                              {s.layer_idx: (s.hits / s.selections if s.selections else 0.0) for s in ls})
+
+    def selected(self) -> dict[int, torch.Tensor]:
+        """Last recorded index set per selecting layer (needs ``record=True``): ``[B, H, S]`` on CPU."""
+        return {i: s.last_idx for i, s in self.layers.items() if s.last_idx is not None}
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _mask_fn(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None,
+             local_size=None, allow_is_causal_skip=True, **kw):
+    """No mask unless real padding is present: causal and sliding windows are built inside the attention."""
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, mask_function=mask_function or causal_mask_function,
+                     attention_mask=attention_mask, local_size=local_size, allow_is_causal_skip=False, **kw)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, token_select_attention)
+    AttentionMaskInterface.register(NAME, _mask_fn)
+
+
+def _inv_freq(model, module) -> torch.Tensor:
+    rot = getattr(getattr(model, "model", model), "rotary_emb", None)
+    if rot is None:
+        raise SlimguardError(f"{type(model).__name__} has no rotary_emb; TokenSelect needs a RoPE model")
+    ltype = getattr(module, "layer_type", None)
+    f = getattr(rot, f"{ltype}_inv_freq", None) if ltype else None
+    f = f if f is not None else getattr(rot, "inv_freq", None)
+    if f is None:
+        raise SlimguardError(f"cannot find RoPE frequencies for layer {module.layer_idx}")
+    return f.detach().to(torch.float32).clone()
+
+
+def enable_token_select(model, cfg: TokenSelectConfig | None = None) -> TokenSelectRuntime:
+    """Switch ``model`` to TokenSelect (or a peer selector); returns the runtime handle."""
+    cfg = cfg or TokenSelectConfig()
+    mtype = getattr(model.config, "model_type", "?")
+    if mtype not in SUPPORTED:
+        raise SlimguardError(f"unsupported architecture '{mtype}' for TokenSelect; supported: {', '.join(SUPPORTED)}")
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    types = {v.get("rope_type", "default") for v in rope.values() if isinstance(v, dict)} if "rope_type" not in rope \
+        else {rope.get("rope_type")}
+    if types - {"default", "linear", "llama3", None}:
+        raise SlimguardError(f"unsupported RoPE type {sorted(t for t in types if t)} for TokenSelect")
+    _register()
+    layers: dict[int, LayerState] = {}
+    runtime = TokenSelectRuntime(cfg, layers)
+    for m in model.modules():
+        if hasattr(m, "layer_idx") and hasattr(m, "q_proj") and hasattr(m, "k_proj"):
+            st = LayerState(m.layer_idx, _inv_freq(model, m), runtime)
+            setattr(m, ATTR, st)
+            if getattr(m, "sliding_window", None) is None:
+                layers[m.layer_idx] = st
+    if not layers:
+        raise SlimguardError(f"{type(model).__name__}: no full-attention layers found to select on")
+    model.set_attn_implementation(NAME)
+    model.slimguard_kvselect = runtime
+    return runtime
+
+
+def disable_token_select(model, attn_implementation: str = "sdpa") -> None:
+    """Back to a stock attention implementation; drops the per-layer state."""
+    for m in model.modules():
+        if hasattr(m, ATTR):
+            delattr(m, ATTR)
+    if hasattr(model, "slimguard_kvselect"):
+        del model.slimguard_kvselect
+    model.set_attn_implementation(attn_implementation)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _causal_mask(c: int, n: int, device, window: int | None = None) -> torch.Tensor:
+    qpos = torch.arange(n - c, n, device=device)[:, None]
+    kpos = torch.arange(n, device=device)[None, :]
+    m = kpos <= qpos
+    if window:
+        m &= kpos > qpos - window
+    return m
+
+
+def sliding_attention(query, key, value, scaling: float, window: int, chunk: int) -> torch.Tensor:
+    """Exact sliding-window causal attention in query chunks: never builds an ``L x N`` mask."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    b, hq, L, d = query.shape
+    n = key.shape[2]
+    rep = hq // key.shape[1]
+    off = n - L
+    outs = []
+    for s in range(0, L, chunk):
+        e = min(L, s + chunk)
+        lo = max(0, off + s - window + 1)
+        kk, vv = key[:, :, lo:off + e], value[:, :, lo:off + e]
+        if rep > 1:
+            kk, vv = kk.repeat_interleave(rep, 1), vv.repeat_interleave(rep, 1)
+        mask = _causal_mask(e - s, off + e - lo, query.device, window)
+        outs.append(sdpa(query[:, :, s:e], kk, vv, attn_mask=mask, scale=scaling))
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
+    """Append newly cached keys, un-rotated, to the layer's contiguous buffer; returns it."""
+    b, n_kv, n, d = key.shape
+    if st.kbuf is None or st.kbuf.shape[0] != b or st.kbuf.shape[1] != n_kv or st.kbuf.device != key.device:
+        st.kbuf, st.n_seen = None, 0
+    cap = 0 if st.kbuf is None else st.kbuf.shape[2]
+    if cap < n:
+        new = torch.empty(b, n_kv, max(n, 2 * cap, 1024), d, dtype=key.dtype, device=key.device)
+        if st.n_seen:
+            new[:, :, :st.n_seen] = st.kbuf[:, :, :st.n_seen]
+        st.kbuf = new
+    if st.n_seen < n:
+        pos = -torch.arange(st.n_seen, n, device=key.device)
+        st.kbuf[:, :, st.n_seen:n] = K.rotate(key[:, :, st.n_seen:n], pos, st.inv_freq.to(key.device))
+        st.n_seen = n
+    return st.kbuf
+
+
+def token_select_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                           sliding_window=None, **kwargs):
+    """The ``"token_select"`` attention function (transformers AttentionInterface signature)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    st: LayerState | None = getattr(module, ATTR, None)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if st is None or attention_mask is not None:
+        if st is not None:
+            warnings.warn("token_select: padded batch, running dense attention", stacklevel=2)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
+    window = sliding_window or getattr(module, "sliding_window", None)
+    if window:
+        return sliding_attention(query, key, value, scaling, window, st.runtime.cfg.chunk_size), None
+    cfg = st.runtime.cfg
+    b, hq, L, d = query.shape
+    n = key.shape[2]
+    if L == n or n - L < st.n_seen:  # a fresh sequence (or a rolled-back cache): forget the old one
+        st.reset()
+    if cfg.method == "dense" or n <= cfg.budget:
+        st.dense += 1
+        # HF only skips the mask when causality is top-left == bottom-right (L == n or L == 1)
+        mask = _causal_mask(L, n, query.device)[None, None] if 1 < L < n else None
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    kbuf = _sync_buffer(st, key)
+    past = n - L
+    outs = []
+    # the prompt's last few queries (usually the question) get their own selection instead of
+    # sharing a fingerprint with hundreds of filler tokens
+    tail = min(cfg.tail_chunk, L - 1) if L > 1 else 0
+    cuts = sorted(set(range(0, L - tail, cfg.chunk_size)) | {L - tail, L}) if tail else \
+        sorted(set(range(0, L, cfg.chunk_size)) | {L})
+    for s, e in zip(cuts[:-1], cuts[1:]):
+        nk = past + e
+        if nk <= cfg.budget:
+            st.dense += 1
+            kk, vv = key[:, :, :nk], value[:, :, :nk]
+            rep = hq // key.shape[1]
+            if rep > 1:
+                kk, vv = kk.repeat_interleave(rep, 1), vv.repeat_interleave(rep, 1)
+            o = torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, s:e], kk, vv, attn_mask=_causal_mask(e - s, nk, query.device), scale=scaling)
+            outs.append(o.transpose(1, 2))
+        else:
+            outs.append(_select_and_attend(st, query[:, :, s:e], key, value, kbuf, nk, past + s, scaling, decode=L == 1))
+    return torch.cat(outs, dim=1).contiguous(), None
+
+
+def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tensor, nk: int, q0: int,
+            scaling: float, decode: bool) -> torch.Tensor:
+    """Indices of the selected middle tokens, ``[B, H, k]`` (H = 1 shared, Hkv or Hq per head)."""
+    cfg = st.runtime.cfg
+    b, hq, c, d = q.shape
+    lo, hi = cfg.n_init, nk - cfg.n_local
+    inv = st.inv_freq.to(q.device)
+    if cfg.method == "streaming":
+        return torch.arange(max(lo, hi - cfg.k), hi, device=q.device).expand(b, 1, -1)
+    if cfg.method == "random":
+        return K.random_middle(b, lo, hi, cfg.k, st.runtime.gen, q.device)
+    if cfg.method == "quest":
+        return K.quest_middle(q.mean(2), key, lo, hi, cfg.k, cfg.page_size)
+    if cfg.method == "oracle":
+        return K.oracle_middle(q, key, lo, hi, cfg.k, scaling)
+    if cfg.method == "h2o":
+        first = st.h2o_kept is None
+        new = torch.arange(lo if first else st.h2o_hi, hi, device=q.device).expand(b, 1, -1)
+        elig = new if first else torch.cat((st.h2o_kept, new), dim=-1)
+        acc = st.h2o_acc[:, None, :].gather(2, elig) if st.h2o_acc is not None and st.h2o_acc.shape[1] >= hi \
+            else torch.zeros(elig.shape, device=q.device)
+        keep = torch.topk(acc, min(cfg.k, elig.shape[-1]), dim=-1, sorted=False).indices
+        st.h2o_kept, st.h2o_hi = elig.gather(2, keep), hi
+        return st.h2o_kept
+    # tokenselect: position-free fingerprint of the chunk, Selection Cache on decode steps
+    q_un = K.rotate(q, -torch.arange(q0, q0 + c, device=q.device), inv).mean(2)  # [B, Hq, d]
+    if cfg.score_distance:
+        q_un = K.rotate(q_un[:, :, None], torch.tensor([cfg.score_distance], device=q.device), inv)[:, :, 0]
+    if decode and cfg.cache_threshold is not None and st.cached_q is not None:
+        cos = torch.nn.functional.cosine_similarity(q_un.reshape(b, -1).float(), st.cached_q, dim=-1)
+        if bool((cos >= cfg.cache_threshold).all()) and int(st.cached_mid.max()) < hi:
+            st.hits += 1
+            return st.cached_mid
+    score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling), cfg.pool_kernel)
+    mid = K.topk_middle(score, cfg.k, lo)[:, None]
+    if decode:
+        st.cached_q, st.cached_mid = q_un.reshape(b, -1).float(), mid
+    return mid
+
+
+def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, scaling: float, decode: bool):
+    """Build the compacted K/V (init | middle | local) and attend; positions are 0..S-1.
+
+    Init keys already sit at their compact positions; the local block (and the chunk's
+    queries) move by one constant offset ``S - nk``; only the middle is gathered from the
+    un-rotated buffer and rotated. On a Selection Cache hit the init + middle rows of the
+    previous step are reused as they are, so a hit costs one local-window copy.
+    """
+    cfg = st.runtime.cfg
+    b, hq, c, d = q.shape
+    n_kv = key.shape[1]
+    st.selections += 1
+    hits = st.hits
+    mid, _ = torch.sort(_middle(st, q, key, kbuf, nk, q0, scaling, decode), dim=-1)
+    hit = st.hits > hits
+    n_i, m, n_l = cfg.n_init, mid.shape[-1], cfg.n_local
+    s = n_i + m + n_l
+    heads = n_kv if mid.shape[1] in (1, n_kv) else hq
+    dt = key.dtype if key.dtype == torch.float32 else torch.float32
+    if not (hit and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
+        if st.table is None or st.table[0].shape[0] < s or st.table[0].device != q.device:
+            st.table = K.rope_table(max(s, 4096), st.inv_freq, q.device, dt)
+        st.sel_k = torch.empty(b, heads, s, d, dtype=key.dtype, device=key.device)
+        st.sel_v = torch.empty_like(st.sel_k)
+        init_k, init_v = key[:, :, :n_i], value[:, :, :n_i]
+        if heads != n_kv:
+            init_k, init_v = init_k.repeat_interleave(hq // n_kv, 1), init_v.repeat_interleave(hq // n_kv, 1)
+        st.sel_k[:, :, :n_i], st.sel_v[:, :, :n_i] = init_k, init_v
+        cos, sin = st.table[0][n_i:n_i + m], st.table[1][n_i:n_i + m]
+        K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(kbuf, mid).to(dt), cos, sin)
+        st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
+    ang = (s - nk) * st.inv_freq.to(q.device, torch.float32)
+    cos, sin = ang.cos().to(dt), ang.sin().to(dt)
+    loc_k, loc_v = key[:, :, nk - n_l:nk], value[:, :, nk - n_l:nk]
+    if heads != n_kv:
+        loc_k, loc_v = loc_k.repeat_interleave(hq // n_kv, 1), loc_v.repeat_interleave(hq // n_kv, 1)
+    K.rotate_into(st.sel_k[:, :, n_i + m:], loc_k.to(dt), cos, sin)
+    st.sel_v[:, :, n_i + m:] = loc_v
+    q_c = K.rotate_into(torch.empty_like(q), q, cos.to(q.dtype), sin.to(q.dtype))
+    out, p = K.attend(q_c, st.sel_k, st.sel_v, scaling, need_weights=cfg.method == "h2o")
+    idx = None
+    if p is not None or cfg.record:
+        idx = K.frame(mid, n_i, nk - n_l, nk)
+    if p is not None:
+        mass = p.sum(dim=(1, 2))  # [B, S]: attention each selected token received, all heads and queries
+        if st.h2o_acc is None or st.h2o_acc.shape[1] < nk:
+            grown = torch.zeros(b, max(nk, 2 * (0 if st.h2o_acc is None else st.h2o_acc.shape[1])), device=q.device)
+            if st.h2o_acc is not None:
+                grown[:, :st.h2o_acc.shape[1]] = st.h2o_acc
+            st.h2o_acc = grown
+        st.h2o_acc.scatter_add_(1, idx[:, 0], mass)
+    if cfg.record:
+        st.last_idx, st.last_n_keys = idx.detach().cpu(), nk
+    return out

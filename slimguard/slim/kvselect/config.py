@@ -1,0 +1,71 @@
+"""Typed config for TokenSelect (Wu et al., 2024, "TokenSelect: Efficient Long-Context
+Inference and Length Extrapolation for LLMs via Dynamic Token-Level KV Cache Selection")
+and for the peer selectors that run through the same attention path.
+
+Reference defaults (n_init=128, k=2048, n_local=512) are for 7-8B models reading 128K+.
+Our defaults are scaled to 135M-270M models with 8K-32K trained windows: a budget of
+64 + 1024 + 512 = 1,600 tokens is a fifth of SmolLM2's trained window, so every selected
+sequence stays well inside the positions the model saw in training.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from ...core.config import Config
+
+METHODS = ("tokenselect", "dense", "streaming", "h2o", "quest", "random", "oracle")
+Method = Literal["tokenselect", "dense", "streaming", "h2o", "quest", "random", "oracle"]
+
+
+class TokenSelectConfig(Config):
+    """How attention picks the KV entries each query chunk (or decode step) may read."""
+
+    method: Method = Field("tokenselect", description=(
+        "Selector: tokenselect (per-head Q.K soft voting), dense (exact SDPA), streaming (sink + window), "
+        "h2o (accumulated-attention heavy hitters, evicting), quest (page min/max bounds), random, "
+        "oracle (per-head top-k of the true attention)."))
+    n_init: int = Field(64, ge=0, description="Leading 'attention sink' tokens always kept.")
+    k: int = Field(1024, ge=1, description="Selected middle tokens per layer (the dynamic budget).")
+    n_local: int = Field(512, ge=1, description="Most recent tokens always kept; must cover one prefill chunk.")
+    chunk_size: int = Field(512, ge=1, description="Prefill query chunk: one selection per chunk of this many queries.")
+    tail_chunk: int = Field(16, ge=0, description=(
+        "The last this-many prompt tokens (the question) form their own prefill chunk with their own selection; "
+        "0 keeps plain chunking."))
+    cache_threshold: Optional[float] = Field(0.9, gt=0.0, le=1.0, description=(
+        "Selection Cache: reuse the previous decode step's top-k while cos(q_t, q_cached) >= this; "
+        "null disables the cache. 1.0 effectively never hits."))
+    pool_kernel: int = Field(1, ge=1, description="Odd max-pool width over neighbouring token scores (1 = off).")
+    score_distance: int = Field(0, ge=0, description=(
+        "Scoring is position-free: keys are scored un-rotated, the query rotated as if every candidate sat "
+        "this many tokens away."))
+    page_size: int = Field(16, ge=1, description="Quest page size (tokens per min/max page).")
+    seed: int = Field(0, description="Seed of the random selector's torch.Generator.")
+    record: bool = Field(False, description="Keep each layer's selected indices of the last selection (for plots).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TokenSelectConfig":
+        if self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel must be odd (1 disables smoothing), got {self.pool_kernel}")
+        if self.n_local < self.chunk_size:
+            raise ValueError(
+                f"n_local ({self.n_local}) must be >= chunk_size ({self.chunk_size}) so each prefill chunk "
+                "sees itself; raise n_local or lower chunk_size")
+        if self.method == "quest" and self.k < self.page_size:
+            raise ValueError(f"quest needs k >= page_size ({self.page_size}), got k={self.k}")
+        return self
+
+    @property
+    def budget(self) -> int:
+        """Tokens one query attends to once the context exceeds the budget."""
+        return self.n_init + self.k + self.n_local
+
+
+def defaults_for(model_config) -> dict:
+    """Defaults scaled to the model: the budget stays at about a fifth of the trained window."""
+    trained = int(getattr(model_config, "max_position_embeddings", 8192) or 8192)
+    if trained >= 32768:
+        return {"n_init": 64, "k": 2048, "n_local": 512}
+    return {"n_init": 64, "k": 1024, "n_local": 512}

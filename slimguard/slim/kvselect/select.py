@@ -1,0 +1,192 @@
+"""Selection kernels for TokenSelect (Wu et al., 2024) and the peers it is compared with.
+
+Everything here works on plain tensors so it can be tested against brute-force
+references without a model. Shapes: queries ``[B, Hq, C, d]``, keys/values
+``[B, Hkv, N, d]``; query head ``h`` reads KV head ``h // (Hq // Hkv)`` exactly as
+transformers' ``repeat_kv`` does (the reference's ``h % Hkv`` mixes groups up).
+
+Scoring never builds the ``C x N`` attention matrix: a chunk is reduced to one
+fingerprint query per head first, so TokenSelect's cost is one read of the keys
+(``[Hq, N]`` logits), and the keys are kept un-rotated in a contiguous per-layer buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NEG = float("-inf")
+
+
+# --------------------------------------------------------------------------- RoPE helpers
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x[..., L, d]`` by RoPE angles ``positions[L] * inv_freq`` (positions may be negative).
+
+    Rotations compose (R(a) R(b) = R(a+b)), so a key cached at position p can be moved to
+    position c by rotating it by c - p; this is how compacted positions are assigned
+    without touching the model's own RoPE code.
+    """
+    ang = positions.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]
+    ang = torch.cat((ang, ang), dim=-1)
+    cos, sin = ang.cos(), ang.sin()
+    xf = x.to(torch.float32)
+    half = xf.shape[-1] // 2
+    rot = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos + rot * sin).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def group_view(q: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """``[B, Hq, ..., d]`` -> ``[B, Hkv, G, ..., d]`` with HF's GQA mapping (kv = h // G)."""
+    b, hq = q.shape[:2]
+    return q.reshape(b, n_kv, hq // n_kv, *q.shape[2:])
+
+
+def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Per-query-head logits of one fingerprint query: ``q_fp [B, Hq, d]``, ``keys [B, Hkv, M, d]`` -> ``[B, Hq, M]``."""
+    b, hq, d = q_fp.shape
+    n_kv = keys.shape[1]
+    qg = group_view(q_fp, n_kv).to(keys.dtype)  # [B, Hkv, G, d]
+    logits = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G, M], one pass over the keys
+    return logits.reshape(b, hq, -1).to(torch.float32) * scaling
+
+
+def soft_vote(logits: torch.Tensor, pool_kernel: int = 1) -> torch.Tensor:
+    """``score[j] = sum_h softmax_j(logits_h)[j]`` so no single head with large logits dominates."""
+    score = torch.softmax(logits, dim=-1).sum(dim=1)  # [B, M]
+    if pool_kernel > 1:
+        score = F.max_pool1d(score[:, None], pool_kernel, stride=1, padding=pool_kernel // 2)[:, 0]
+    return score
+
+
+def frame(middle: torch.Tensor, n_init: int, n_local_start: int, n_keys: int) -> torch.Tensor:
+    """``[0, n_init) U middle U [n_local_start, n_keys)``, sorted; ``middle [B, H, k]`` -> ``[B, H, S]``."""
+    b, h = middle.shape[:2]
+    dev = middle.device
+    init = torch.arange(n_init, device=dev).expand(b, h, n_init)
+    local = torch.arange(n_local_start, n_keys, device=dev).expand(b, h, n_keys - n_local_start)
+    mid, _ = torch.sort(middle, dim=-1)
+    return torch.cat((init, mid, local), dim=-1)
+
+
+def topk_middle(score: torch.Tensor, k: int, offset: int) -> torch.Tensor:
+    """Top-k candidate positions (absolute) from ``score [B, M]`` (or ``[B, H, M]``)."""
+    k = min(k, score.shape[-1])
+    return torch.topk(score, k, dim=-1, sorted=False).indices + offset
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def quest_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, k: int, page: int) -> torch.Tensor:
+    """Quest: per KV head, the pages with the largest upper bound ``sum_d max(q_d min_d, q_d max_d)``.
+
+    ``q_rot [B, Hq, d]`` (mean of the chunk), ``keys_rot [B, Hkv, N, d]`` as cached (post-RoPE,
+    as Quest keeps them). Returns ``[B, Hkv, <=k]`` absolute indices in ``[lo, hi)``.
+    """
+    b, hq, d = q_rot.shape
+    n_kv = keys_rot.shape[1]
+    n_pages = (hi - lo) // page
+    if n_pages == 0:
+        return torch.empty(b, n_kv, 0, dtype=torch.long, device=q_rot.device)
+    pages = keys_rot[:, :, lo:lo + n_pages * page].reshape(b, n_kv, n_pages, page, d).to(torch.float32)
+    kmin, kmax = pages.amin(dim=3), pages.amax(dim=3)  # [B, Hkv, P, d]
+    qg = group_view(q_rot.to(torch.float32), n_kv)[:, :, :, None, :]  # [B, Hkv, G, 1, d]
+    bound = torch.maximum(qg * kmin[:, :, None], qg * kmax[:, :, None]).sum(-1).sum(2)  # [B, Hkv, P]
+    want = min(max(1, k // page), n_pages)
+    top = torch.topk(bound, want, dim=-1, sorted=False).indices  # [B, Hkv, want]
+    idx = lo + top[..., None] * page + torch.arange(page, device=q_rot.device)
+    return idx.reshape(b, n_kv, -1)
+
+
+def oracle_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, k: int, scaling: float) -> torch.Tensor:
+    """Oracle: per query head, the top-k keys by the chunk's true attention mass (post-RoPE logits).
+
+    ``q_rot [B, Hq, C, d]``; returns ``[B, Hq, k]``. Builds ``C x (hi-lo)`` logits one head
+    group at a time: it is the accuracy ceiling, not a fast path.
+    """
+    b, hq, c, d = q_rot.shape
+    n_kv = keys_rot.shape[1]
+    g = hq // n_kv
+    out = []
+    for h in range(n_kv):
+        qh = q_rot[:, h * g:(h + 1) * g].to(torch.float32)  # [B, G, C, d]
+        kh = keys_rot[:, h:h + 1, lo:hi].to(torch.float32)  # [B, 1, M, d]
+        p = torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * scaling, dim=-1).sum(2)  # [B, G, M]
+        out.append(topk_middle(p, k, lo))
+    return torch.cat(out, dim=1)
+
+
+def random_middle(b: int, lo: int, hi: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
+    """``k`` distinct uniform picks in ``[lo, hi)`` per batch row, from an explicit generator."""
+    k = min(k, hi - lo)
+    rows = [torch.randperm(hi - lo, generator=gen)[:k] for _ in range(b)]
+    return (torch.stack(rows).to(device) + lo)[:, None, :]
+
+
+# --------------------------------------------------------------------------- attention over a selection
+
+
+def gather_heads(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x [B, Hkv, N, d]`` at ``idx [B, H, S]`` (H in {1, Hkv, Hq}) -> ``[B, H', S, d]``.
+
+    With H = 1 the same positions are read for every KV head (TokenSelect shares one
+    index set per layer); with H = Hq each query head reads its own positions from its
+    own KV head.
+    """
+    b, n_kv, _, d = x.shape
+    h = idx.shape[1]
+    if h == 1:  # index_select reads whole rows; torch.gather would walk an index per element
+        if b == 1:
+            return x[0].index_select(1, idx[0, 0])[None]
+        return torch.stack([x[i].index_select(1, idx[i, 0]) for i in range(b)])
+    if h == n_kv:
+        return torch.gather(x, 2, idx[:, :, :, None].expand(b, n_kv, idx.shape[2], d))
+    g = h // n_kv
+    xe = x[:, :, None].expand(b, n_kv, g, x.shape[2], d).reshape(b, h, x.shape[2], d)
+    return torch.gather(xe, 2, idx[:, :, :, None].expand(b, h, idx.shape[2], d))
+
+
+def rope_table(n: int, inv_freq: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin [n, d/2]`` for positions ``0..n-1`` (half-width: RoPE pairs dims i and i + d/2)."""
+    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv_freq.to(device, torch.float32)[None]
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``out = R x`` with half-width ``cos/sin`` broadcastable to ``x[..., :d/2]``; no concatenation."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    torch.sub(x1 * cos, x2 * sin, out=out[..., :h])
+    torch.add(x2 * cos, x1 * sin, out=out[..., h:])
+    return out
+
+
+def attend(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, scaling: float,
+           need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal attention of a chunk ``q [B, Hq, C, d]`` over a compacted selection ``[B, H, S, d]``.
+
+    The chunk's own keys are the last ``C`` selected entries (the local window covers the
+    chunk), so causality is the bottom-right-aligned triangle. Returns ``[B, C, Hq, d]``.
+    """
+    b, hq, c, d = q.shape
+    s = k_sel.shape[2]
+    mask = None
+    if c > 1:
+        mask = torch.arange(s, device=q.device)[None, :] <= torch.arange(s - c, s, device=q.device)[:, None]
+    if not need_weights:
+        gqa = k_sel.shape[1] != hq
+        out = F.scaled_dot_product_attention(q, k_sel, v_sel, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+        return out.transpose(1, 2), None
+    rep = hq // k_sel.shape[1]
+    kk, vv = k_sel.repeat_interleave(rep, 1), v_sel.repeat_interleave(rep, 1)
+    logits = torch.matmul(q.to(torch.float32), kk.to(torch.float32).transpose(-1, -2)) * scaling
+    if mask is not None:
+        logits = logits.masked_fill(~mask, NEG)
+    p = torch.softmax(logits, dim=-1)
+    out = torch.matmul(p.to(vv.dtype), vv)
+    return out.transpose(1, 2), p

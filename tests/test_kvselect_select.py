@@ -1,0 +1,185 @@
+"""TokenSelect kernels and attention path on random tensors (fidelity against brute force)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from slimguard.core.config import build
+from slimguard.core.errors import ConfigError
+from slimguard.slim.kvselect import select as K
+from slimguard.slim.kvselect.attention import ATTR, LayerState, TokenSelectRuntime, token_select_attention
+from slimguard.slim.kvselect.config import TokenSelectConfig
+
+D = 16
+INV = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+
+
+def _rope(x, pos):
+    return K.rotate(x, pos, INV)
+
+
+def _module(cfg: TokenSelectConfig, groups: int):
+    rt = TokenSelectRuntime(cfg, {})
+    st = LayerState(0, INV, rt)
+    rt.layers[0] = st
+    m = SimpleNamespace(layer_idx=0, is_causal=True, num_key_value_groups=groups, training=False, sliding_window=None)
+    setattr(m, ATTR, st)
+    return m, st
+
+
+def _qkv(b, hq, hkv, L, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q_un = torch.randn(b, hq, L, D, generator=g)
+    k_un = torch.randn(b, hkv, n, D, generator=g)
+    v = torch.randn(b, hkv, n, D, generator=g)
+    q = _rope(q_un, torch.arange(n - L, n))
+    k = _rope(k_un, torch.arange(n))
+    return q, k, v, q_un, k_un
+
+
+def _dense(q, k, v, scaling):
+    rep = q.shape[1] // k.shape[1]
+    kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    L, n = q.shape[2], k.shape[2]
+    mask = torch.arange(n)[None] <= torch.arange(n - L, n)[:, None]
+    return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scaling).transpose(1, 2)
+
+
+def test_rotation_composes():
+    x = torch.randn(2, 3, 5, D)
+    p = torch.arange(5) * 37
+    back = _rope(_rope(x, p), -p)
+    assert torch.allclose(back, x, atol=1e-5)
+    a, b = _rope(x, p), _rope(x.flip(2), p)
+    shifted = (_rope(a, torch.full((5,), 100)) * _rope(b, torch.full((5,), 100))).sum(-1)
+    assert torch.allclose(shifted, (a * b).sum(-1), atol=1e-4)  # dot products depend on relative position only
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 2), (6, 3), (4, 1), (4, 4)])
+def test_gqa_mapping_matches_repeat_kv(hq, hkv):
+    """Query head h reads KV head h // (hq // hkv), as transformers' repeat_kv does."""
+    q = torch.randn(1, hq, D)
+    k = torch.randn(1, hkv, 7, D)
+    got = K.head_logits(q, k, 1.0)
+    rep = k.repeat_interleave(hq // hkv, dim=1)
+    want = torch.einsum("bhd,bhnd->bhn", q, rep)
+    assert torch.allclose(got, want, atol=1e-5)
+    wrong = torch.einsum("bhd,bhnd->bhn", q, k[:, [h % hkv for h in range(hq)]])
+    if hkv not in (1, hq):
+        assert not torch.allclose(got, wrong, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["tokenselect", "streaming", "h2o", "quest", "random", "oracle", "dense"])
+@pytest.mark.parametrize("n,L", [(40, 40), (64, 1), (57, 9)])
+def test_budget_covering_context_is_exactly_dense(method, n, L):
+    cfg = TokenSelectConfig(method=method, n_init=4, k=32, n_local=32, chunk_size=16)
+    m, _ = _module(cfg, 2)
+    q, k, v, *_ = _qkv(1, 4, 2, L, n)
+    out, _ = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
+    mask = (torch.arange(n)[None] <= torch.arange(n - L, n)[:, None])[None, None] if 1 < L < n else None
+    stock = SimpleNamespace(is_causal=True, num_key_value_groups=2, training=False)  # no state: the plain sdpa path
+    assert torch.equal(out, token_select_attention(stock, q, k, v, mask, scaling=D ** -0.5)[0])
+    assert torch.allclose(out, _dense(q, k, v, D ** -0.5), atol=1e-5)
+
+
+def _brute_force(q_un, k_un, v, n_init, k, n_local, scaling):
+    """Reference TokenSelect for one decode query, written from the method description with loops."""
+    b, hq, _, d = q_un.shape
+    hkv, n = k_un.shape[1], k_un.shape[2]
+    g = hq // hkv
+    cand = list(range(n_init, n - n_local))
+    score = torch.zeros(len(cand))
+    for h in range(hq):
+        logits = torch.tensor([float(q_un[0, h, 0] @ k_un[0, h // g, j]) * scaling for j in cand])
+        score += torch.softmax(logits, 0)
+    top = sorted(cand[i] for i in torch.topk(score, k).indices.tolist())
+    sel = list(range(n_init)) + top + list(range(n - n_local, n))
+    s = len(sel)
+    out = torch.zeros(hq, d)
+    qc = _rope(q_un[0, :, :1], torch.tensor([s - 1]))  # the query is the last entry of the compacted list
+    for h in range(hq):
+        ks = _rope(k_un[0, h // g, sel], torch.arange(s))
+        w = torch.softmax((ks @ qc[h, 0]) * scaling, 0)
+        out[h] = w @ v[0, h // g, sel]
+    return sel, out
+
+
+@pytest.mark.parametrize("hq,hkv,n", [(4, 2, 200), (6, 3, 150), (4, 1, 97)])
+def test_decode_selection_equals_brute_force(hq, hkv, n):
+    cfg = TokenSelectConfig(n_init=3, k=20, n_local=10, chunk_size=8, cache_threshold=None, record=True)
+    m, st = _module(cfg, hq // hkv)
+    q, k, v, q_un, k_un = _qkv(1, hq, hkv, 1, n, seed=n)
+    out, _ = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
+    sel, want = _brute_force(q_un, k_un, v, 3, 20, 10, D ** -0.5)
+    assert st.last_idx[0, 0].tolist() == sel
+    assert torch.allclose(out[0, 0], want, atol=1e-4)
+
+
+def test_prefill_chunks_select_per_chunk_and_stay_causal():
+    cfg = TokenSelectConfig(n_init=2, k=8, n_local=16, chunk_size=16)
+    m, st = _module(cfg, 2)
+    q, k, v, *_ = _qkv(1, 4, 2, 96, 96)
+    out, _ = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
+    assert out.shape == (1, 96, 4, D)
+    dense = _dense(q, k, v, D ** -0.5)
+    assert torch.allclose(out[:, :16], dense[:, :16], atol=1e-5)  # the first chunk fits the budget: dense
+    assert st.selections == 96 // 16 - 1  # first chunk dense, later ones selected
+    # changing a future token must not change earlier outputs (causality after compaction)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, -1] += 5
+    v2[:, :, -1] += 5
+    m2, _ = _module(cfg, 2)
+    out2, _ = token_select_attention(m2, q, k2, v2, None, scaling=D ** -0.5)
+    assert torch.allclose(out[:, :-1], out2[:, :-1], atol=1e-5)
+
+
+def test_selection_cache_threshold_one_equals_recompute_and_low_threshold_hits():
+    q, k, v, *_ = _qkv(1, 4, 2, 1, 300, seed=3)
+    outs = {}
+    for thr in (None, 1.0, 0.01):
+        cfg = TokenSelectConfig(n_init=4, k=40, n_local=16, chunk_size=16, cache_threshold=thr)
+        m, st = _module(cfg, 2)
+        res = []
+        for t in range(280, 300):  # decode steps over a growing cache
+            qt = q + 0.01 * t
+            res.append(token_select_attention(m, qt, k[:, :, :t + 1], v[:, :, :t + 1], None, scaling=D ** -0.5)[0])
+        outs[thr] = (torch.cat(res), st.hits)
+    assert torch.equal(outs[None][0], outs[1.0][0]) and outs[1.0][1] == 0
+    assert outs[0.01][1] > 0
+
+
+def test_quest_pages_and_oracle_heads():
+    q = torch.randn(1, 4, D)
+    keys = torch.randn(1, 2, 128, D)
+    idx = K.quest_middle(q, keys, 16, 112, 32, 16)
+    assert idx.shape == (1, 2, 32)
+    assert all(int(i) % 16 == 0 for i in idx[0, 0, ::16])  # whole pages
+    keys[0, 0, 48:64] *= 50  # one page dominates for the first kv head in both signs
+    q2 = keys[0, 0, 48:64].mean(0).expand(1, 4, D)
+    assert 48 in K.quest_middle(q2, keys, 16, 112, 16, 16)[0, 0].tolist()
+    o = K.oracle_middle(torch.randn(1, 4, 3, D), keys, 16, 112, 10, 1.0)
+    assert o.shape == (1, 4, 10) and int(o.min()) >= 16 and int(o.max()) < 112
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"k": 0}, "k"), ({"n_local": -1}, "n_local"), ({"chunk_size": 0}, "chunk_size"),
+    ({"n_local": 64, "chunk_size": 128}, "n_local"), ({"pool_kernel": 2}, "pool_kernel"),
+    ({"method": "snapkv"}, "method"), ({"kk": 3}, "did you mean 'k'"), ({"cache_threshold": 1.5}, "cache_threshold"),
+])
+def test_bad_config_is_one_line_error(data, message):
+    with pytest.raises(ConfigError) as e:
+        build(TokenSelectConfig, data)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_soft_vote_is_not_dominated_by_one_head():
+    logits = torch.zeros(1, 3, 10)
+    logits[0, 0, 0] = 100.0  # one loud head
+    logits[0, 1:, 5] = 3.0  # two moderate heads agree
+    s = K.soft_vote(logits)
+    assert s[0, 5] > s[0, 0]
+    assert math.isclose(float(s.sum()), 3.0, rel_tol=1e-5)
