@@ -28,6 +28,7 @@ class KVSelectBenchConfig(Config):
     lengths: list[int] = Field([1024], description="Context lengths (tokens) for dense and TokenSelect accuracy.")
     depths: list[float] = Field([0.5], description="Needle depths; cases per length = len(depths) * n_per_depth.")
     n_per_depth: int = Field(2, ge=1, description="Samples per (length, depth).")
+    methods: list[str] = Field(["dense", "tokenselect"], description="Methods run at every length (dense can be dropped at lengths whose dense attention does not fit in memory).")
     peer_length: int = Field(1024, ge=256, description="Context length of the equal-budget peer comparison.")
     peers: list[str] = Field(["streaming", "h2o", "quest"], description="Peers at equal budget (--full adds random, oracle).")
     n_init: int = Field(16, ge=0, description="Accuracy-part budget: sink tokens (scaled down with the lengths).")
@@ -40,6 +41,7 @@ class KVSelectBenchConfig(Config):
     thresholds: list[float] = Field([0.8, 0.9, 0.95], description="Selection Cache thresholds.")
     seed: int = Field(0, description="Seed of the task generator and random tensors.")
     threads: int = Field(1, ge=1, description="torch threads (1: on an oversubscribed CPU, extra threads mostly add sync overhead).")
+    device: str = Field("cpu", pattern="^(cpu|cuda)$", description="Device of the accuracy part's models (cuda for --full on a GPU).")
 
 
 def _peak_rss_mb(fn) -> tuple[float, object]:
@@ -204,9 +206,9 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
     base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
     acc: dict = {}
     for model_name in bc.models:
-        lm = load_causal_lm(model_name)
+        lm = load_causal_lm(model_name, device=bc.device)
         hay = Haystack(lm.tokenizer)
-        plan = [(t, L, m) for t in bc.tasks for L in bc.lengths for m in ("dense", "tokenselect")]
+        plan = [(t, L, m) for t in bc.tasks for L in bc.lengths for m in bc.methods]
         plan += [("passkey", bc.peer_length, p) for p in bc.peers]
         for task, L, method in plan:
             samples = make_samples(hay, task, [L], bc.depths if method in ("dense", "tokenselect") else [0.5],
@@ -217,7 +219,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                                                                           and L == max(bc.lengths))))
             hits, t0 = [], time.perf_counter()
             for s in samples:
-                ids = torch.tensor([s.input_ids])
+                ids = torch.tensor([s.input_ids], device=bc.device)
                 with torch.no_grad():
                     g = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
                                           pad_token_id=lm.tokenizer.pad_token_id)
@@ -244,7 +246,7 @@ def _selection_plot(rt, sample, model_name: str, plot_dir: Path) -> None:
     sel = rt.selected()
     fig, ax = plt.subplots(figsize=(10, 4))
     for layer, idx in sorted(sel.items()):
-        x = idx[0, 0].numpy()
+        x = idx[0, 0].cpu().numpy()
         ax.scatter(x, [layer] * len(x), s=1, c="tab:blue")
     lo, hi = sample.needle_span
     ax.axvspan(lo, hi, color="tab:red", alpha=0.3, label="needle")
