@@ -1,0 +1,289 @@
+"""``slimguard bench quant``: EdgeQAT (Shen et al., 2024) vs RTN PTQ, LSQ-only QAT, ablations,
+token-adaptive vs random-token control and torchao's QAT, on SmolLM2-135M; ``--speed`` runs
+the exported GGUF in llama.cpp against F16/F32 GGUFs of the same model.
+
+Every QAT variant gets the same data, optimizer, step budget and seeds. The default is a
+reduced budget for 2 CPU cores; ``--full`` is the paper-sized run (meant for a GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from pydantic import Field
+
+from ..core.config import Config
+from ..core.errors import SlimguardError
+from ..cli.options import ConfigOpt, SetOpt, ThreadsOpt, set_threads
+
+BITS = {"W8A8": dict(w_bits=8, a_bits=8), "W4A8": dict(w_bits=4, a_bits=8),
+        "W4A8KV4": dict(w_bits=4, a_bits=8, kv_bits=4), "W4A4": dict(w_bits=4, a_bits=4)}
+# name -> (loss switches, qat overrides)
+VARIANTS = {
+    "lsq_ce": (dict(ce=True), {}),
+    "lsq_kd": (dict(ce=True, kd=True), {}),
+    "lsq_kd_entropy": (dict(ce=True, kd=True, entropy=True), {}),
+    "lsq_kd_distribution": (dict(ce=True, kd=True, distribution=True), {}),
+    "edgeqat": (dict(ce=True, kd=True, entropy=True, distribution=True), {}),
+    "edgeqat_reference_sign": (dict(ce=True, kd=True, entropy=True, distribution=True,
+                                    distribution_sign="reference"), {}),
+    # token-adaptive bits: half the tokens at 4-bit activations (average A6); compared with the random control
+    "edgeqat_adaptive": (dict(ce=True, kd=True, entropy=True, distribution=True), dict(token_adaptive=True)),
+    "edgeqat_adaptive_random": (dict(ce=True, kd=True, entropy=True, distribution=True),
+                                dict(token_adaptive=True, adaptive_control="random")),
+}
+
+
+class QuantBenchConfig(Config):
+    model: str = Field("smollm2-135m", description="Causal LM (Llama family).")
+    bits: list[str] = Field(default_factory=lambda: ["W4A8KV4"], description=f"Bit settings from {list(BITS)}.")
+    variants: list[str] = Field(default_factory=lambda: ["lsq_ce", "edgeqat", "edgeqat_adaptive", "edgeqat_adaptive_random"],
+                                description=f"Trained variants from {list(VARIANTS)}.")
+    torchao: bool = Field(True, description="Include torchao's QAT (W4A8 linears) at the same budget.")
+    steps: int = Field(5, description="Optimizer steps per QAT variant (equal for all).")
+    seq_len: int = Field(64, description="Tokens per sequence.")
+    batch_size: int = Field(2, description="Sequences per step.")
+    eval_batches: int = Field(3, description="Held-out batches for perplexity / KL.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Training seeds (mean +- std over them).")
+    lr: float = Field(2.5e-5, description="Weight learning rate.")
+    speed: bool = Field(False, description="Also run llama.cpp speed (needs llama-cpp-python).")
+    speed_tokens: int = Field(32, description="Decode tokens per timing repeat.")
+    speed_prompt: int = Field(128, description="Prompt tokens for the prefill timing.")
+    speed_only: bool = Field(False, description="Skip training; time the EdgeQAT model saved by the last full run "
+                                                "(runs/bench-quant/) and merge the speed rows into quant.json.")
+    datasets: list[str] = Field(default_factory=lambda: ["pg-essays"],
+                                description="Training text (held-out perplexity is always on pg-essays).")
+
+
+PACKED = "edgeqat_w4a8kv4.safetensors"
+FULL = dict(bits=list(BITS), variants=list(VARIANTS), steps=300, seq_len=128, batch_size=8, eval_batches=16,
+            seeds=[0, 1, 2])
+
+
+def _train_cfg(bc: QuantBenchConfig, bits: str, variant: str, seed: int):
+    from ..core.config import build
+    from ..slim.quant.config import QuantTrainConfig
+
+    loss, qat = VARIANTS[variant]
+    return build(QuantTrainConfig, dict(model=bc.model, qat={**BITS[bits], **qat}, loss=loss, seq_len=bc.seq_len,
+                                        batch_size=bc.batch_size, steps=bc.steps, lr=bc.lr, seed=seed,
+                                        warmup=max(1, bc.steps // 10), eval_batches=bc.eval_batches,
+                                        checkpoint_every=10 ** 6, device="cpu"))
+
+
+def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Path:
+    import torch
+
+    from ..bench import harness
+    from ..core.models import load_causal_lm
+    from ..slim.quant.baselines import rtn, torchao_qat
+    from ..slim.quant.config import QATConfig
+    from ..slim.quant.data import load_blocks
+    from ..slim.quant.evaluate import evaluate
+    from ..slim.quant.train import train
+
+    t_start = time.perf_counter()
+    lm = load_causal_lm(bc.model)
+    fp = lm.model
+    if bc.speed_only:
+        return _speed_only(bc, lm, command, threads, log)
+    blocks = load_blocks(lm.tokenizer, bc.datasets, "pg-essays", seq_len=bc.seq_len, eval_frac=0.15)
+    ev = blocks.eval_batches(bc.eval_batches, bc.batch_size)
+    calib = blocks.batch(0, bc.batch_size, 0)
+    from ..slim.quant.prepare import attach_recorder
+
+    teacher = attach_recorder(copy.deepcopy(fp))  # fp itself stays pristine: every variant copies it
+    fp_res = evaluate(teacher, ev, teacher=teacher, diagnostics=True)
+    rows: list[dict] = [dict(method="fp", bits="FP32", metric="ppl", value=fp_res.ppl, std=0.0, n=1)]
+    diag: dict[str, dict] = {"fp": {"attn_cos": fp_res.attn_cos, "qk_entropy": fp_res.qk_entropy}}
+    log(f"fp ppl {fp_res.ppl:.3f} ({fp_res.tokens} held-out tokens)")
+    results: dict[tuple[str, str], dict] = {}
+    trained_for_export = None
+
+    def add(method, bits, vals: list, kls: list, extra=None):
+        ms, ks = harness.mean_std(vals), harness.mean_std(kls)
+        results[(method, bits)] = {"ppl": ms["value"], "kl": ks["value"]}
+        rows.append(dict(method=method, bits=bits, metric="ppl", **ms, ratio_to_fp=ms["value"] / fp_res.ppl))
+        rows.append(dict(method=method, bits=bits, metric="kl_to_fp", **ks))
+        log(f"{bits:8s} {method:24s} ppl {ms['value']:.3f} +- {ms['std']:.3f}  KL {ks['value']:.4f}"
+            f"  [{time.perf_counter() - t_start:.0f}s]")
+
+    for bits in bc.bits:
+        for gran, name in (("tensor", "rtn_per_tensor"), ("group", "rtn_per_group")):
+            m = rtn(fp, QATConfig(**BITS[bits], granularity=gran), calib)
+            r = evaluate(m, ev, teacher=teacher, diagnostics=name == "rtn_per_group")
+            add(name, bits, [r.ppl], [r.kl_to_fp])
+            if name == "rtn_per_group":
+                diag[f"rtn_per_group {bits}"] = {"attn_cos": r.attn_cos, "qk_entropy": r.qk_entropy}
+            del m
+        for control in ("sink", "random"):  # equal average bits, no training: isolates the token choice
+            m = rtn(fp, QATConfig(**BITS[bits], token_adaptive=True, adaptive_control=control), calib)
+            r = evaluate(m, ev, teacher=teacher)
+            add(f"rtn_adaptive_{control}", bits, [r.ppl], [r.kl_to_fp])
+        for variant in bc.variants:
+            vals, kls = [], []
+            for seed in bc.seeds:
+                cfg = _train_cfg(bc, bits, variant, seed)
+                res, model = train(cfg, model=copy.deepcopy(fp), teacher=teacher, blocks=blocks, progress=False,
+                                   eval_fp=False)
+                r = evaluate(model, ev, teacher=teacher, diagnostics=(variant == "edgeqat" and seed == bc.seeds[0]))
+                if r.attn_cos:
+                    diag[f"edgeqat {bits}"] = {"attn_cos": r.attn_cos, "qk_entropy": r.qk_entropy}
+                if variant == "edgeqat" and bits == "W4A8KV4" and seed == bc.seeds[0]:
+                    from ..slim.quant.prepare import convert
+
+                    trained_for_export = convert(model)
+                    from ..core.runs import runs_root
+                    from ..slim.quant.export import save_packed
+
+                    save_packed(model, cfg.qat, runs_root() / "bench-quant" / PACKED)
+                vals.append(r.ppl)
+                kls.append(r.kl_to_fp)
+                del model
+            add(variant, bits, vals, kls)
+        if bc.torchao and bits in ("W4A8KV4", "W4A8", "W8A8"):
+            vals, kls = [], []
+            for seed in bc.seeds:
+                cfg = _train_cfg(bc, bits, "lsq_ce", seed)
+                m, _ = torchao_qat(fp, cfg, blocks, w_bits=BITS[bits]["w_bits"], a_bits=8)
+                r = evaluate(m, ev, teacher=teacher)
+                vals.append(r.ppl)
+                kls.append(r.kl_to_fp)
+                del m
+            add("torchao_qat_w%da8" % BITS[bits]["w_bits"], bits, vals, kls)
+
+    speed = None
+    if bc.speed:
+        try:
+            speed = _speed(bc, lm, fp, trained_for_export, threads, log)
+        except SlimguardError as e:  # llama-cpp-python is optional: keep the QAT results
+            log(f"speed skipped: {e}")
+    targets = _targets(bc, results, fp_res.ppl, speed)
+    out = harness.RESULTS_DIR
+    _plot(diag, out / "quant_diagnostics.png")
+    if speed:
+        rows += speed["rows"]
+    note = (f"Reduced CPU budget: {bc.steps} steps x {bc.batch_size} x {bc.seq_len} tokens per variant, "
+            f"{len(bc.seeds)} seed(s), {fp_res.tokens} held-out tokens (Paul Graham essays; training on "
+            f"{', '.join(bc.datasets)}): differences between QAT variants are within the noise of this budget. "
+            f"Timings taken on a shared, heavily loaded 2-core machine (other jobs running), torch threads {threads}; "
+            "only side-by-side ratios are meaningful. The FP model's weights already passed through Q4_1 (the only "
+            "SmolLM2 weights in a registry). torchao QAT quantizes only the linears (no KV cache quantization).")
+    return harness.write_result("quant", command=command, config=bc.to_dict(), rows=rows, targets=targets,
+                                extra={"note": note, "diagnostics": diag, "speed": speed,
+                                       "seconds": time.perf_counter() - t_start})
+
+
+def _targets(bc, res: dict, fp_ppl: float, speed: dict | None) -> dict:
+    from ..bench import harness
+
+    t = {}
+    b = "W4A8KV4"
+    e = res.get(("edgeqat", b), {}).get("ppl")
+    rt = res.get(("rtn_per_group", b), {}).get("ppl")
+    t["edgeqat_w4a8kv4_ppl_ratio_to_fp"] = harness.target(e / fp_ppl if e else None, "<= 1.10")
+    gap = (rt - e) / (rt - fp_ppl) if (e and rt and rt > fp_ppl) else None
+    t["edgeqat_w4a8kv4_rtn_gap_closed"] = harness.target(gap, ">= 0.60")
+    lsq = res.get(("lsq_ce", b), {}).get("ppl")
+    t["edgeqat_vs_lsq_ce_ppl_ratio"] = harness.target(lsq / e if (lsq and e) else None, ">= 1.0")
+    ao = res.get(("torchao_qat_w4a8", b), {}).get("ppl")
+    t["edgeqat_vs_torchao_qat_ppl_ratio"] = harness.target(ao / e if (ao and e) else None, ">= 1.0")
+    ad, rnd = res.get(("edgeqat_adaptive", b), {}).get("ppl"), res.get(("edgeqat_adaptive_random", b), {}).get("ppl")
+    t["token_adaptive_vs_random_ppl_ratio"] = harness.target(rnd / ad if (rnd and ad) else None, ">= 1.0")
+    sp = (speed or {}).get("summary", {})
+    t["gguf_decode_speedup_vs_f16"] = harness.target(sp.get("decode_speedup_vs_f16"), ">= 2.4")
+    t["gguf_size_ratio_vs_f16"] = harness.target(sp.get("size_ratio_vs_f16"), ">= 3.5")
+    return t
+
+
+def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
+    import json
+
+    from ..bench import harness
+    from ..core.errors import SlimguardError
+    from ..core.runs import runs_root
+    from ..slim.quant.export import load_packed
+
+    packed = runs_root() / "bench-quant" / PACKED
+    res_path = harness.RESULTS_DIR / "quant.json"
+    if not packed.is_file() or not res_path.is_file():
+        raise SlimguardError(f"--set speed_only=true needs a previous `slimguard bench quant` run ({packed} and "
+                             f"{res_path}); run it first")
+    trained, _ = load_packed(packed)
+    speed = _speed(bc, lm, lm.model, trained, threads, log)
+    doc = json.loads(res_path.read_text())
+    rows = [r for r in doc["rows"] if not str(r.get("method", "")).startswith("llama.cpp")] + speed["rows"]
+    res = {}
+    for r in doc["rows"]:
+        if r.get("metric") == "ppl":
+            res[(r["method"], r["bits"])] = {"ppl": r["value"]}
+    fp_ppl = res.get(("fp", "FP32"), {}).get("ppl")
+    targets = _targets(bc, res, fp_ppl, speed)
+    extra = {k: v for k, v in doc.items() if k in ("note", "diagnostics", "seconds")}
+    extra["speed"] = speed
+    return harness.write_result("quant", command=f"{doc['command']} && {command}", config=doc["config"], rows=rows,
+                                targets=targets, extra=extra)
+
+
+def _speed(bc, lm, fp, trained, threads: int, log) -> dict | None:
+    from ..slim.quant.speed import llama_cpp_speed
+
+    return llama_cpp_speed(bc.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,
+                           decode_tokens=bc.speed_tokens, log=log)
+
+
+def _plot(diag: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for name, d in diag.items():
+        if d.get("attn_cos"):
+            axes[0].plot(d["attn_cos"], label=name)
+        if d.get("qk_entropy"):
+            axes[1].plot(d["qk_entropy"], label=name)
+    axes[0].set(title="attention-map cosine to FP", xlabel="layer")
+    axes[1].set(title="Q/K Gaussian entropy term (sum log(1+var))", xlabel="layer")
+    for a in axes:
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quant")
+    def quant(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+              speed: bool = typer.Option(False, "--speed", help="Also time llama.cpp (needs llama-cpp-python)."),
+              full: bool = typer.Option(False, "--full", help="Paper-sized budget: all bits/variants, 300 steps, "
+                                                              "3 seeds (use a GPU)."),
+              threads: Optional[int] = ThreadsOpt) -> None:
+        """EdgeQAT vs RTN / LSQ / torchao QAT (perplexity, KL) and llama.cpp speed -> benchmarks/results/quant.json."""
+        n = set_threads(threads)
+        from ..core.config import resolve
+
+        base = FULL if full else {}
+        bc = resolve(QuantBenchConfig, config_file=config, sets=set_, speed=speed or None)
+        if full:
+            bc = bc.model_copy(update={k: v for k, v in base.items()})
+        for b in bc.bits:
+            if b not in BITS:
+                from ..core.errors import ConfigError
+
+                raise ConfigError(f"bits '{b}' unknown; choose from {', '.join(BITS)}")
+        for v in bc.variants:
+            if v not in VARIANTS:
+                from ..core.errors import ConfigError
+
+                raise ConfigError(f"variant '{v}' unknown; choose from {', '.join(VARIANTS)}")
+        cmd = "slimguard bench quant" + (" --speed" if bc.speed else "") + (" --full" if full else "") + \
+            "".join(f" --set {x}" for x in (set_ or []))
+        path = run_bench(bc, cmd, n, log=lambda s: typer.echo(s, err=True))
+        typer.echo(str(path))

@@ -1,0 +1,275 @@
+"""EdgeQAT trainer (Shen et al., 2024): QAT of a Llama-family LM with CE, distillation,
+entropy and distribution guidance, checkpoints and exact ``--resume``, DDP under torchrun.
+
+Runs unchanged under ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU): each rank
+takes a disjoint slice of the step's global batch; quantizer calibration all-reduces its
+min/max so every rank starts from identical steps.
+
+CPU example::
+
+    SLIMGUARD_THREADS=1 slimguard quant train --steps 4 --set batch_size=2 --run qat-smoke
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...core.errors import SlimguardError
+from ...core.runs import Run, atomic_torch_save
+from .config import QuantTrainConfig
+from .data import TokenBlocks, load_blocks
+from .evaluate import EvalResult, evaluate
+from .losses import edgeqat_loss
+from .prepare import attach_recorder, prepare_qat, quantizer_parameters, state_of
+
+CKPT = "checkpoint.pt"
+MODEL_FILE = "qat_model.safetensors"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    losses: list[float]
+    seconds: float
+    eval: EvalResult | None = None
+    eval_fp: EvalResult | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "final_loss": self.final_loss, "seconds": self.seconds,
+                "eval": self.eval.to_dict() if self.eval else None,
+                "eval_fp": self.eval_fp.to_dict() if self.eval_fp else None}
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_dist(device: str) -> Dist:
+    """Join the process group torchrun set up (if any) and pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = (device == "cuda") or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SlimguardError("device 'cuda' requested but no CUDA GPU is visible; use --set device=cpu")
+    if world == 1:
+        return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank()
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return Dist(rank, world, torch.device("cuda", local))
+    return Dist(rank, world, torch.device("cpu"))
+
+
+def config_fingerprint(cfg: QuantTrainConfig) -> str:
+    """What a checkpoint must agree on to be resumed (everything but checkpoint cadence / eval size)."""
+    d = cfg.to_dict()
+    for k in ("checkpoint_every", "eval_batches"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _lr_lambda(cfg: QuantTrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / (cfg.warmup + 1)
+        prog = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+    return f
+
+
+def build_optimizer(model, cfg: QuantTrainConfig):
+    qparams = quantizer_parameters(model)
+    qids = {id(p) for p in qparams}
+    # embeddings / tied LM head stay frozen: they are not quantized and dominate optimizer cost
+    emb = model.get_input_embeddings().weight
+    emb.requires_grad_(False)
+    weights = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in qids and p.dim() == 2]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in qids and p.dim() != 2]
+    groups = [{"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+              {"params": others, "lr": cfg.lr, "weight_decay": 0.0},
+              {"params": [p for p in qparams if p.requires_grad], "lr": cfg.quantizer_lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    return opt, sched
+
+
+def _trainable_state(model) -> dict:
+    emb = model.get_input_embeddings().weight
+    return {k: v for k, v in model.state_dict().items() if v.data_ptr() != emb.data_ptr()}
+
+
+def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False, model=None, tokenizer=None,
+          teacher=None, blocks: TokenBlocks | None = None, progress: bool = True, do_eval: bool = True,
+          eval_fp: bool = True, stop_at: int | None = None) -> tuple[TrainResult, object]:
+    """Train ``cfg``; returns the result and the (prepared, unconverted) student model.
+
+    ``stop_at`` ends the call early at that step (as a kill would), for time-boxed runs and tests;
+    ``resume=True`` then continues from the last checkpoint as if never interrupted."""
+    dist = setup_dist(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        from ...core.models import load_causal_lm
+
+        lm = load_causal_lm(cfg.model)
+        model, tokenizer = lm.model, lm.tokenizer
+    if blocks is None:
+        blocks = load_blocks(tokenizer, cfg.datasets, cfg.eval_dataset, seq_len=cfg.seq_len, eval_frac=cfg.eval_frac)
+    model.to(dist.device)
+    need_teacher = cfg.loss.needs_teacher or (do_eval and eval_fp)
+    if need_teacher and teacher is None:
+        teacher = copy.deepcopy(model)
+    if teacher is not None:
+        teacher.to(dist.device).eval().requires_grad_(False)
+        attach_recorder(teacher)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + dist.rank)
+    prepare_qat(model, cfg.qat, generator=gen)
+    st = state_of(model)
+    with torch.no_grad():  # LSQ+ init from the same global batch on every rank
+        model.eval()
+        model(input_ids=blocks.batch(0, cfg.batch_size, cfg.seed).to(dist.device))
+        st.reset()
+    model.train()
+    opt, sched = build_optimizer(model, cfg)
+    start, losses, history = 0, [], []
+    ckpt_path = run.path / CKPT if run is not None else None
+    if resume:
+        start, losses, history = _load_checkpoint(ckpt_path, cfg, model, opt, sched, gen)
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                  find_unused_parameters=True)
+    tst = state_of(teacher) if teacher is not None else None
+    record = cfg.loss.entropy or cfg.loss.distribution
+    t0 = time.perf_counter()
+    bar = None
+    if progress and dist.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"qat {cfg.qat.tag()}", unit="step")
+    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    for step in range(start, end):
+        x = blocks.batch(step, cfg.batch_size, cfg.seed, dist.rank, dist.world).to(dist.device)
+        st.reset()
+        st.record = record
+        t_logits = None
+        if teacher is not None and cfg.loss.needs_teacher:
+            tst.reset()
+            tst.record = cfg.loss.distribution
+            with torch.no_grad():
+                t_logits = teacher(input_ids=x).logits
+        logits = net(input_ids=x).logits
+        parts = edgeqat_loss(cfg.loss, x, logits, st, t_logits, tst)
+        opt.zero_grad(set_to_none=True)
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        sched.step()
+        st.reset()
+        if tst is not None:
+            tst.reset()
+        loss = _mean_across(parts.total.detach(), dist)
+        losses.append(loss)
+        history.append({"step": step + 1, **parts.to_dict(), "loss": loss})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        if ckpt_path is not None and dist.main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            _save_checkpoint(ckpt_path, cfg, step + 1, model, opt, sched, gen, losses, history)
+            if run is not None:
+                run.log.info("step %d loss %.4f (checkpoint)", step + 1, loss)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    st.record = False
+    result = TrainResult(cfg.steps, losses[-1] if losses else float("nan"), losses, seconds, history=history)
+    if do_eval and dist.main:
+        ev = blocks.eval_batches(cfg.eval_batches, cfg.batch_size)
+        result.eval = evaluate(model, ev, teacher=teacher, device=dist.device)
+        if eval_fp and teacher is not None:
+            result.eval_fp = evaluate(teacher, ev, device=dist.device)
+    if run is not None and dist.main:
+        from safetensors.torch import save_model
+
+        save_model(model, str(run.artefact(MODEL_FILE)))
+        run.save_metrics({**result.to_dict(), "world_size": dist.world, "device": str(dist.device),
+                          "losses": losses, "threads": torch.get_num_threads()})
+    return result, model
+
+
+def _mean_across(x: torch.Tensor, dist: Dist) -> float:
+    if dist.world > 1:
+        import torch.distributed as td
+
+        x = x.clone()
+        td.all_reduce(x)
+        x /= dist.world
+    return float(x)
+
+
+def _save_checkpoint(path: Path, cfg, step, model, opt, sched, gen, losses, history) -> None:
+    atomic_torch_save({"fingerprint": config_fingerprint(cfg), "step": step, "model": _trainable_state(model),
+                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "generator": gen.get_state(), "losses": losses, "history": history}, path)
+
+
+def _load_checkpoint(path: Path | None, cfg, model, opt, sched, gen):
+    if path is None or not path.is_file():
+        raise SlimguardError(f"--resume: no checkpoint at {path}; start without --resume")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise SlimguardError(f"--resume: cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if ck.get("fingerprint") != config_fingerprint(cfg):
+        raise SlimguardError(f"--resume: checkpoint {path} was written with a different config; "
+                             "use the run's own config.json or start a new --run")
+    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+    if unexpected or any(k != "lm_head.weight" and "embed_tokens" not in k for k in missing):
+        raise SlimguardError(f"--resume: checkpoint {path} does not match the prepared model")
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    gen.set_state(ck["generator"])
+    return ck["step"], list(ck["losses"]), list(ck["history"])
+
+
+def load_trained(run_dir: str | Path, *, converted: bool = True):
+    """A trained run directory -> (model, tokenizer, config); converted by default."""
+    from safetensors.torch import load_model
+
+    from ...core.config import build
+    from ...core.models import load_causal_lm
+    from .prepare import convert
+
+    run = Run.open(run_dir, need=("config.json", MODEL_FILE))
+    cfg = build(QuantTrainConfig, run.config())
+    lm = load_causal_lm(cfg.model)
+    prepare_qat(lm.model, cfg.qat)
+    missing, unexpected = load_model(lm.model, str(run.path / MODEL_FILE), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise SlimguardError(f"{run.path / MODEL_FILE} does not match config.json's model and qat settings")
+    if converted:
+        convert(lm.model)
+    return lm.model.eval(), lm.tokenizer, cfg

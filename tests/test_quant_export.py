@@ -1,0 +1,93 @@
+"""EdgeQAT export: learned Q4_0 GGUF round-trips to the fake-quant weights; packed int4 safetensors reloads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slimguard.core.errors import SlimguardError
+from slimguard.slim.quant import QATConfig, convert, prepare_qat
+
+
+def _template(path):
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_string("general.name", "tiny")
+    w.add_uint32("llama.block_count", 2)
+    w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(128)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("w_bits, qtype", [(4, "Q4_0"), (3, "Q4_0"), (8, "Q8_0")])
+def test_gguf_dequantizes_to_fake_quant_weights(tiny_llama, tmp_path, w_bits, qtype):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from slimguard.slim.quant.export import _rope_permute, write_gguf
+
+    x = torch.randint(0, 128, (1, 8))
+    prepare_qat(tiny_llama, QATConfig(w_bits=w_bits, a_bits=8, kv_bits=4))
+    tiny_llama(input_ids=x)
+    fake = {n: m.w_quant(m.weight).detach().clone() for n, m in tiny_llama.named_modules() if hasattr(m, "w_quant")}
+    convert(tiny_llama)
+    path = write_gguf(tiny_llama, tmp_path / "m.gguf", template=_template(tmp_path / "t.gguf"))
+    r = GGUFReader(str(path))
+    t = {x.name: x for x in r.tensors}
+    assert r.fields["general.name"].contents() == "tiny"
+    for name, gg, perm in (("model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight", 4),
+                           ("model.layers.1.self_attn.k_proj", "blk.1.attn_k.weight", 2),
+                           ("model.layers.1.mlp.down_proj", "blk.1.ffn_down.weight", None)):
+        tensor = t[gg]
+        assert tensor.tensor_type.name == qtype
+        deq = dequantize(tensor.data, tensor.tensor_type)
+        want = fake[name].numpy()
+        want = _rope_permute(want, perm) if perm else want
+        np.testing.assert_array_equal(deq.reshape(want.shape), want)
+    assert t["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+
+
+def test_gguf_needs_converted_group32(tiny_llama, tmp_path):
+    from slimguard.slim.quant.export import write_gguf
+
+    prepare_qat(tiny_llama, QATConfig(granularity="channel"))
+    tiny_llama(input_ids=torch.randint(0, 128, (1, 8)))
+    with pytest.raises(SlimguardError, match="not converted"):
+        write_gguf(tiny_llama, tmp_path / "m.gguf", template=_template(tmp_path / "t.gguf"))
+    convert(tiny_llama)
+    with pytest.raises(SlimguardError, match="group_size=32"):
+        write_gguf(tiny_llama, tmp_path / "m.gguf", template=_template(tmp_path / "t.gguf"))
+
+
+@pytest.mark.parametrize("w_bits", [4, 8])
+def test_packed_safetensors_reload_same_logits(tiny_llama, tmp_path, w_bits):
+    from slimguard.slim.quant.export import load_packed, save_packed
+
+    x = torch.randint(0, 128, (2, 12))
+    cfg = QATConfig(w_bits=w_bits, a_bits=8, kv_bits=4)
+    prepare_qat(tiny_llama, cfg)
+    tiny_llama(input_ids=x)
+    convert(tiny_llama)
+    want = tiny_llama(input_ids=x).logits
+    path = save_packed(tiny_llama, cfg, tmp_path / "m.safetensors")
+    if w_bits == 4:  # two codes per byte: about a quarter of the fp16 linear bytes
+        lin = sum(m.weight.numel() for n, m in tiny_llama.named_modules() if hasattr(m, "qcodes"))
+        assert path.stat().st_size < lin * 2 * 0.5 + 128 * 64 * 4 * 2
+    model, cfg2 = load_packed(path)
+    assert cfg2 == cfg
+    assert torch.allclose(model(input_ids=x).logits, want, atol=1e-5)
+
+
+def test_load_packed_rejects_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from slimguard.slim.quant.export import load_packed
+
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(SlimguardError, match="not a slimguard packed"):
+        load_packed(tmp_path / "x.safetensors")

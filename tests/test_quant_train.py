@@ -1,0 +1,77 @@
+"""EdgeQAT trainer on a tiny random Llama: losses combine, exact resume, config mismatch, DDP (2 CPU procs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimguard.core.errors import SlimguardError
+from slimguard.core.runs import Run
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "quant_ddp_worker.py"
+sys.path.insert(0, str(HERE))
+
+from quant_ddp_worker import tiny_blocks, tiny_config, tiny_model  # noqa: E402
+
+
+def _train(cfg, **kw):
+    from slimguard.slim.quant.train import train
+
+    return train(cfg, model=tiny_model(), blocks=tiny_blocks(), progress=False, **kw)
+
+
+@pytest.mark.parametrize("loss", [dict(ce=True), dict(kd=True), dict(entropy=True, distribution=True, kd=True)])
+def test_losses_train_and_lower_loss(loss):
+    cfg = tiny_config(steps=6, loss=loss, qat=dict(w_bits=4, a_bits=8, kv_bits=4, token_adaptive=True))
+    res, model = _train(cfg)
+    assert len(res.losses) == 6 and all(map(lambda v: v == v, res.losses))
+    assert res.eval is not None and res.eval.kl_to_fp is not None and res.eval.kl_to_fp >= 0
+    assert res.eval_fp is not None and res.eval_fp.ppl > 1
+    assert res.losses[-1] < res.losses[0]
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = tiny_config(steps=6, checkpoint_every=2, loss=dict(kd=True, entropy=True))
+    full, _ = _train(cfg, run=Run.create("full", root=tmp_path, config=cfg))
+    r = Run.create("cut", root=tmp_path, config=cfg)
+    _train(cfg, run=r, stop_at=3, do_eval=False)  # "killed" after step 3: last checkpoint is step 2
+    resumed, _ = _train(cfg, run=r, resume=True)
+    assert resumed.losses[:2] == full.losses[:2]
+    assert resumed.final_loss == full.final_loss
+
+
+def test_resume_rejects_other_config(tmp_path):
+    cfg = tiny_config(steps=2, checkpoint_every=1)
+    r = Run.create("a", root=tmp_path, config=cfg)
+    _train(cfg, run=r, do_eval=False)
+    other = tiny_config(steps=2, checkpoint_every=1, qat=dict(w_bits=8))
+    with pytest.raises(SlimguardError, match="different config"):
+        _train(other, run=r, resume=True)
+
+
+def test_resume_without_checkpoint(tmp_path):
+    cfg = tiny_config(steps=2)
+    with pytest.raises(SlimguardError, match="no checkpoint"):
+        _train(cfg, run=Run.create("empty", root=tmp_path), resume=True)
+
+
+def test_ddp_two_cpu_processes_match_single(tmp_path):
+    single, dual = tmp_path / "single.json", tmp_path / "ddp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    p1 = subprocess.run([sys.executable, str(WORKER), str(single)], env=env, capture_output=True, text=True,
+                        timeout=600)
+    assert p1.returncode == 0, p1.stderr[-2000:]
+    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                         str(WORKER), str(dual)], env=env, capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 0, p2.stderr[-2000:]
+    a, b = json.loads(single.read_text()), json.loads(dual.read_text())
+    assert b["world"] == 2 and a["world"] == 1
+    assert abs(a["final_loss"] - b["final_loss"]) < 2e-3 * abs(a["final_loss"])
+    assert max(abs(x - y) for x, y in zip(a["losses"], b["losses"])) < 5e-3 * max(a["losses"])
