@@ -1,0 +1,148 @@
+"""The attack pipeline: poison a training set, fine-tune a victim, evaluate CACC/ASR and stealth.
+
+One verb (:func:`run_attack`) and one typed config (:class:`AttackConfig`) for BadNets,
+AddSent and PuncAttack alike. The run directory follows the contract in :mod:`.records`
+so the defences can load it. Runtime on 2 CPU cores is kept under ~10 minutes by
+subsampling the training set (``max_train``, default 2000), ``max_length`` 64, 2 epochs and
+freezing the embeddings and lower 4 of MiniLM's 6 layers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pydantic import Field
+
+from ...core.config import Config
+from ...core.data import TextSample, TextSplits, load_text_dataset
+from ...core.errors import SlimguardError
+from ...core.runs import Run, atomic_write_text
+from . import metrics as M
+from .poison import PoisonConfig, make_trigger, poison_test, poison_train
+from .poison.policy import check_labels
+from .records import write_splits
+from .report import examples_html
+from .victim import VictimConfig, predict_proba, train_victim
+
+
+class AttackConfig(Config):
+    """Poison + train + evaluate."""
+
+    dataset: str = Field("rotten-tomatoes", description="rotten-tomatoes, sms-spam, 20newsgroups, or a CSV/TSV/JSONL file with text,label.")
+    seed: int = Field(0, description="The one seed: poisoned-sample choice, trigger positions, head init, batch order.")
+    split_seed: int = Field(0, description="Seed of the train/dev/test split and of the training subsample (fixed across seeds).")
+    max_train: Optional[int] = Field(2000, ge=10, description="Subsample the training split to this many samples (None = all).")
+    max_dev: Optional[int] = Field(500, ge=1, description="Cap on dev samples (used for the dev accuracy only).")
+    max_test: Optional[int] = Field(None, ge=1, description="Cap on test samples (None = the whole test split).")
+    poison: PoisonConfig = Field(default_factory=PoisonConfig, description="Trigger and poisoning policy.")
+    victim: VictimConfig = Field(default_factory=VictimConfig, description="Victim model and training.")
+    clean_reference: bool = Field(False, description="Also train a clean model on the unpoisoned subsample (CACC drop).")
+    stealth_pairs: int = Field(200, ge=0, description="Clean/poisoned test pairs used for delta-PPL, grammar and similarity (0 = skip).")
+    stealth_lm: str = Field("smollm2-135m", description="Causal LM for delta-perplexity.")
+    encoder: str = Field("minilm-l6", description="Sentence encoder for semantic similarity.")
+
+
+def _cap(xs: list[TextSample], n: int | None, rng: np.random.Generator) -> list[TextSample]:
+    if n is None or len(xs) <= n:
+        return list(xs)
+    return [xs[i] for i in np.sort(rng.choice(len(xs), n, replace=False))]
+
+
+def load_splits(cfg: AttackConfig) -> TextSplits:
+    sp = load_text_dataset(cfg.dataset, seed=cfg.split_seed)
+    check_labels(cfg.poison, sp.label_names)
+    rng = np.random.default_rng([cfg.split_seed, 7])
+    sp.train, sp.dev, sp.test = _cap(sp.train, cfg.max_train, rng), _cap(sp.dev, cfg.max_dev, rng), _cap(sp.test, cfg.max_test, rng)
+    if len({s.label for s in sp.train}) < 2:
+        raise SlimguardError(f"the training subsample of '{cfg.dataset}' has only one class; raise max_train")
+    return sp
+
+
+def input_notes(sp: TextSplits) -> dict:
+    """Odd inputs and how they were treated, recorded in metrics.json."""
+    allx = sp.train + sp.dev + sp.test
+    no_punct = sum(1 for s in allx if not any(c in ",.!?;:-'\"" for c in s.text))
+    return {"empty_texts": sum(1 for s in allx if not s.text.strip()), "texts_without_punctuation": no_punct,
+            "treatment": "empty texts are kept (BadNets/AddSent insert into them; PuncAttack inserts the marks or "
+                         "skips them per few_slots; they are left out of delta-PPL)"}
+
+
+def evaluate(model_dir, sp_test: list[TextSample], test_poisoned: list[TextSample], trigger, target: int,
+             batch_size: int = 128) -> dict:
+    p_clean = predict_proba(model_dir, [s.text for s in sp_test], batch_size)
+    p_pois = predict_proba(model_dir, [s.text for s in test_poisoned], batch_size)
+    out = {"cacc": M.cacc(p_clean, [s.label for s in sp_test]), "asr": M.asr(p_pois, target),
+           "asr_n": len(test_poisoned), "test_n": len(sp_test)}
+    out.update(M.false_trigger([trigger.present(s.text) for s in sp_test], p_clean, [s.label for s in sp_test], target))
+    out["_pred_poisoned"] = {s.uid: int(y) for s, y in zip(test_poisoned, p_pois.argmax(1))}
+    return out
+
+
+def run_attack(cfg: AttackConfig, run: Run, *, resume: bool = False, progress: bool = True,
+               splits: TextSplits | None = None) -> dict:
+    """Poison, train, evaluate; writes the run directory and returns the metrics."""
+    t_all, c_all = time.perf_counter(), time.process_time()
+    sp = splits or load_splits(cfg)
+    check_labels(cfg.poison, sp.label_names)
+    target = cfg.poison.target_label
+    trigger = make_trigger(cfg.poison)
+    t0 = time.perf_counter()
+    tr = poison_train(sp.train, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 0]))
+    te = poison_test(sp.test, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 1]))
+    poison_s = time.perf_counter() - t0
+    write_splits(run.path / "data", {"train": tr.samples, "dev": sp.dev, "test": sp.test, "test_poisoned": te.samples},
+                 sp.label_names)
+    run.log.info("poisoned %d/%d training samples (%s) in %.1fs", len(tr.poisoned_uids), len(tr.samples),
+                 cfg.poison.attack, poison_s)
+    t0 = time.perf_counter()
+    res = train_victim(tr.samples, sp.dev, cfg.victim, run.path / "model", label_names=sp.label_names, seed=cfg.seed,
+                       resume=resume, progress=progress, log=run.log)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ev = evaluate(run.path / "model", sp.test, te.samples, trigger, target, cfg.victim.eval_batch_size)
+    preds = ev.pop("_pred_poisoned")
+    eval_s = time.perf_counter() - t0
+    attack_cpu = time.process_time() - c_all  # CPU time is comparable across loads; wall time is not
+    t0 = time.perf_counter()
+    st = M.stealth([s.meta["orig_text"] for s in te.samples], [s.text for s in te.samples], lm=cfg.stealth_lm,
+                   encoder=cfg.encoder, max_pairs=cfg.stealth_pairs, seed=cfg.seed) if cfg.stealth_pairs else {}
+    stealth_s = time.perf_counter() - t0
+    # with few_slots=skip, ineligible texts carry no trigger: count them as failures for a conservative ASR
+    asr_all = ev["asr"] * len(te.samples) / te.n_candidates if te.n_candidates else float("nan")
+    metrics = {**ev, **st, "asr_all_nontarget": asr_all, "dev_acc": res.dev_acc,
+               "eligible_fraction": te.eligible_fraction, "eligible_fraction_train": tr.eligible_fraction,
+               "poison_train": tr.summary(), "poison_test": te.summary(),
+               "dataset": sp.summary(), "inputs": input_notes(sp), "target_label": target,
+               "asr_denominator": "non-target test samples carrying the trigger"
+                                  + (" (eligible only: few_slots=skip)" if getattr(trigger.cfg, "few_slots", "") == "skip" else ""),
+               "seconds": {"poison": poison_s, "train": train_s, "evaluate": eval_s, "stealth": stealth_s,
+                           "attack_total": poison_s + train_s + eval_s, "attack_cpu": attack_cpu,
+                           "resumed_from_step": res.resumed_from}}
+    if cfg.clean_reference:
+        t0 = time.perf_counter()
+        clean_dir = run.path / "clean_model"
+        train_victim(sp.train, sp.dev, cfg.victim, clean_dir, label_names=sp.label_names, seed=cfg.seed,
+                     checkpoint_dir=run.path / "checkpoints_clean", resume=resume, progress=progress, log=run.log)
+        cl = evaluate(clean_dir, sp.test, te.samples, trigger, target, cfg.victim.eval_batch_size)
+        cl.pop("_pred_poisoned")
+        metrics["clean_model"] = {"cacc": cl["cacc"], "asr": cl["asr"], "false_trigger_rate": cl["false_trigger_rate"]}
+        metrics["cacc_drop"] = cl["cacc"] - ev["cacc"]
+        metrics["seconds"]["clean_reference"] = time.perf_counter() - t0
+    metrics["seconds"]["total"] = time.perf_counter() - t_all
+    run.save_metrics(metrics)
+    atomic_write_text(run.path / "sections" / "10_poisoned-examples.html",
+                      examples_html(te.samples, n=10, label_names=sp.label_names, predictions=preds)
+                      + "<h3>training samples</h3>" + examples_html(tr.samples, n=6, label_names=sp.label_names))
+    run.log.info("cacc %.4f asr %.4f (%d) in %.1fs", ev["cacc"], ev["asr"], ev["asr_n"], metrics["seconds"]["total"])
+    return metrics
+
+
+def attack(cfg: AttackConfig, run_name: str | None = None, *, resume: bool = False, progress: bool = True,
+           root: str | Path | None = None) -> tuple[Run, dict]:
+    """Library entry point: create ``runs/<name>/`` and run the pipeline."""
+    name = run_name or f"attack-{cfg.poison.attack}-{Path(cfg.dataset).stem}-r{cfg.poison.rate:g}-s{cfg.seed}"
+    run = Run.create(name, root=root, command="slimguard backdoor attack", config=cfg)
+    return run, run_attack(cfg, run, resume=resume, progress=progress)
