@@ -1,0 +1,364 @@
+"""``slimguard bench defence``: the attack x defence grid of the NLP backdoor survey.
+
+{BadNets, AddSent, PuncAttack} x {ONION, STRIP, RAP, BKI, CUBE, clean fine-tuning} at poison
+rate 0.1. Trained attack runs are cached by their full config (``runs/defence-bench/attacks``)
+and every (attack run, defence config) result is cached too, so a re-run only computes what
+is missing; the result JSON says what was cached. The default is reduced for 2 busy CPU
+cores (Rotten Tomatoes, one seed, subsampled training/evaluation sets); ``--full`` runs both
+datasets, three seeds and the attack's default sizes. Writes ``benchmarks/results/defence.json``
+and ``defence_asr_heatmap.png``.
+
+    slimguard bench defence            # reduced
+    slimguard bench defence --full     # both datasets, 3 seeds
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import Field
+
+from ..core.config import Config
+
+ATTACKS = ["badnets", "addsent", "punc"]
+DEFENCES = ["onion", "strip", "rap", "bki", "cube", "finetune"]
+
+
+class DefenceBenchConfig(Config):
+    """The grid and the sizes that keep it inside a CPU budget."""
+
+    datasets: list[str] = Field(["rotten-tomatoes"], description="Datasets (rotten-tomatoes, sms-spam).")
+    attacks: list[str] = Field(ATTACKS, description="Attacks: badnets, addsent, punc.")
+    defences: list[str] = Field(DEFENCES, description="Defences: onion, strip, rap, bki, cube, finetune.")
+    seeds: list[int] = Field([0], min_length=1, description="Attack seeds (poison choice, victim init).")
+    rate: float = Field(0.1, gt=0, lt=1, description="Poison rate.")
+    max_train: Optional[int] = Field(400, ge=50, description="Attack training subsample (None = all).")
+    max_dev: Optional[int] = Field(300, ge=50, description="Clean dev samples (the defender's clean data).")
+    max_test: Optional[int] = Field(300, ge=20, description="Clean test samples (poisoned test = its non-target part).")
+    max_eval: Optional[int] = Field(100, ge=10, description="Test samples per side for STRIP/RAP/fine-tuning/BKI/CUBE.")
+    onion_eval: int = Field(40, ge=10, description="Test samples per side for ONION (LM-bound).")
+    onion_max_drop: float = Field(0.03, ge=0, le=1, description="ONION calibration: dev accuracy drop allowed "
+                                  "(0.03 = one error in 40 dev sentences; 0.01 cannot be resolved on 40).")
+    onion_calib: int = Field(40, ge=10, description="Dev sentences ONION calibrates its threshold on.")
+    victim_epochs: float = Field(3.0, gt=0, description="Victim training epochs (attack and retraining).")
+    victim_lr: float = Field(5e-4, gt=0, lt=1, description="Victim peak learning rate (higher than the attack's default "
+                             "because only the top layers train in the reduced grid).")
+    freeze_layers: int = Field(4, ge=0, description="Victim layers frozen during training (speed on busy CPUs).")
+    bki_scan: int = Field(100, ge=10, description="Training samples BKI scans for keywords.")
+    rap_train: int = Field(200, ge=8, description="Clean target-label samples RAP trains its word on.")
+    finetune_clean: int = Field(150, ge=8, description="Clean samples used by clean fine-tuning.")
+    punc_placement: str = Field("lm", description="PuncAttack placement (lm, random, tail).")
+    strip_calib: Optional[int] = Field(150, ge=10, description="Clean dev samples STRIP calibrates on (None = all).")
+    retrain_filters: bool = Field(False, description="Retrain the victim after BKI/CUBE filtering to measure their "
+                                  "CACC/ASR (one more victim training per cell; on in --full).")
+    cached_only: bool = Field(False, description="Only assemble cells whose attack run and result are cached; "
+                              "list the others as skipped (to publish what a time-boxed run finished).")
+    cache_dir: str = Field("runs/defence-bench", description="Cached attack runs, retrained models and results.")
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _key(acfg: dict) -> tuple:
+    """The attack settings a cached run must match to be reused."""
+    p, v = acfg["poison"], acfg["victim"]
+    return (acfg["dataset"], acfg["seed"], acfg["max_train"], acfg["max_dev"], acfg["max_test"], p["attack"], p["rate"],
+            p["target_label"], p.get("punc", {}).get("placement"), v["model"], v["epochs"], v["lr"], v["freeze_layers"],
+            v.get("max_length"))
+
+
+def attack_config(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int):
+    from ..guard.backdoor.attack import AttackConfig
+
+    return AttackConfig(dataset=dataset, seed=seed, max_train=cfg.max_train, max_dev=cfg.max_dev, max_test=cfg.max_test,
+                        poison={"attack": attack, "rate": cfg.rate,
+                                "punc": {"placement": cfg.punc_placement}},
+                        victim={"epochs": cfg.victim_epochs, "lr": cfg.victim_lr, "freeze_layers": cfg.freeze_layers}, stealth_pairs=0)
+
+
+def cached_run(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int) -> Path | None:
+    """A finished attack run that agrees on every setting the grid controls, if one exists.
+
+    Matching on those settings (not on a hash of the whole attack config) means a new optional
+    field in the attack's config does not throw away hours of CPU."""
+    acfg = attack_config(cfg, dataset, attack, seed)
+    want = _key(acfg.to_dict())
+    root = Path(cfg.cache_dir) / "attacks"
+    for cand in sorted(root.glob(f"{attack}-{Path(dataset).stem}-s{seed}-*")):
+        if (cand / "metrics.json").is_file() and (cand / "model" / "config.json").is_file():
+            try:
+                if _key(json.loads((cand / "config.json").read_text())) == want:
+                    return cand
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return None
+
+
+def cached_attack(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int, log) -> tuple[Path, bool]:
+    """The attack run for this config: reused when its metrics exist, else trained now."""
+    from ..guard.backdoor.attack import run_attack
+    from ..core.runs import Run
+
+    acfg = attack_config(cfg, dataset, attack, seed)
+    name = f"{attack}-{Path(dataset).stem}-s{seed}-{_hash(acfg.to_dict())}"
+    root = Path(cfg.cache_dir) / "attacks"
+    path = root / name
+    found = cached_run(cfg, dataset, attack, seed)
+    if found is not None:
+        return found, True
+    log(f"training attack run {name}")
+    run = Run.create(name, root=root, command="slimguard bench defence (attack)", config=acfg)
+    run_attack(acfg, run, resume=True)
+    return path, False
+
+
+def defence_config(cfg: DefenceBenchConfig, name: str):
+    from ..guard.backdoor.defences import config_for
+
+    extra: dict = {"max_eval": cfg.max_eval}
+    if name == "bki":
+        extra["scan_size"] = cfg.bki_scan
+    elif name == "rap":
+        extra["train_size"] = cfg.rap_train
+    elif name == "strip":
+        extra["calib_size"] = cfg.strip_calib
+    elif name == "finetune":
+        extra.update(max_clean=cfg.finetune_clean, epochs=2)
+    elif name == "onion":
+        extra = {"max_eval": cfg.onion_eval, "calib_size": cfg.onion_calib, "max_dev_acc_drop": cfg.onion_max_drop,
+                 "cache_dir": str(Path(cfg.cache_dir) / "onion-cache")}
+    return config_for(name)(**extra)
+
+
+def jobs(cfg: DefenceBenchConfig) -> list[tuple[int, str, str, str]]:
+    """(seed, dataset, attack, defence) in the order the targets need them: BadNets first, then
+    PuncAttack under ONION, so an interrupted run still answers the headline questions."""
+    fast_first = ["rap", "strip", "cube", "bki", "onion", "finetune"]
+    order = [("badnets", d) for d in fast_first] + [("punc", "onion")] + \
+            [(a, d) for a in ("punc", "addsent") for d in fast_first]
+    order = list(dict.fromkeys(order))
+    return [(seed, ds, a, d) for seed in cfg.seeds for ds in cfg.datasets for a, d in order
+            if a in cfg.attacks and d in cfg.defences]
+
+
+def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[dict], dict]:
+    from ..core.runs import atomic_write_json
+    from ..guard.backdoor.defences import defend, inputs_from_run, make_defence
+    from ..guard.backdoor.defences.onion import LMScorer
+
+    results, cache_info = [], {"attack_runs_reused": [], "attack_runs_trained": [], "results_reused": 0,
+                               "results_computed": 0}
+    scorer = None
+    paths: dict[tuple, Path] = {}
+    inputs: dict[Path, object] = {}
+    for seed, dataset, attack, dname in jobs(cfg):
+        key = (seed, dataset, attack)
+        if cfg.cached_only and key not in paths:
+            found = cached_run(cfg, dataset, attack, seed)
+            if found is None:
+                cache_info.setdefault("skipped", []).append(f"{attack}/{dataset}/s{seed}/{dname} (no attack run)")
+                continue
+            paths[key] = found
+            cache_info["attack_runs_reused"].append({"run": found.name, "seconds": 0.0})
+        if key not in paths:
+            t0 = time.perf_counter()
+            paths[key], hit = cached_attack(cfg, dataset, attack, seed, log)
+            cache_info["attack_runs_reused" if hit else "attack_runs_trained"].append(
+                {"run": paths[key].name, "seconds": round(time.perf_counter() - t0, 1)})
+        path = paths[key]
+        dcfg = defence_config(cfg, dname)
+        out = path / "defences" / f"{dname}-{_hash(dcfg.to_dict())}"
+        res_file = out / "result.json"
+        if res_file.is_file():
+            rep = json.loads(res_file.read_text())
+            cache_info["results_reused"] += 1
+        elif cfg.cached_only:
+            cache_info.setdefault("skipped", []).append(f"{attack}/{dataset}/s{seed}/{dname}")
+            continue
+        else:
+            if path not in inputs:
+                inputs.clear()  # one attack run's models in memory at a time
+                inputs[path] = inputs_from_run(path, batch_size=dcfg.batch_size)
+            kw = {}
+            if dname == "onion":
+                scorer = scorer or LMScorer(dcfg.lm, dtype=dcfg.dtype, batch_tokens=dcfg.lm_batch_tokens)
+                kw = {"scorer": scorer}
+            log(f"{attack}/{dataset}/s{seed}: {dname}")
+            try:
+                r = defend(inputs[path], dcfg, defence=make_defence(dcfg, **kw),
+                       retrain_dir=out / "model" if cfg.retrain_filters else None)
+            except Exception as e:  # one broken cell must not cost the rest of a long grid
+                import traceback
+
+                log(traceback.format_exc())
+                cache_info.setdefault("errors", []).append({"cell": f"{attack}/{dataset}/s{seed}/{dname}",
+                                                            "error": f"{type(e).__name__}: {e}"})
+                continue
+            rep = {**r.to_dict(), "cacc_drop": r.cacc_drop}
+            atomic_write_json(res_file, rep)
+            cache_info["results_computed"] += 1
+        log(f"  {attack:8s} {dname:9s} CACC {rep['cacc_before']:.3f}->{rep['cacc_after']:.3f}  "
+            f"ASR {rep['asr_before']:.3f}->{rep['asr_after']:.3f}  ({rep['seconds']:.0f}s)")
+        results.append({"dataset": dataset, "attack": attack, "seed": seed, "attack_run": path.name, **rep})
+        if on_result:
+            on_result(results, cache_info)
+    return results, cache_info
+
+
+def summarise(results: list[dict]) -> tuple[list[dict], dict]:
+    """Rows (mean +- std over seeds) per dataset x attack x defence, and a lookup for targets."""
+    from .harness import mean_std
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["attack"], r["defence"]), []).append(r)
+    rows, look = [], {}
+    for (ds, at, de), rs in groups.items():
+        get = {
+            "cacc_before": [r["cacc_before"] for r in rs], "cacc_after": [r["cacc_after"] for r in rs],
+            "asr_before": [r["asr_before"] for r in rs], "asr_after": [r["asr_after"] for r in rs],
+            "cacc_drop": [r["cacc_drop"] for r in rs],
+        }
+        if all(r.get("detection") for r in rs):
+            for k in ("auroc", "precision", "recall", "frr", "far"):
+                get[k] = [r["detection"][k] for r in rs]
+        if all(r.get("filtering") for r in rs):
+            for k in ("poison_removed", "clean_removed", "auroc"):
+                get[k if k != "auroc" else "filter_auroc"] = [r["filtering"][k] for r in rs]
+        look[(ds, at, de)] = {}
+        for metric, vals in get.items():
+            ms = mean_std(vals)
+            look[(ds, at, de)][metric] = ms["value"]
+            rows.append({"dataset": ds, "attack": at, "defence": de, "metric": metric, "value": ms["value"],
+                         "std": ms["std"], "n": ms["n"], "eval_clean": rs[0]["n_clean"], "eval_poisoned": rs[0]["n_poisoned"]})
+    return rows, look
+
+
+def targets_from(look: dict, ds: str = "rotten-tomatoes") -> dict:
+    from .harness import target
+
+    g = lambda at, de, m: look.get((ds, at, de), {}).get(m)  # noqa: E731
+    best = lambda *v: max((x for x in v if x is not None and x == x), default=None)  # noqa: E731
+    return {
+        "onion_badnets_asr_after": target(g("badnets", "onion", "asr_after"), "<= 0.20"),
+        "onion_badnets_cacc_drop": target(g("badnets", "onion", "cacc_drop"), "<= 0.02"),
+        "strip_or_rap_badnets_auroc": target(best(g("badnets", "strip", "auroc"), g("badnets", "rap", "auroc")), ">= 0.90"),
+        # a filter that throws away most of the clean data "removes" all poison trivially: only
+        # filters that keep at least 80% of the clean samples count
+        "bki_or_cube_badnets_poison_removed (filters removing <= 20% of clean data)": target(best(
+            *(g("badnets", d, "poison_removed") for d in ("bki", "cube")
+              if (g("badnets", d, "clean_removed") or 0) <= 0.2)), ">= 0.90"),
+        "punc_asr_after_onion (survives: our reading of the paper's claim)": target(g("punc", "onion", "asr_after"), ">= 0.50"),
+        "badnets_asr_after_onion (next to PuncAttack's)": target(g("badnets", "onion", "asr_after"), "<= 0.20"),
+    }
+
+
+def heatmap(look: dict, path: Path, datasets: list[str], attacks: list[str], defences: list[str]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(1.3 * (len(defences) + 1) * len(datasets) + 1, 3.2), squeeze=False)
+    cols = ["none"] + defences
+    for ax, ds in zip(axes[0], datasets):
+        m = np.full((len(attacks), len(cols)), np.nan)
+        for i, at in enumerate(attacks):
+            for j, de in enumerate(defences):
+                v = look.get((ds, at, de), {})
+                m[i, j + 1] = v.get("asr_after", np.nan)
+                if np.isnan(m[i, 0]) and "asr_before" in v:
+                    m[i, 0] = v["asr_before"]
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="Reds")
+        for (i, j), v in np.ndenumerate(m):
+            if v == v:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v > 0.6 else "black")
+            else:  # not run, or a filter scored without retraining
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="grey")
+        ax.set_xticks(range(len(cols)), cols, rotation=30)
+        ax.set_yticks(range(len(attacks)), attacks)
+        ax.set_title(f"ASR after defence: {ds}")
+        fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets, 3 seeds, attack-default sizes."),
+                  seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (0..n-1)."),
+                  config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/TOML config file."),
+                  sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field: key=value."),
+                  threads: Optional[int] = typer.Option(None, "--threads", help="torch threads.")) -> None:
+    """Attack x defence grid: ASR/CACC after each defence, detection AUROC, poison removed."""
+    from ..cli.options import set_threads
+    from ..core.config import resolve
+    from .harness import RESULTS_DIR, write_result
+
+    n_threads = set_threads(threads)
+    explicit = {}
+    if full:
+        explicit.update(datasets=["rotten-tomatoes", "sms-spam"], seeds=[0, 1, 2], max_train=3000, max_dev=500,
+                        max_test=None, max_eval=400, onion_eval=150, onion_calib=150, onion_max_drop=0.01, freeze_layers=0, bki_scan=600,
+                        rap_train=256, finetune_clean=500, strip_calib=None, retrain_filters=True,
+                        victim_epochs=2.0, victim_lr=1e-4)
+    if seeds is not None:
+        explicit["seeds"] = list(range(seeds))
+    cfg = resolve(DefenceBenchConfig, config_file=config, sets=sets, **explicit)
+    t0 = time.perf_counter()
+    cmd = ("slimguard bench defence" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds else "")
+           + "".join(f" --set {s}" for s in sets or []))
+    total = len(jobs(cfg))
+
+    def write(results: list[dict], cache: dict, done: bool = False) -> None:
+        minutes = (time.perf_counter() - t0) / 60
+        rows, look = summarise(results)
+        tg = targets_from(look)
+        # wall time of the cells themselves (attack training + each defence), so an assembled or
+        # resumed run still reports what the grid costs
+        att = sorted({r["attack_run"] for r in results})
+        att_s = sum(json.loads((Path(cfg.cache_dir) / "attacks" / a / "metrics.json").read_text())
+                    .get("seconds", {}).get("total", 0.0) for a in att)
+        cell_min = (att_s + sum(r["seconds"] for r in results)) / 60
+        tg["grid_minutes (sum over the cells computed; 60 is the goal for the full grid)"] = {
+            "value": round(cell_min, 1), "goal": "<= 60", "met": (cell_min <= 60) if (full and done) else None}
+        cache["this_invocation_minutes"] = round(minutes, 1)
+        png = heatmap(look, RESULTS_DIR / "defence_asr_heatmap.png", cfg.datasets, cfg.attacks, cfg.defences)
+        note = (f"{'FULL' if full else 'REDUCED'} grid{'' if done else f' (PARTIAL: {len(results)}/{total} cells so far)'}: "
+                f"datasets {cfg.datasets}, seeds {cfg.seeds}, attack training subsample {cfg.max_train} "
+                f"(victim MiniLM-L6, {cfg.victim_epochs:g} epochs at lr {cfg.victim_lr:g}, {cfg.freeze_layers} lower layers frozen), eval "
+                f"{cfg.max_eval} clean + {cfg.max_eval} poisoned test samples (ONION {cfg.onion_eval}+{cfg.onion_eval}, "
+                f"threshold calibrated on {cfg.onion_calib} dev sentences allowing a {cfg.onion_max_drop:g} dev accuracy drop; SmolLM2 in bfloat16), BKI scans "
+                f"{cfg.bki_scan} training samples, RAP trains on {cfg.rap_train}, clean fine-tuning uses "
+                f"{cfg.finetune_clean} dev samples, STRIP calibrates on {cfg.strip_calib}; "
+                f"{'BKI/CUBE retrain the victim on the kept samples' if cfg.retrain_filters else 'BKI/CUBE are scored on the share of poison they remove (no retraining in this run, so their CACC/ASR-after are NaN)'}. Timings were "
+                f"taken on 2 CPU cores shared with several other jobs (load average 10-15). ASR denominator: non-target "
+                f"test samples carrying the trigger; for STRIP/RAP a rejected input counts as a failed attack and, when "
+                f"clean, as a CACC error. Cache: {len(cache['attack_runs_reused'])} attack runs reused, "
+                f"{len(cache['attack_runs_trained'])} trained; {cache['results_reused']} defence results reused, "
+                f"{cache['results_computed']} computed"
+                + (f"; {len(cache['skipped'])} cells NOT RUN (time box): {', '.join(cache['skipped'])}" if cache.get('skipped') else "")
+                + ".")
+        write_result("defence", command=cmd, config={**cfg.to_dict(), "threads": n_threads}, rows=rows, targets=tg,
+                     extra={"note": note, "cache": cache, "heatmap": png.name, "complete": done, "runs": results,
+                            # share of clean non-target test samples the victim already puts in the target label:
+                            # no input-side defence can bring ASR below it
+                            "asr_floor_nontarget_error_rate": {a: json.loads((Path(cfg.cache_dir) / "attacks" / a /
+                                                                              "metrics.json").read_text()).get("nontarget_error_rate")
+                                                               for a in att}})
+
+    results, cache = run_grid(cfg, log=lambda m: typer.echo(m, err=True), on_result=write)
+    write(results, cache, done=True)
+    typer.echo(f"wrote {RESULTS_DIR / 'defence.json'} and {RESULTS_DIR / 'defence_asr_heatmap.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("defence")(bench_defence)

@@ -1,0 +1,59 @@
+"""The defence benchmark's bookkeeping: job order, summaries, honest targets, heatmap, cache-only mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimguard.bench import defence as B
+
+
+def _res(attack, defence, seed=0, **kw):
+    r = {"dataset": "rotten-tomatoes", "attack": attack, "defence": defence, "seed": seed, "cacc_before": 0.8,
+         "cacc_after": 0.79, "asr_before": 0.95, "asr_after": 0.1, "cacc_drop": 0.01, "n_clean": 100, "n_poisoned": 100,
+         "detection": None, "filtering": None, "seconds": 1.0, "attack_run": "x"}
+    r.update(kw)
+    return r
+
+
+def test_jobs_put_the_headline_cells_first():
+    j = B.jobs(B.DefenceBenchConfig())
+    assert [d for _, _, a, d in j[:6]] and all(a == "badnets" for _, _, a, _ in j[:6])
+    assert j[6][2:] == ("punc", "onion")
+    assert len(j) == 18
+
+
+@pytest.mark.parametrize("bki_clean_removed,expected", [(0.05, 1.0), (0.97, 0.3)])
+def test_filter_target_ignores_filters_that_drop_most_clean_data(bki_clean_removed, expected):
+    fil = lambda pr, cr: {"poison_removed": pr, "clean_removed": cr, "auroc": 0.5}  # noqa: E731
+    res = [_res("badnets", "bki", filtering=fil(1.0, bki_clean_removed)),
+           _res("badnets", "cube", filtering=fil(0.3, 0.0))]
+    _, look = B.summarise(res)
+    t = B.targets_from(look)
+    key = next(k for k in t if k.startswith("bki_or_cube"))
+    assert t[key]["value"] == pytest.approx(expected)
+
+
+def test_summary_is_mean_std_over_seeds_and_targets_are_computed():
+    det = lambda a: {"auroc": a, "precision": 1, "recall": 1, "frr": 0, "far": 0}  # noqa: E731
+    res = [_res("badnets", "onion", seed=s, asr_after=a) for s, a in ((0, 0.1), (1, 0.3))]
+    res += [_res("badnets", "rap", detection=det(0.95)), _res("badnets", "strip", detection=det(0.6))]
+    rows, look = B.summarise(res)
+    r = next(r for r in rows if r["defence"] == "onion" and r["metric"] == "asr_after")
+    assert r["value"] == pytest.approx(0.2) and r["n"] == 2 and r["std"] > 0
+    t = B.targets_from(look)
+    assert t["onion_badnets_asr_after"]["met"] is True
+    assert t["strip_or_rap_badnets_auroc"]["value"] == 0.95
+    assert t["onion_badnets_cacc_drop"]["met"] is True
+    assert next(v for k, v in t.items() if k.startswith("punc_asr"))["value"] is None
+
+
+def test_heatmap_is_written(tmp_path):
+    _, look = B.summarise([_res("badnets", "onion"), _res("punc", "onion", asr_after=0.9)])
+    p = B.heatmap(look, tmp_path / "h.png", ["rotten-tomatoes"], B.ATTACKS, B.DEFENCES)
+    assert p.stat().st_size > 1000
+
+
+def test_cached_only_skips_what_is_missing(tmp_path):
+    cfg = B.DefenceBenchConfig(cached_only=True, cache_dir=str(tmp_path), defences=["strip"])
+    results, cache = B.run_grid(cfg, log=lambda m: None)
+    assert results == [] and len(cache["skipped"]) == 3 and cache["results_computed"] == 0
