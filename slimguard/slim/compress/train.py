@@ -1,0 +1,198 @@
+"""LLMLingua-2 training (Pan et al., 2024, Sec. 3.3): a 2-label token classifier on distilled word labels.
+
+Word labels are copied to every sub-token; cross-entropy; AdamW with linear warm-up and
+decay. The result is a plain ``transformers`` token-classification directory
+(safetensors + tokenizer + config) that both :class:`PromptCompressor` and the
+``llmlingua`` package load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...core.errors import SlimguardError
+from ...core.runs import atomic_torch_save, atomic_write_json, git_commit, now_iso
+from .config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    train_loss: float
+    eval_accuracy: float
+    eval_f1_keep: float
+    eval_keep_fraction: float
+    n_train_windows: int
+    n_eval_windows: int
+
+
+@dataclass
+class Window:
+    ids: list[int]
+    labels: list[int]
+
+
+def load_distilled(paths: list[str]):
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts = []
+    for p in paths:
+        d = Path(p)
+        if (d / "dataset").is_dir():
+            d = d / "dataset"
+        if not (d / "dataset_info.json").exists() and not (d / "state.json").exists():
+            raise SlimguardError(f"{p} is not a distilled dataset; run `slimguard compress distill` and pass its "
+                                 "run directory or its dataset/ folder")
+        parts.append(load_from_disk(str(d)))
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def make_windows(records, tokenizer, max_len: int) -> list[Window]:
+    """Tokenise each chunk, copy word labels to sub-tokens, split into windows of ``max_len - 2`` tokens."""
+    body = max_len - 2
+    out = []
+    for r in records:
+        enc = tokenizer(r["text"], add_special_tokens=False, return_offsets_mapping=True)
+        offs = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        if not len(offs):
+            continue
+        starts = np.asarray(r["starts"], dtype=np.int64)
+        lab = np.asarray(r["labels"], dtype=np.int64)
+        w = np.clip(np.searchsorted(starts, offs[:, 0], side="right") - 1, 0, len(starts) - 1)
+        tl = lab[w]
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        for s in range(0, len(ids), body):
+            if len(ids) - s < 16 and s > 0:
+                break
+            out.append(Window([tokenizer.cls_token_id] + ids[s:s + body].tolist() + [tokenizer.sep_token_id],
+                              [-100] + tl[s:s + body].tolist() + [-100]))
+    return out
+
+
+def _batch(ws: list[Window], pad: int):
+    import torch
+
+    L = max(len(w.ids) for w in ws)
+    ids = torch.full((len(ws), L), pad, dtype=torch.long)
+    lab = torch.full((len(ws), L), -100, dtype=torch.long)
+    mask = torch.zeros((len(ws), L), dtype=torch.long)
+    for i, w in enumerate(ws):
+        n = len(w.ids)
+        ids[i, :n], lab[i, :n], mask[i, :n] = torch.tensor(w.ids), torch.tensor(w.labels), 1
+    return ids, mask, lab
+
+
+def evaluate(model, windows: list[Window], pad: int, batch_size: int = 8) -> dict:
+    import torch
+
+    tp = fp = fn = correct = total = kept = 0
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(windows), batch_size):
+            ids, mask, lab = _batch(windows[i:i + batch_size], pad)
+            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+            on = lab != -100
+            p, y = pred[on], lab[on]
+            tp += int(((p == 1) & (y == 1)).sum())
+            fp += int(((p == 1) & (y == 0)).sum())
+            fn += int(((p == 0) & (y == 1)).sum())
+            correct += int((p == y).sum())
+            total += int(on.sum())
+            kept += int((p == 1).sum())
+    f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+    return {"accuracy": correct / max(1, total), "f1_keep": f1, "keep_fraction": kept / max(1, total), "tokens": total}
+
+
+def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True, log=None) -> TrainResult:
+    import torch
+    from tqdm import tqdm
+
+    from ...core.models import load_encoder
+
+    out = Path(out)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else out.parent / f".{out.name}.ckpt"
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = load_distilled(cfg.data)
+    enc = load_encoder(cfg.base, head="token", num_labels=2)
+    model, tok = enc.model, enc.tokenizer
+    model.config.id2label, model.config.label2id = {0: "drop", 1: "keep"}, {"drop": 0, "keep": 1}
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(data))
+    n_eval = int(round(cfg.eval_frac * len(data)))
+    eval_w = make_windows([data[int(i)] for i in order[:n_eval]], tok, cfg.max_len)
+    train_w = make_windows([data[int(i)] for i in order[n_eval:]], tok, cfg.max_len)
+    if not train_w:
+        raise SlimguardError("the distilled dataset has no training text; distill more chunks")
+    if cfg.freeze_layers:
+        base = getattr(model, model.base_model_prefix)
+        frozen = [base.embeddings] + list(base.encoder.layer[: cfg.freeze_layers])
+        for m in frozen:
+            m.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * max(0.0, 1 - s / cfg.steps))
+    step, losses = 0, []
+    state = ckpt_dir / "state.pt"
+    if resume:
+        if not state.exists():
+            raise SlimguardError(f"--resume: no checkpoint at {state}; start without --resume")
+        ck = torch.load(state, weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        step, losses = int(ck["step"]), list(ck["losses"])
+    model.train()
+    pad = tok.pad_token_id or 0
+    perm, pos = torch.randperm(len(train_w), generator=gen), 0
+    bar = tqdm(total=cfg.steps, initial=step, desc="train compressor", disable=not progress, unit="step")
+    while step < cfg.steps:
+        if pos + cfg.batch_size > len(perm):
+            perm, pos = torch.randperm(len(train_w), generator=gen), 0
+        ws = [train_w[int(i)] for i in perm[pos:pos + cfg.batch_size]]
+        pos += cfg.batch_size
+        ids, mask, lab = _batch(ws, pad)
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if log:
+            log.info("step %d loss %.4f", step, losses[-1])
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                               "gen": gen.get_state(), "step": step, "losses": losses}, state)
+    bar.close()
+    ev = evaluate(model, eval_w, pad) if eval_w else {"accuracy": float("nan"), "f1_keep": float("nan"),
+                                                      "keep_fraction": float("nan"), "tokens": 0}
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    res = TrainResult(out, step, float(np.mean(losses[-20:])), ev["accuracy"], ev["f1_keep"], ev["keep_fraction"],
+                      len(train_w), len(eval_w))
+    signals = sorted({str(s) for s in data["signal"]}) if "signal" in data.column_names else []
+    atomic_write_json(out / "slimguard_compressor.json", {
+        "method": "LLMLingua-2 token classification", "base": cfg.base, "signals": signals,
+        "config": cfg.model_dump(mode="json"), "result": {k: (str(v) if isinstance(v, Path) else v)
+                                                          for k, v in asdict(res).items()},
+        "created": now_iso(), "git_commit": git_commit()})
+    return res
+
+
+def describe(path: str | Path) -> dict:
+    p = Path(path) / "slimguard_compressor.json"
+    return json.loads(p.read_text()) if p.exists() else {}
