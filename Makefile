@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup assets demo demo-quick test test-all bench clean
+.PHONY: setup assets compressor demo demo-quick test test-all bench clean
+
+SG_HOME := $(or $(SLIMGUARD_HOME),$(HOME)/.cache/slimguard)
+COMPRESSOR := $(SG_HOME)/compressors/default/config.json
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,10 +19,19 @@ setup: $(STAMP)
 assets: setup
 	$(BIN)/slimguard assets fetch
 
-demo: assets
+# The prompt compressor is trained here, once (self-information labels; docs/compress.md).
+$(COMPRESSOR): | assets
+	$(BIN)/slimguard compress distill --signal self-info --max-chunks 40 --set batch_size=4 --run compress-distill-self-info
+	$(BIN)/slimguard compress train --data runs/compress-distill-self-info --run compress-train-si \
+	  --out $(SG_HOME)/compressors/default --set max_len=256 --set batch_size=4 --steps 96 \
+	  --set lr=2e-4 --set warmup=4 --set freeze_layers=2
+
+compressor: $(COMPRESSOR)
+
+demo: assets compressor
 	$(BIN)/slimguard demo
 
-demo-quick: assets
+demo-quick: assets compressor
 	$(BIN)/slimguard demo --quick
 
 test: assets
