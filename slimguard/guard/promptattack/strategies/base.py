@@ -1,0 +1,120 @@
+"""Shared pieces of every template attack: budget, search state, the attack objective.
+
+Following TextAttack's decomposition, a strategy is a *transformation* (how a template
+may change) plus a greedy *search*; the *goal* is shared: maximise the cross-entropy of the
+true label over a small attack set of examples the benign template classifies correctly,
+subject to a *constraint* on the number of template tokens changed (token-level edit
+distance to the benign infix). Every forward pass over the attack set is one query;
+every forward+backward is one gradient step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..fewshot import PromptClassifier
+from ..templates import token_edits
+from ..victims import PreparedBatch
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_edits: int = 3
+    max_steps: int = 10
+    max_queries: int = 60
+
+
+@dataclass
+class AttackState:
+    """The current malicious infix (victim token ids) and what it cost to find."""
+
+    infix: list[int]
+    loss: float
+    queries: int = 0
+    steps: int = 0
+    trace: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class AttackContext:
+    clf: PromptClassifier
+    batches: list[PreparedBatch]  # the attack set, prepared once
+    benign: list[int]
+    budget: Budget
+    gen: torch.Generator
+    candidates: torch.Tensor  # bool [vocab]: tokens a search may write
+    query_cap: int | None = None  # this recipe stage's share of the query budget
+
+
+    def edits(self, infix: list[int]) -> int:
+        return token_edits(self.benign, infix)
+
+    def allowed(self, infix: list[int]) -> bool:
+        return 0 < len(infix) and self.edits(infix) <= self.budget.max_edits
+
+    @torch.no_grad()
+    def loss(self, infix: list[int], state: AttackState | None = None) -> float:
+        if state is not None:
+            state.queries += 1
+        total, n = 0.0, 0
+        for b in self.batches:
+            logits = self.clf.logits(b, infix_ids=infix)
+            total += float(torch.nn.functional.cross_entropy(logits, b.labels, reduction="sum"))
+            n += len(b)
+        return total / max(n, 1)
+
+    @torch.no_grad()
+    def losses(self, infixes: list[list[int]], state: AttackState) -> list[float]:
+        """Attack loss of several candidate infixes (one query each), batched per victim."""
+        state.queries += len(infixes)
+        total, n = torch.zeros(len(infixes)), 0
+        for b in self.batches:
+            f = self.clf.victim.features_many(b, infixes)  # [n, B, d]
+            logits = self.clf.head(f.reshape(-1, f.shape[-1])).view(len(infixes), len(b), -1)
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b.labels.expand(len(infixes), -1),
+                                                   reduction="none")
+            total += ce.sum(1)
+            n += len(b)
+        return (total / max(n, 1)).tolist()
+
+    def queries_left(self, state: AttackState) -> int:
+        cap = self.budget.max_queries if self.query_cap is None else min(self.query_cap, self.budget.max_queries)
+        return cap - state.queries
+
+    def try_candidates(self, state: AttackState, cands: list[list[int]], tag: str) -> bool:
+        """Evaluate candidates (within the query budget and edit constraint); keep the best if it raises the loss."""
+        seen, todo = {tuple(state.infix)}, []
+        for c in cands:
+            if tuple(c) in seen or not self.allowed(c):
+                continue
+            seen.add(tuple(c))
+            todo.append(list(c))
+        todo = todo[:max(self.queries_left(state), 0)]
+        best, best_loss = None, state.loss
+        for i in range(0, len(todo), 16):
+            chunk = todo[i:i + 16]
+            for c, val in zip(chunk, self.losses(chunk, state)):
+                if val > best_loss:
+                    best, best_loss = c, val
+        if best is None:
+            return False
+        state.infix, state.loss = list(best), best_loss
+        state.trace.append({"strategy": tag, "loss": best_loss, "queries": state.queries, "steps": state.steps,
+                            "edits": self.edits(best)})
+        return True
+
+    def sample(self, n: int) -> list[int]:
+        """n random candidate tokens (uniform over the allowed vocabulary)."""
+        pool = self.candidates.nonzero().squeeze(1)
+        return pool[torch.randint(len(pool), (n,), generator=self.gen)].tolist()
+
+
+class Strategy:
+    """One named transformation + greedy search; ``run`` improves the state in place."""
+
+    name = "base"
+
+    def run(self, ctx: AttackContext, state: AttackState) -> AttackState:
+        raise NotImplementedError
