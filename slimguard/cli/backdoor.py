@@ -6,17 +6,12 @@ each exposes ``register(app)``.
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from .options import optional_module
 
 app = typer.Typer(no_args_is_help=True)
 
 for _part in ("backdoor_attack", "backdoor_defend"):
-    try:
-        _mod = importlib.import_module(f"slimguard.cli.{_part}")
-    except ModuleNotFoundError as e:
-        if e.name != f"slimguard.cli.{_part}":
-            raise
-        continue
-    _mod.register(app)
+    if (_mod := optional_module(f"slimguard.cli.{_part}")) is not None:
+        _mod.register(app)

@@ -6,22 +6,17 @@ CLI shell free of benchmark logic and lets capabilities land independently.
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from .options import optional_module
 
 app = typer.Typer(no_args_is_help=True)
 
 CAPABILITIES = ["core", "compress", "kvselect", "quant", "backdoor", "defence", "promptattack", "diffusion"]
 
 for _cap in CAPABILITIES:
-    try:
-        _mod = importlib.import_module(f"slimguard.bench.{_cap}")
-    except ModuleNotFoundError as e:
-        if e.name != f"slimguard.bench.{_cap}":
-            raise
-        continue
-    _mod.register(app)
+    if (_mod := optional_module(f"slimguard.bench.{_cap}")) is not None:
+        _mod.register(app)
 
 
 @app.command()

@@ -6,12 +6,12 @@ here. Errors raised as :class:`SlimguardError` print as one line and exit with 2
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
 from ..core.errors import SlimguardError
+from .options import optional_module
 
 app = typer.Typer(
     name="slimguard",
@@ -34,13 +34,8 @@ GROUPS = [
 ]
 
 for mod_name, group, help_text in GROUPS:
-    try:
-        mod = importlib.import_module(f"slimguard.cli.{mod_name}")
-    except ModuleNotFoundError as e:  # a capability not yet present in this checkout
-        if e.name != f"slimguard.cli.{mod_name}":
-            raise
-        continue
-    app.add_typer(mod.app, name=group, help=help_text)
+    if (mod := optional_module(f"slimguard.cli.{mod_name}")) is not None:
+        app.add_typer(mod.app, name=group, help=help_text)
 
 from . import common  # noqa: E402  (top-level commands: generate, report, demo)
 

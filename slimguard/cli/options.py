@@ -30,3 +30,19 @@ def console():
 
 
 __all__ = ["ConfigOpt", "SetOpt", "RunOpt", "ThreadsOpt", "set_threads", "console", "Path"]
+
+
+def optional_module(name: str):
+    """Import ``name`` if that module exists in this checkout, else None.
+
+    Capability modules register themselves (CLI groups, bench commands, backdoor halves); a
+    missing one is skipped, but an import error *inside* an existing module still raises.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return None
