@@ -11,7 +11,7 @@ import torch
 from slimguard.core.config import build
 from slimguard.core.errors import ConfigError
 from slimguard.slim.kvselect import select as K
-from slimguard.slim.kvselect.attention import ATTR, LayerState, TokenSelectRuntime, token_select_attention
+from slimguard.slim.kvselect.attention import standalone_layer, token_select_attention
 from slimguard.slim.kvselect.config import TokenSelectConfig
 
 D = 16
@@ -23,12 +23,7 @@ def _rope(x, pos):
 
 
 def _module(cfg: TokenSelectConfig, groups: int):
-    rt = TokenSelectRuntime(cfg, {})
-    st = LayerState(0, INV, rt)
-    rt.layers[0] = st
-    m = SimpleNamespace(layer_idx=0, is_causal=True, num_key_value_groups=groups, training=False, sliding_window=None)
-    setattr(m, ATTR, st)
-    return m, st
+    return standalone_layer(cfg, INV, groups)
 
 
 def _qkv(b, hq, hkv, L, n, seed=0):

@@ -60,25 +60,13 @@ def _peak_rss_mb(fn) -> tuple[float, object]:
     return status("VmHWM") - base, out
 
 
-def _fake_layer(cfg, inv, groups):
-    from types import SimpleNamespace
-
-    from ..slim.kvselect.attention import ATTR, LayerState, TokenSelectRuntime
-
-    rt = TokenSelectRuntime(cfg, {})
-    st = LayerState(0, inv, rt)
-    rt.layers[0] = st
-    m = SimpleNamespace(layer_idx=0, is_causal=True, num_key_value_groups=groups, training=False, sliding_window=None)
-    setattr(m, ATTR, st)
-    return m, st
-
 
 def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dict) -> dict:
     """Attention-only timings for one SmolLM2-shaped layer (9 query / 3 KV heads, d=64)."""
     import torch
 
     from ..slim.kvselect import TokenSelectConfig
-    from ..slim.kvselect.attention import token_select_attention
+    from ..slim.kvselect.attention import standalone_layer, token_select_attention
     from .harness import time_it
 
     hq, hkv, d = 9, 3, 64
@@ -95,7 +83,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
         for name, cfg in [("dense", TokenSelectConfig(method="dense")),
                           ("tokenselect_miss", TokenSelectConfig(cache_threshold=None)),
                           ("tokenselect_hit", TokenSelectConfig(cache_threshold=1e-6))]:
-            m, st = _fake_layer(cfg, inv, hq // hkv)
+            m, st = standalone_layer(cfg, inv, hq // hkv)
             token_select_attention(m, q1, k[:, :, :n - 1], v[:, :, :n - 1], None, scaling=d ** -0.5)
 
             def step():
@@ -117,7 +105,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
         pre = {}
         for name, cfg in [("dense", TokenSelectConfig(method="dense")), ("tokenselect", ts_cfg)]:
             def run():
-                m, _ = _fake_layer(cfg, inv, hq // hkv)
+                m, _ = standalone_layer(cfg, inv, hq // hkv)
                 return token_select_attention(m, qp, k, v, None, scaling=d ** -0.5)
             mem, _ = _peak_rss_mb(run)
             t = time_it(run, repeats=bc.prefill_repeats, warmup=0)

@@ -176,6 +176,19 @@ def disable_token_select(model, attn_implementation: str = "sdpa") -> None:
     model.set_attn_implementation(attn_implementation)
 
 
+def standalone_layer(cfg: TokenSelectConfig, inv_freq: torch.Tensor, groups: int):
+    """A stand-in attention module carrying one layer's state, for calling
+    :func:`token_select_attention` on raw tensors (kernel timing, fidelity tests) without a model."""
+    from types import SimpleNamespace
+
+    rt = TokenSelectRuntime(cfg, {})
+    st = LayerState(0, inv_freq, rt)
+    rt.layers[0] = st
+    m = SimpleNamespace(layer_idx=0, is_causal=True, num_key_value_groups=groups, training=False, sliding_window=None)
+    setattr(m, ATTR, st)
+    return m, st
+
+
 # --------------------------------------------------------------------------- attention
 
 
