@@ -1,18 +1,17 @@
 """``slimguard bench backdoor``: PuncAttack vs BadNets vs AddSent, side by side, plus a clean model.
 
 Grid of the issue: {BadNets, AddSent, PuncAttack} x {Rotten Tomatoes, SMS spam} x rate
-{0.01, 0.05, 0.1} x 3 seeds (``--full``). The default reduced grid runs the cells the
-targets are about: Rotten Tomatoes at rate 0.1, three attacks and a clean reference, 3
-seeds, on a 400-sample training subsample and a 300-sample test subsample (sized for
-a busy 2-core machine). Stealth metrics need no training and are computed first for
-every attack and seed; then a clean model and the three poisoned ones, seed by seed. Cells run
-seed by seed and the result file is rewritten after each one, so an interrupted run still
-leaves every finished cell (``n`` says how many seeds each number has).
+{0.01, 0.05, 0.1} x 3 seeds (``--full``). The default runs the cells the targets are about:
+Rotten Tomatoes at rate 0.1, three attacks and a clean reference, 3 seeds, with the attack's
+default victim and sizes (2,000 training samples, the whole test split). Rates run highest
+first, so the targets' cells finish first. Trained victims live in a cache shared with
+``bench defence`` (``runs/backdoor-grid``): a re-run, or the defence grid, reuses them. The
+result file is rewritten after every cell, so an interrupted run leaves every finished cell
+(``n`` says how many seeds each number has) and resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -51,15 +50,6 @@ def dppl_target(punc: float | None, other: float | None) -> dict:
     return t
 
 
-def _cells(full: bool, seeds: int):
-    """(dataset, seed, rates): one clean model per (dataset, seed), the targets' cells first."""
-    datasets = ["rotten-tomatoes", "sms-spam"] if full else ["rotten-tomatoes"]
-    rates = [0.1, 0.05, 0.01] if full else [0.1]
-    for ds in datasets:
-        for seed in range(seeds):
-            yield ds, seed, rates
-
-
 def _plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -83,28 +73,36 @@ def _plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def run_bench(*, full: bool = False, seeds: int = 3, max_train: Optional[int] = None, max_test: Optional[int] = None,
-              stealth_pairs: int = 60, keep_models: bool = False, threads: int = 2) -> Path:
+def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str]] = None,
+              rates: Optional[list[float]] = None, max_train: int = 2000, max_test: Optional[int] = None,
+              stealth_pairs: int = 60, cache_dir: str | None = None, threads: int = 2) -> Path:
+    import json
+
     import torch
 
     from ..core.config import build
-    from ..core.runs import Run, runs_root
+    from ..core.runs import atomic_write_json
     from ..guard.backdoor import metrics as M
-    from ..guard.backdoor.attack import AttackConfig, evaluate, load_splits, run_attack
+    from ..guard.backdoor.attack import AttackConfig, evaluate, load_splits
     from ..guard.backdoor.poison import make_trigger, poison_test
-    from ..guard.backdoor.victim import train_victim
-    from . import harness
+    from . import attack_cache, harness
 
     torch.set_num_threads(threads)
-    max_train = max_train or (3000 if full else 400)
-    max_test = max_test or (None if full else 300)
+    datasets = datasets or (["rotten-tomatoes", "sms-spam"] if full else ["rotten-tomatoes"])
+    rates = sorted(rates or ([0.1, 0.05, 0.01] if full else [0.1]), reverse=True)  # the targets' rate first
+    root = Path(cache_dir or attack_cache.DEFAULT_ROOT)
     attacks = ["punc", "badnets", "addsent"]
-    command = "slimguard bench backdoor" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "")
-    config = {"full": full, "seeds": seeds, "max_train": max_train, "max_test": max_test, "stealth_pairs": stealth_pairs,
-              "attacks": attacks, "threads": threads, "victim": "minilm-l6 (defaults: 2 epochs, max_length 64, lower 4 of 6 layers frozen)"}
-    root = runs_root() / "bench-backdoor"
+    command = ("slimguard bench backdoor" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "")
+               + ("" if full or datasets == ["rotten-tomatoes"] else "".join(f" --dataset {d}" for d in datasets))
+               + ("" if full or rates == [0.1] else "".join(f" --rate {r:g}" for r in rates))
+               + (f" --max-train {max_train}" if max_train != 2000 else "") + (f" --max-test {max_test}" if max_test else ""))
+    config = {"full": full, "seeds": seeds, "datasets": datasets, "rates": rates, "max_train": max_train,
+              "max_test": max_test, "stealth_pairs": stealth_pairs, "attacks": attacks, "threads": threads,
+              "cache_dir": str(root), "victim": "minilm-l6, AttackConfig defaults (2 epochs, lr 2e-4, max_length 64, "
+                                                 "lower 4 of 6 layers frozen)"}
     raw: dict[tuple, list[dict]] = {}
-    done: list[str] = []
+    stealth: dict[tuple, dict] = {}
+    done, reused = [], []
     t_start = time.perf_counter()
 
     def write():
@@ -129,81 +127,92 @@ def run_bench(*, full: bool = False, seeds: int = 3, max_train: Optional[int] = 
             "punc_similarity_rt_0.1": harness.target(v("punc", "similarity"), ">= 0.95"),
             "attack_run_minutes": harness.target(statistics.median(punc_secs) / 60 if punc_secs else None, "<= 10"),
         }
-        note = ("Timings were taken on a shared 2-core machine under heavy load from other jobs (load average often "
-                "10-18), so wall times are inflated several-fold; attack_cpu_seconds is the process CPU time. "
-                f"Reduced grid: {'full grid' if full else 'Rotten Tomatoes, rate 0.1 only'}; training subsample "
-                f"{max_train}, test subsample {max_test or 'all'}; cells done: {len(done)}. delta-PPL under SmolLM2-135M "
-                "(weights passed through GGUF Q4_1), over "
-                f"{stealth_pairs} test pairs per cell; grammar errors by our offline rule checker, not LanguageTool. "
-                "ASR denominator: non-target test samples with the trigger (PuncAttack: eligible ones, few_slots=skip; "
-                "asr_all_nontarget counts the rest as failures). Victim: MiniLM-L6 with lower 4 layers frozen. "
-                "Perplexity is per token, so AddSent's fluent 6-word sentence can LOWER the perplexity of a short "
-                "snippet (negative delta-PPL); the dPPL targets are judged literally (punc <= baseline / 5).")
+        note = (f"Grid: datasets {datasets}, rates {rates}, {seeds} seed(s); training subsample {max_train}, "
+                f"test {max_test or 'whole split'}; {len(done)} attack cells ({len(reused)} reused from {root}). "
+                f"delta-PPL under SmolLM2-135M (weights passed through GGUF Q4_1) over {stealth_pairs} test pairs per "
+                "(attack, dataset, seed); grammar errors by our offline rule checker, not LanguageTool. ASR denominator: "
+                "non-target test samples with the trigger (PuncAttack: eligible ones, few_slots=skip; asr_all_nontarget "
+                "counts the rest as failures). cacc_drop is paired: clean and poisoned victims share seed and subsample. "
+                "attack_seconds is the wall time of poison+train+evaluate when the run was trained (2-core CPU); "
+                "attack_cpu_seconds its process CPU time. Perplexity is per token, so AddSent's fluent sentence can lower "
+                "a short snippet's perplexity; the dPPL targets are judged literally (punc <= baseline / 5).")
         harness.write_result(CAP, command=command, config=config, rows=rows, targets=targets,
-                             extra={"note": note, "cells_done": done, "elapsed_s": time.perf_counter() - t_start})
+                             extra={"note": note, "cells_done": done, "cells_reused": reused,
+                                    "elapsed_s": time.perf_counter() - t_start})
         try:
             _plot(rows, harness.RESULTS_DIR / f"{CAP}_attacks.png")
         except Exception:  # a plot is a convenience; never lose results over it  # noqa: BLE001
             pass
 
-    stealth: dict[tuple, dict] = {}
-    for ds, seed, rates in _cells(full, seeds):
-        base = build(AttackConfig, {"dataset": ds, "seed": seed, "max_train": max_train, "max_test": max_test,
-                                    "stealth_pairs": 0})
-        sp = load_splits(base)
-        # stealth needs no training, so every attack's delta-PPL/grammar/similarity for this seed comes first
-        for atk in attacks:
-            cfg = build(AttackConfig, {**base.to_dict(), "poison": {"attack": atk, "rate": rates[0]}})
-            te = poison_test(sp.test, cfg.poison, trigger=make_trigger(cfg.poison), rng=np.random.default_rng([seed, 1]))
-            st = M.stealth([s.meta["orig_text"] for s in te.samples], [s.text for s in te.samples],
-                           max_pairs=stealth_pairs, seed=0)
-            st["eligible_fraction"] = te.eligible_fraction
-            stealth[(atk, ds, seed)] = st
-            raw.setdefault((atk, ds, rates[0]), [])
-            typer.echo(f"stealth {atk} {ds} s{seed}: dPPL {st['delta_ppl']:.2f} sim {st['similarity']:.4f} "
-                       f"dGrammar {st['delta_grammar']:.3f}", err=True)
-        write()
-        # then one clean model and the poisoned ones; PuncAttack first (the targets' subject)
-        clean_dir = root / f"clean-{ds}-s{seed}" / "model"
-        train_victim(sp.train, sp.dev, base.victim, clean_dir, label_names=sp.label_names, seed=seed, progress=False)
-        clean_cacc = None
-        for rate in rates:
-            for atk in attacks:
-                cfg = build(AttackConfig, {**base.to_dict(), "poison": {"attack": atk, "rate": rate}})
-                run = Run.create(f"{atk}-{ds}-r{rate:g}-s{seed}", root=root, command=command, config=cfg)
-                m = run_attack(cfg, run, progress=False, splits=sp)
-                m.update(stealth.get((atk, ds, seed), {}))
-                trig = make_trigger(cfg.poison)
-                te = poison_test(sp.test, cfg.poison, trigger=trig, rng=np.random.default_rng([seed, 1]))
-                cl = evaluate(clean_dir, sp.test, te.samples, trig, cfg.poison.target_label)
-                if clean_cacc is None:
-                    clean_cacc = cl["cacc"]
-                    raw.setdefault(("clean", ds, None), []).append({"cacc": clean_cacc})
-                m.update({"cacc_drop": clean_cacc - m["cacc"], "clean_asr": cl["asr"],
-                          "attack_seconds": m["seconds"]["attack_total"], "attack_cpu_seconds": m["seconds"]["attack_cpu"]})
-                run.save_metrics(m)
-                raw.setdefault((atk, ds, rate), []).append(m)
-                if not keep_models:
-                    shutil.rmtree(run.path / "model", ignore_errors=True)
-                done.append(run.path.name)
-                typer.echo(f"{run.path.name}: CACC {m['cacc']:.4f} (clean {clean_cacc:.4f}) ASR {m['asr']:.4f} "
-                           f"{m['attack_seconds']:.0f}s wall, {m['attack_cpu_seconds']:.0f}s CPU", err=True)
-                write()
-        if not keep_models:
-            shutil.rmtree(clean_dir.parent, ignore_errors=True)
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    for rate in rates:
+        for ds in datasets:
+            for seed in range(seeds):
+                base = build(AttackConfig, {"dataset": ds, "seed": seed, "max_train": max_train, "max_test": max_test,
+                                            "stealth_pairs": 0})
+                sp = load_splits(base)
+                clean_dir = attack_cache.clean_model(root, base, sp, log=log)
+                for atk in attacks:
+                    cfg = build(AttackConfig, {**base.to_dict(), "poison": {"attack": atk, "rate": rate}})
+                    trig = make_trigger(cfg.poison)
+                    te = poison_test(sp.test, cfg.poison, trigger=trig, rng=np.random.default_rng([seed, 1]))
+                    # stealth and the clean model's view of the trigger do not depend on the rate: cached per seed
+                    sfile = root / "stealth" / f"{atk}-{Path(ds).stem}-s{seed}-t{max_test}-p{stealth_pairs}.json"
+                    if (atk, ds, seed) not in stealth:
+                        if sfile.is_file():
+                            st = json.loads(sfile.read_text())
+                        else:
+                            st = M.stealth([s.meta["orig_text"] for s in te.samples], [s.text for s in te.samples],
+                                           max_pairs=stealth_pairs, seed=0)
+                            st["eligible_fraction"] = te.eligible_fraction
+                            atomic_write_json(sfile, st)
+                        stealth[(atk, ds, seed)] = st
+                    cfile = clean_dir.parent / f"eval-{atk}.json"
+                    if cfile.is_file():
+                        cl = json.loads(cfile.read_text())
+                    else:
+                        cl = evaluate(clean_dir, sp.test, te.samples, trig, cfg.poison.target_label)
+                        cl.pop("_pred_poisoned")
+                        atomic_write_json(cfile, cl)
+                    path, hit = attack_cache.get_or_train(root, cfg, log=log, splits=sp, command=command)
+                    m = json.loads((path / "metrics.json").read_text())
+                    m.update(stealth[(atk, ds, seed)])
+                    m.update({"cacc_drop": cl["cacc"] - m["cacc"], "clean_asr": cl["asr"],
+                              "attack_seconds": m["seconds"]["attack_total"], "attack_cpu_seconds": m["seconds"]["attack_cpu"]})
+                    if atk == attacks[0]:
+                        raw.setdefault(("clean", ds, None), [])
+                        if rate == rates[0]:
+                            raw[("clean", ds, None)].append({"cacc": cl["cacc"]})
+                    raw.setdefault((atk, ds, rate), []).append(m)
+                    done.append(path.name)
+                    if hit:
+                        reused.append(path.name)
+                    log(f"{path.name}: CACC {m['cacc']:.4f} (clean {cl['cacc']:.4f}) ASR {m['asr']:.4f} "
+                        f"{m['attack_seconds']:.0f}s wall, {m['attack_cpu_seconds']:.0f}s CPU{' (cached)' if hit else ''}")
+                    write()
     write()
     return harness.RESULTS_DIR / f"{CAP}.json"
 
 
 def register(app: typer.Typer) -> None:
     @app.command("backdoor")
-    def backdoor(full: bool = typer.Option(False, "--full", help="The whole grid: 2 datasets x 3 rates x 3 seeds, 3000 training samples."),
+    def backdoor(full: bool = typer.Option(False, "--full", help="The whole grid: 2 datasets x 3 rates x 3 seeds."),
                  seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per cell."),
-                 max_train: Optional[int] = typer.Option(None, "--max-train", help="Training subsample (default 400, --full 3000)."),
-                 max_test: Optional[int] = typer.Option(None, "--max-test", help="Test subsample (default 300, --full all)."),
+                 dataset: Optional[list[str]] = typer.Option(None, "--dataset", help="Datasets (repeatable; default "
+                                                             "rotten-tomatoes, --full adds sms-spam)."),
+                 rate: Optional[list[float]] = typer.Option(None, "--rate", help="Poison rates (repeatable; default 0.1, "
+                                                            "--full 0.1 0.05 0.01)."),
+                 max_train: int = typer.Option(2000, "--max-train", min=50, help="Training subsample."),
+                 max_test: Optional[int] = typer.Option(None, "--max-test", help="Test subsample (default: whole split)."),
                  stealth_pairs: int = typer.Option(60, "--stealth-pairs", help="Test pairs for delta-PPL/grammar/similarity."),
-                 keep_models: bool = typer.Option(False, "--keep-models", help="Keep every trained model under runs/bench-backdoor/."),
+                 cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Trained victims, shared with `bench "
+                                                         "defence` (default runs/backdoor-grid)."),
                  threads: int = typer.Option(2, "--threads", help="torch threads.")) -> None:
         """PuncAttack vs BadNets vs AddSent (+ clean model): CACC, ASR, stealth; writes benchmarks/results/backdoor.json."""
-        typer.echo(run_bench(full=full, seeds=seeds, max_train=max_train, max_test=max_test, stealth_pairs=stealth_pairs,
-                             keep_models=keep_models, threads=threads))
+        for r in rate or []:
+            if not 0 < r < 1:
+                raise typer.BadParameter(f"poison rate must be in (0, 1), got {r}", param_hint="--rate")
+        typer.echo(run_bench(full=full, seeds=seeds, datasets=dataset, rates=rate, max_train=max_train, max_test=max_test,
+                             stealth_pairs=stealth_pairs, cache_dir=cache_dir, threads=threads))

@@ -1,7 +1,7 @@
 """``slimguard bench defence``: the attack x defence grid of the NLP backdoor survey.
 
 {BadNets, AddSent, PuncAttack} x {ONION, STRIP, RAP, BKI, CUBE, clean fine-tuning} at poison
-rate 0.1. Trained attack runs are cached by their full config (``runs/defence-bench/attacks``)
+rate 0.1. Trained attack runs are cached by their full config (``runs/backdoor-grid/attacks``, shared with ``bench backdoor``)
 and every (attack run, defence config) result is cached too, so a re-run only computes what
 is missing; the result JSON says what was cached. The default is reduced for 2 busy CPU
 cores (Rotten Tomatoes, one seed, subsampled training/evaluation sets); ``--full`` runs both
@@ -14,7 +14,6 @@ and ``defence_asr_heatmap.png``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import typer
 from pydantic import Field
 
 from ..core.config import Config
+from . import attack_cache
 
 ATTACKS = ["badnets", "addsent", "punc"]
 DEFENCES = ["onion", "strip", "rap", "bki", "cube", "finetune"]
@@ -37,17 +37,17 @@ class DefenceBenchConfig(Config):
     defences: list[str] = Field(DEFENCES, description="Defences: onion, strip, rap, bki, cube, finetune.")
     seeds: list[int] = Field([0], min_length=1, description="Attack seeds (poison choice, victim init).")
     rate: float = Field(0.1, gt=0, lt=1, description="Poison rate.")
-    max_train: Optional[int] = Field(400, ge=50, description="Attack training subsample (None = all).")
-    max_dev: Optional[int] = Field(300, ge=50, description="Clean dev samples (the defender's clean data).")
-    max_test: Optional[int] = Field(300, ge=20, description="Clean test samples (poisoned test = its non-target part).")
+    max_train: Optional[int] = Field(2000, ge=50, description="Attack training subsample (None = all); the attack's default, "
+                                     "so the victims of `bench backdoor` are reused.")
+    max_dev: Optional[int] = Field(500, ge=50, description="Clean dev samples (the defender's clean data).")
+    max_test: Optional[int] = Field(None, ge=20, description="Clean test samples (poisoned test = its non-target part).")
     max_eval: Optional[int] = Field(100, ge=10, description="Test samples per side for STRIP/RAP/fine-tuning/BKI/CUBE.")
     onion_eval: int = Field(40, ge=10, description="Test samples per side for ONION (LM-bound).")
     onion_max_drop: float = Field(0.03, ge=0, le=1, description="ONION calibration: dev accuracy drop allowed "
                                   "(0.03 = one error in 40 dev sentences; 0.01 cannot be resolved on 40).")
     onion_calib: int = Field(40, ge=10, description="Dev sentences ONION calibrates its threshold on.")
-    victim_epochs: float = Field(3.0, gt=0, description="Victim training epochs (attack and retraining).")
-    victim_lr: float = Field(5e-4, gt=0, lt=1, description="Victim peak learning rate (higher than the attack's default "
-                             "because only the top layers train in the reduced grid).")
+    victim_epochs: float = Field(2.0, gt=0, description="Victim training epochs (attack and retraining).")
+    victim_lr: float = Field(2e-4, gt=0, lt=1, description="Victim peak learning rate.")
     freeze_layers: int = Field(4, ge=0, description="Victim layers frozen during training (speed on busy CPUs).")
     bki_scan: int = Field(100, ge=10, description="Training samples BKI scans for keywords.")
     rap_train: int = Field(200, ge=8, description="Clean target-label samples RAP trains its word on.")
@@ -58,19 +58,8 @@ class DefenceBenchConfig(Config):
                                   "CACC/ASR (one more victim training per cell; on in --full).")
     cached_only: bool = Field(False, description="Only assemble cells whose attack run and result are cached; "
                               "list the others as skipped (to publish what a time-boxed run finished).")
-    cache_dir: str = Field("runs/defence-bench", description="Cached attack runs, retrained models and results.")
-
-
-def _hash(d: dict) -> str:
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _key(acfg: dict) -> tuple:
-    """The attack settings a cached run must match to be reused."""
-    p, v = acfg["poison"], acfg["victim"]
-    return (acfg["dataset"], acfg["seed"], acfg["max_train"], acfg["max_dev"], acfg["max_test"], p["attack"], p["rate"],
-            p["target_label"], p.get("punc", {}).get("placement"), v["model"], v["epochs"], v["lr"], v["freeze_layers"],
-            v.get("max_length"))
+    cache_dir: str = Field(attack_cache.DEFAULT_ROOT, description="Cached attack runs (shared with `bench backdoor`), "
+                           "retrained models and results.")
 
 
 def attack_config(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int):
@@ -80,42 +69,6 @@ def attack_config(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int)
                         poison={"attack": attack, "rate": cfg.rate,
                                 "punc": {"placement": cfg.punc_placement}},
                         victim={"epochs": cfg.victim_epochs, "lr": cfg.victim_lr, "freeze_layers": cfg.freeze_layers}, stealth_pairs=0)
-
-
-def cached_run(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int) -> Path | None:
-    """A finished attack run that agrees on every setting the grid controls, if one exists.
-
-    Matching on those settings (not on a hash of the whole attack config) means a new optional
-    field in the attack's config does not throw away hours of CPU."""
-    acfg = attack_config(cfg, dataset, attack, seed)
-    want = _key(acfg.to_dict())
-    root = Path(cfg.cache_dir) / "attacks"
-    for cand in sorted(root.glob(f"{attack}-{Path(dataset).stem}-s{seed}-*")):
-        if (cand / "metrics.json").is_file() and (cand / "model" / "config.json").is_file():
-            try:
-                if _key(json.loads((cand / "config.json").read_text())) == want:
-                    return cand
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return None
-
-
-def cached_attack(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int, log) -> tuple[Path, bool]:
-    """The attack run for this config: reused when its metrics exist, else trained now."""
-    from ..guard.backdoor.attack import run_attack
-    from ..core.runs import Run
-
-    acfg = attack_config(cfg, dataset, attack, seed)
-    name = f"{attack}-{Path(dataset).stem}-s{seed}-{_hash(acfg.to_dict())}"
-    root = Path(cfg.cache_dir) / "attacks"
-    path = root / name
-    found = cached_run(cfg, dataset, attack, seed)
-    if found is not None:
-        return found, True
-    log(f"training attack run {name}")
-    run = Run.create(name, root=root, command="slimguard bench defence (attack)", config=acfg)
-    run_attack(acfg, run, resume=True)
-    return path, False
 
 
 def defence_config(cfg: DefenceBenchConfig, name: str):
@@ -159,8 +112,9 @@ def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[d
     inputs: dict[Path, object] = {}
     for seed, dataset, attack, dname in jobs(cfg):
         key = (seed, dataset, attack)
+        acfg = attack_config(cfg, dataset, attack, seed)
         if cfg.cached_only and key not in paths:
-            found = cached_run(cfg, dataset, attack, seed)
+            found = attack_cache.find(cfg.cache_dir, acfg)
             if found is None:
                 cache_info.setdefault("skipped", []).append(f"{attack}/{dataset}/s{seed}/{dname} (no attack run)")
                 continue
@@ -168,12 +122,13 @@ def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[d
             cache_info["attack_runs_reused"].append({"run": found.name, "seconds": 0.0})
         if key not in paths:
             t0 = time.perf_counter()
-            paths[key], hit = cached_attack(cfg, dataset, attack, seed, log)
+            paths[key], hit = attack_cache.get_or_train(cfg.cache_dir, acfg, log=log,
+                                                        command="slimguard bench defence (attack)")
             cache_info["attack_runs_reused" if hit else "attack_runs_trained"].append(
                 {"run": paths[key].name, "seconds": round(time.perf_counter() - t0, 1)})
         path = paths[key]
         dcfg = defence_config(cfg, dname)
-        out = path / "defences" / f"{dname}-{_hash(dcfg.to_dict())}"
+        out = path / "defences" / f"{dname}-{attack_cache.short_hash(dcfg.to_dict())}"
         res_file = out / "result.json"
         if res_file.is_file():
             rep = json.loads(res_file.read_text())
@@ -306,10 +261,9 @@ def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets
     n_threads = set_threads(threads)
     explicit = {}
     if full:
-        explicit.update(datasets=["rotten-tomatoes", "sms-spam"], seeds=[0, 1, 2], max_train=3000, max_dev=500,
-                        max_test=None, max_eval=400, onion_eval=150, onion_calib=150, onion_max_drop=0.01, freeze_layers=0, bki_scan=600,
-                        rap_train=256, finetune_clean=500, strip_calib=None, retrain_filters=True,
-                        victim_epochs=2.0, victim_lr=1e-4)
+        explicit.update(datasets=["rotten-tomatoes", "sms-spam"], seeds=[0, 1, 2], max_eval=400, onion_eval=150,
+                        onion_calib=150, onion_max_drop=0.01, bki_scan=600, rap_train=256, finetune_clean=500,
+                        strip_calib=None, retrain_filters=True)
     if seeds is not None:
         explicit["seeds"] = list(range(seeds))
     cfg = resolve(DefenceBenchConfig, config_file=config, sets=sets, **explicit)
