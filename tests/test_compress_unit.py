@@ -192,3 +192,32 @@ def test_property_kept_fraction_monotone_in_rate(pc, text, rates):
     kept = [int(pc.compress(text, CompressConfig(model="x", rate=r, rate_tokenizer="encoder")).labels[0].sum())
             for r in sorted(rates)]
     assert kept == sorted(kept)
+
+
+@pytest.mark.parametrize("dtype,threshold,native,expected", [
+    ("auto", "exact", True, True),
+    ("auto", "exact", False, False),
+    ("auto", "llmlingua", True, False),  # compat mode promises the reference's words: float32
+    ("bfloat16", "llmlingua", False, True),
+    ("float32", "exact", True, False),
+])
+def test_precision_choice(pc, monkeypatch, dtype, threshold, native, expected):
+    from slimguard.slim.compress.config import CompressConfig
+
+    monkeypatch.setattr(pc, "_native_bf16", native)
+    assert pc.uses_bf16(CompressConfig(model="x", dtype=dtype, threshold=threshold)) is expected
+
+
+@pytest.mark.parametrize("dtype,matmul_dtype", [("bfloat16", "torch.bfloat16"), ("float32", "torch.float32")])
+def test_scoring_runs_in_the_chosen_precision(pc, dtype, matmul_dtype):
+    import torch
+
+    seen = []
+    lin = next(m for m in pc.model.modules() if isinstance(m, torch.nn.Linear))
+    h = lin.register_forward_hook(lambda m, i, o: seen.append(str(o.dtype)))
+    try:
+        out = pc.compress_prompt(TEXT, rate=0.5, dtype=dtype, rate_tokenizer="encoder")
+    finally:
+        h.remove()
+    assert seen and set(seen) == {matmul_dtype}
+    assert 0 < len(out["compressed_prompt"]) < len(TEXT)

@@ -140,6 +140,7 @@ class PromptCompressor:
         self._counters: dict[str, Any] = {}
         self.default_rate_tokenizer = rate_tokenizer
         self._torch = torch
+        self._native_bf16: bool | None = None
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         self._has_digit = np.array([any(ch.isdigit() for ch in t) for t in vocab], dtype=bool)
 
@@ -164,7 +165,7 @@ class PromptCompressor:
                         drop_consecutive: bool = False, use_context_level_filter: bool = False,
                         return_word_label: bool = False, word_sep: str = "\t\t|\t\t", label_sep: str = " ",
                         chunk_end_tokens: list[str] | None = None, rate_tokenizer: str | None = None,
-                        threshold: str = "exact", **unsupported: Any) -> dict[str, Any]:
+                        threshold: str = "exact", dtype: str = "auto", **unsupported: Any) -> dict[str, Any]:
         """Compress ``context`` keeping about ``rate`` of its tokens; returns llmlingua's result dict."""
         if unsupported:
             raise SlimguardError(f"unsupported compress_prompt argument(s): {', '.join(sorted(unsupported))}")
@@ -176,7 +177,7 @@ class PromptCompressor:
             "use_context_level_filter": use_context_level_filter,
             "rate_tokenizer": rate_tokenizer or self.default_rate_tokenizer, "threshold": threshold,
             "chunk_end_tokens": [".", "\n"] if chunk_end_tokens is None else chunk_end_tokens,
-            "batch_size": self.batch_size})
+            "batch_size": self.batch_size, "dtype": dtype})
         return self.compress(context, cfg).to_llmlingua(return_word_label=return_word_label, word_sep=word_sep,
                                                         label_sep=label_sep)
 
@@ -277,6 +278,8 @@ class PromptCompressor:
         order = sorted(range(len(pieces)), key=lambda i: pieces[i][2] - pieces[i][1])
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         pad = self.tokenizer.pad_token_id or 0
+        dev_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        bf16 = self.uses_bf16(cfg)
         for b in range(0, len(order), cfg.batch_size):
             group = [pieces[i] for i in order[b: b + cfg.batch_size]]
             L = max(e - s for _, s, e in group) + 2
@@ -286,7 +289,7 @@ class PromptCompressor:
                 n = e - s
                 ids[r, 0], ids[r, 1:n + 1], ids[r, n + 1] = cls, ctxs[ci].ids[s:e], sep
                 mask[r, : n + 2] = 1
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
                 logits = self.model(input_ids=torch.from_numpy(ids).to(self.device),
                                     attention_mask=torch.from_numpy(mask).to(self.device)).logits
                 p = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
@@ -296,6 +299,20 @@ class PromptCompressor:
             n = len(c.starts)
             c.probs = (np.bincount(c.word, weights=tp, minlength=n) / np.maximum(np.bincount(c.word, minlength=n), 1)
                        ).astype(np.float64) if n else np.zeros(0)
+
+    def uses_bf16(self, cfg: CompressConfig) -> bool:
+        """Whether scoring runs under bfloat16 autocast (see ``CompressConfig.dtype``)."""
+        if cfg.dtype != "auto":
+            return cfg.dtype == "bfloat16"
+        if cfg.threshold == "llmlingua":
+            return False
+        if self._native_bf16 is None:
+            torch = self._torch
+            if str(self.device).startswith("cuda"):
+                self._native_bf16 = bool(torch.cuda.is_bf16_supported())
+            else:  # emulated bf16 on CPUs without AVX512-BF16/AMX is slower than float32
+                self._native_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return self._native_bf16
 
     def _forced(self, c: _Ctx, cfg: CompressConfig) -> tuple[np.ndarray, np.ndarray]:
         """(forced word mask, force-token id per word or -1) from force_tokens and force_reserve_digit."""

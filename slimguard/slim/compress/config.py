@@ -94,6 +94,10 @@ class CompressConfig(Config):
     chunk_end_tokens: list[str] = Field([".", "\n"], description="Chunks are cut back to the last of these.")
     batch_size: int = Field(16, ge=1, description="Encoder chunks per forward.")
     device: str = Field("cpu")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Encoder matmul precision. 'auto': bfloat16 autocast where the hardware has native bf16 "
+        "matmuls (AVX512-BF16/AMX CPUs, bf16 GPUs), except with threshold='llmlingua', which promises the reference's "
+        "words and so scores in float32; 'float32' everywhere else.")
 
     @field_validator("rate")
     @classmethod
