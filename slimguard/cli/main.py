@@ -43,6 +43,14 @@ common.register(app)
 
 
 def main() -> None:
+    import os
+
+    from ..core.models import _quiet_third_party
+
+    # transformers 5 draws a "Loading weights" bar for every model load; benchmarks load dozens
+    # and our own bars already show progress. Users can turn them back on with the variable.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _quiet_third_party()
     try:
         app(standalone_mode=True)
     except SlimguardError as e:
