@@ -57,3 +57,9 @@ def test_cached_only_skips_what_is_missing(tmp_path):
     cfg = B.DefenceBenchConfig(cached_only=True, cache_dir=str(tmp_path), defences=["strip"])
     results, cache = B.run_grid(cfg, log=lambda m: None)
     assert results == [] and len(cache["skipped"]) == 3 and cache["results_computed"] == 0
+
+
+def test_jobs_finish_the_target_dataset_before_the_next():
+    j = B.jobs(B.DefenceBenchConfig(datasets=["rotten-tomatoes", "sms-spam"], seeds=[0, 1, 2]))
+    first_sms = next(i for i, x in enumerate(j) if x[1] == "sms-spam")
+    assert {x[0] for x in j[:first_sms]} == {0, 1, 2} and all(x[1] == "sms-spam" for x in j[first_sms:])

@@ -90,13 +90,15 @@ def defence_config(cfg: DefenceBenchConfig, name: str):
 
 
 def jobs(cfg: DefenceBenchConfig) -> list[tuple[int, str, str, str]]:
-    """(seed, dataset, attack, defence) in the order the targets need them: BadNets first, then
-    PuncAttack under ONION, so an interrupted run still answers the headline questions."""
+    """(seed, dataset, attack, defence) in the order the targets need them: the first dataset's
+    seeds first and, within one, BadNets, then PuncAttack under ONION, so an interrupted run
+    still answers the headline questions."""
     fast_first = ["rap", "strip", "cube", "bki", "onion", "finetune"]
     order = [("badnets", d) for d in fast_first] + [("punc", "onion")] + \
             [(a, d) for a in ("punc", "addsent") for d in fast_first]
     order = list(dict.fromkeys(order))
-    return [(seed, ds, a, d) for seed in cfg.seeds for ds in cfg.datasets for a, d in order
+    # the targets are judged on the first dataset: all its seeds before the next dataset
+    return [(seed, ds, a, d) for ds in cfg.datasets for seed in cfg.seeds for a, d in order
             if a in cfg.attacks and d in cfg.defences]
 
 
