@@ -221,3 +221,17 @@ def test_scoring_runs_in_the_chosen_precision(pc, dtype, matmul_dtype):
         h.remove()
     assert seen and set(seen) == {matmul_dtype}
     assert 0 < len(out["compressed_prompt"]) < len(TEXT)
+
+
+@pytest.mark.parametrize("threshold,first_chunk", [("llmlingua", 511), ("exact", 510)])
+def test_chunk_length_matches_the_reference_only_in_compat_mode(pc, threshold, first_chunk):
+    # a sentence end at the 511th token: llmlingua keeps it in the first chunk (and drops [SEP]),
+    # our exact mode stays within [CLS] + 510 + [SEP]
+    from slimguard.slim.compress.config import CompressConfig
+
+    text = "the " * 510 + ". " + "the " * 100
+    cfg = CompressConfig(model="x", threshold=threshold, chunk_end_tokens=["."], rate_tokenizer="encoder")
+    (c,) = pc._analyse([text], cfg)
+    assert int((c.chunk_of_token == 0).sum()) == first_chunk
+    pc._score([c], cfg)  # a 511-token chunk must still fit the 512 positions
+    assert c.probs.shape == (611,) and np.isfinite(c.probs).all()

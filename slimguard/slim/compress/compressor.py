@@ -225,7 +225,10 @@ class PromptCompressor:
                 end_ids.add(self.tokenizer.convert_tokens_to_ids(toks[0]))
         end_ids_arr = np.fromiter(end_ids, dtype=np.int64) if end_ids else np.zeros(0, dtype=np.int64)
         split_on_nl = "\n" in cfg.chunk_end_tokens
-        max_len = self.max_seq_len - 2
+        # llmlingua lets a chunk hold max_seq_len - 1 tokens when its last one ends a sentence (its
+        # dataset then truncates [SEP]); compat mode reproduces that so chunk thresholds line up
+        compat = cfg.threshold == "llmlingua"
+        max_len = self.max_seq_len - (1 if compat else 2)
         out = []
         for k, text in enumerate(contexts):
             codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -255,7 +258,7 @@ class PromptCompressor:
             while st < len(ids):
                 ed = min(st + max_len, len(ids))
                 if ed < len(ids):
-                    cand = np.flatnonzero(is_end[st:ed])
+                    cand = np.flatnonzero(is_end[st + compat:ed]) + compat
                     if len(cand):
                         ed = st + int(cand[-1]) + 1
                     else:  # no sentence end: cut at the last word boundary so words never straddle chunks
@@ -282,13 +285,15 @@ class PromptCompressor:
         bf16 = self.uses_bf16(cfg)
         for b in range(0, len(order), cfg.batch_size):
             group = [pieces[i] for i in order[b: b + cfg.batch_size]]
-            L = max(e - s for _, s, e in group) + 2
+            L = min(max(e - s for _, s, e in group) + 2, self.max_seq_len)
             ids = np.full((len(group), L), pad, dtype=np.int64)
             mask = np.zeros((len(group), L), dtype=np.int64)
             for r, (ci, s, e) in enumerate(group):
                 n = e - s
-                ids[r, 0], ids[r, 1:n + 1], ids[r, n + 1] = cls, ctxs[ci].ids[s:e], sep
-                mask[r, : n + 2] = 1
+                ids[r, 0], ids[r, 1:n + 1] = cls, ctxs[ci].ids[s:e]
+                if n + 2 <= L:  # a compat-mode chunk of max_seq_len - 1 tokens has no [SEP], as in llmlingua
+                    ids[r, n + 1] = sep
+                mask[r, : min(n + 2, L)] = 1
             with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
                 logits = self.model(input_ids=torch.from_numpy(ids).to(self.device),
                                     attention_mask=torch.from_numpy(mask).to(self.device)).logits
