@@ -16,11 +16,10 @@ def demo_step(quick: bool, out_dir: Path):
     import torch
 
     from ...bench.harness import time_it
-    from ...bench.kvselect import _fake_layer
     from ...core.models import load_causal_lm
     from ...demo import StepResult
     from ...report.html import esc, figure
-    from .attention import disable_token_select, enable_token_select, token_select_attention
+    from .attention import disable_token_select, enable_token_select, standalone_layer, token_select_attention
     from .config import TokenSelectConfig
     from .tasks import Haystack, is_correct
 
@@ -61,7 +60,7 @@ def demo_step(quick: bool, out_dir: Path):
     times = {}
     for name, cfg in [("dense", TokenSelectConfig(method="dense")), ("miss", TokenSelectConfig(cache_threshold=None)),
                       ("hit", TokenSelectConfig(cache_threshold=1e-6))]:
-        mod, st = _fake_layer(cfg, inv, 3)
+        mod, st = standalone_layer(cfg, inv, 3)
         token_select_attention(mod, q, k[:, :, :-1], v[:, :, :-1], None, scaling=0.125)
 
         def step(mod=mod, st=st):
