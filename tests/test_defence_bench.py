@@ -63,3 +63,15 @@ def test_jobs_finish_the_target_dataset_before_the_next():
     j = B.jobs(B.DefenceBenchConfig(datasets=["rotten-tomatoes", "sms-spam"], seeds=[0, 1, 2]))
     first_sms = next(i for i, x in enumerate(j) if x[1] == "sms-spam")
     assert {x[0] for x in j[:first_sms]} == {0, 1, 2} and all(x[1] == "sms-spam" for x in j[first_sms:])
+
+
+def test_filters_without_retraining_summarise_over_seeds():
+    # BKI/CUBE report NaN CACC/ASR-after when the victim is not retrained; two seeds of that must
+    # summarise to NaN with n=0, not crash the grid (it did, mid-run)
+    fil = {"poison_removed": 0.9, "clean_removed": 0.1, "auroc": 0.8}
+    res = [_res("badnets", "bki", seed=s, cacc_after=float("nan"), asr_after=float("nan"), cacc_drop=float("nan"),
+                filtering=fil) for s in (0, 1)]
+    rows, look = B.summarise(res)
+    after = next(r for r in rows if r["metric"] == "asr_after")
+    assert after["n"] == 0 and after["value"] != after["value"]
+    assert look[("rotten-tomatoes", "badnets", "bki")]["poison_removed"] == 0.9

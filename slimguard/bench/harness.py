@@ -69,8 +69,9 @@ def time_it(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, threads
 
 
 def mean_std(values: Iterable[float]) -> dict:
-    """Mean +- (sample) std over seeds, with n."""
+    """Mean +- (sample) std over seeds, with n. NaNs (not measured) are left out and ``n`` says so."""
     v = [float(x) for x in values]
+    v = [x for x in v if x == x]  # statistics.stdev raises on NaN; a cell measured on no seed stays NaN
     if not v:
         return {"value": float("nan"), "std": float("nan"), "n": 0}
     return {"value": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
