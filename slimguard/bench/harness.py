@@ -104,6 +104,36 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+HEADLINE_TARGETS = 3  # the first targets of each result file are the issue's headline ones
+README_MARKERS = ("<!-- headline:start -->", "<!-- headline:end -->")
+
+
+def headline_table(docs: list[dict]) -> list[str]:
+    """One row per benchmark: how many targets are met, and its first few targets."""
+    out = ["| benchmark | targets met | first targets (value / goal) | commit |", "|---|---|---|---|"]
+    for d in docs:
+        tg = d.get("targets", {})
+        judged = [t for t in tg.values() if t.get("met") is not None]
+        first = "; ".join(f"{k} {_fmt(t.get('value'))} / {t.get('goal')}{'' if t.get('met') else ' (no)' if t.get('met') is False else ' (n/a)'}"
+                          for k, t in list(tg.items())[:HEADLINE_TARGETS])
+        out.append(f"| [{d.get('benchmark')}](BENCHMARKS.md#{d.get('benchmark')}) | "
+                   f"{sum(bool(t['met']) for t in judged)} of {len(judged)} | {first} | `{d.get('git_commit')}` |")
+    return out
+
+
+def _refresh_readme(head: list[str]) -> None:
+    """Rewrite the README's headline block (between the markers), if it has one."""
+    readme = RESULTS_DIR.parent.parent / "README.md"
+    if not readme.is_file():
+        return
+    text = readme.read_text()
+    a, b = README_MARKERS
+    if a in text and b in text:
+        new = text[:text.index(a) + len(a)] + "\n" + "\n".join(head) + "\n" + text[text.index(b):]
+        if new != text:
+            atomic_write_text(readme, new)
+
+
 def render_benchmarks_md(results_dir: Path | None = None) -> Path:
     """BENCHMARKS.md from every result file: targets first, then the rows."""
     results_dir = results_dir or RESULTS_DIR
@@ -112,11 +142,17 @@ def render_benchmarks_md(results_dir: Path | None = None) -> Path:
              "Generated from `benchmarks/results/*.json` by `slimguard bench render`; do not edit by hand.",
              "Each section names the exact command and machine. Timings are medians of repeats after",
              "warm-up; accuracy-like numbers are mean +- std over seeds (n given).", ""]
+    docs = []
     for f in sorted(results_dir.glob("*.json")):
         try:
-            d = json.loads(f.read_text())
+            docs.append((f, json.loads(f.read_text())))
         except json.JSONDecodeError:
             continue
+    head = headline_table([d for _, d in docs])
+    lines += ["## Headline", "", *head, ""]
+    if results_dir == RESULTS_DIR:
+        _refresh_readme(head)
+    for f, d in docs:
         m = d.get("machine", {})
         lines += [f"## {d.get('benchmark', f.stem)}", "",
                   f"- command: `{d.get('command')}`",
