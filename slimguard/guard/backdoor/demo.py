@@ -3,7 +3,8 @@
 PuncAttack (Sheng et al. 2023) poisons a MiniLM sentiment classifier; the step shows clean
 vs poisoned examples side by side and CACC/ASR before and after ONION (Qi et al. 2021), if
 the defences package is present. quick=True trains on 300 samples (tail placement, no LM)
-so it fits in well under a minute of CPU; quick=False uses 1000 samples and LM placement.
+so it fits in well under a minute of CPU; quick=False uses 1000 samples and LM placement, and
+ONION scores 60 clean + 60 poisoned test sentences (its LM pass is the step's main cost).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def demo_step(quick: bool, out_dir: Path):
         OnionConfig = None  # noqa: N806
     if OnionConfig is not None:
         try:
-            _, rep = defend_run(run.path, OnionConfig(max_eval=20 if quick else 200, calib_size=30 if quick else 100,
+            _, rep = defend_run(run.path, OnionConfig(max_eval=20 if quick else 60, calib_size=30 if quick else 60,
                                                       threshold=0.0 if quick else None),
                                 root=out_dir, run_name="defend-onion", progress=False)
             after = rep
