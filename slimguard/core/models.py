@@ -133,3 +133,18 @@ def sentence_embeddings(texts: list[str], enc: LoadedModel | None = None, *, bat
 def default_threads() -> int:
     """Threads for torch: ``$SLIMGUARD_THREADS`` or all cores."""
     return int(os.environ.get("SLIMGUARD_THREADS", os.cpu_count() or 1))
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``cpu`` / ``cuda`` / ``cuda:N``; ``None`` or ``auto`` means ``$SLIMGUARD_DEVICE``, else
+    the GPU when torch sees one (like transformers' Trainer), else the CPU."""
+    import torch
+
+    dev = (device or os.environ.get("SLIMGUARD_DEVICE") or "auto").strip().lower()
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimguardError(f"device '{dev}' asked for, but torch sees no CUDA GPU; use --device cpu")
+    if dev != "cpu" and not dev.startswith("cuda"):
+        raise SlimguardError(f"device must be auto, cpu or cuda[:N], got '{device or dev}'")
+    return dev

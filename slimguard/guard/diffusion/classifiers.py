@@ -51,8 +51,13 @@ class CNN:
         out = []
         with torch.no_grad():
             for i in range(0, len(x), bs):
-                out.append(fn(torch.from_numpy(np.asarray(x[i:i + bs], np.float32)).unsqueeze(1)).numpy())
+                xb = torch.from_numpy(np.asarray(x[i:i + bs], np.float32)).unsqueeze(1)
+                out.append(fn(xb.to(self.device)).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0,))
+
+    @property
+    def device(self):
+        return next(self.net.parameters()).device
 
     def probs(self, x: np.ndarray) -> np.ndarray:
         return self._batches(x, lambda t: self.net(t).softmax(-1))
@@ -65,19 +70,23 @@ class CNN:
         return self._batches(x, self.net.body)
 
 
-def train_cnn(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: CNNConfig, *, seed: int = 0) -> CNN:
+def train_cnn(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: CNNConfig, *, seed: int = 0,
+              device: str | None = None) -> CNN:
     import torch
 
+    from ...core.models import resolve_device
+
     validate_images(x)
+    dev = torch.device(resolve_device(device))
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # nn.Module init uses the global generator
-    net = _net(num_classes, cfg.width, x.shape[1])
+    net = _net(num_classes, cfg.width, x.shape[1]).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    xt = torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1)
-    yt = torch.from_numpy(np.asarray(y, np.int64))
+    xt = torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1).to(dev)
+    yt = torch.from_numpy(np.asarray(y, np.int64)).to(dev)
     net.train()
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(yt), generator=g)
+        order = torch.randperm(len(yt), generator=g).to(dev)
         for i in range(0, len(order), cfg.batch_size):
             b = order[i:i + cfg.batch_size]
             loss = torch.nn.functional.cross_entropy(net(xt[b]), yt[b])

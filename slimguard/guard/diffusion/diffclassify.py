@@ -40,20 +40,21 @@ def diffusion_errors(model: DiffusionModel, x: np.ndarray, *, keep_fracs: tuple[
     g = torch.Generator().manual_seed(seed)
     C, T = model.num_classes, model.scheduler.config.num_train_timesteps
     lo, hi = int(t_range[0] * (T - 1)), max(int(t_range[0] * (T - 1)) + 1, int(t_range[1] * (T - 1)))
-    ac = model.scheduler.alphas_cumprod
+    dev = model.device
+    ac = model.scheduler.alphas_cumprod.to(dev)
     per_batch = max(1, batch_size // C)
     errs = {k: np.zeros((len(x), C), np.float64) for k in keep_fracs}
-    x0_all = to_model_space(x)
+    x0_all = to_model_space(x).to(dev)
     npix = model.image_size ** 2
-    labels = torch.arange(C)
+    labels = torch.arange(C, device=dev)
     model.unet.eval()
     with torch.no_grad():
         for i in range(0, len(x), per_batch):
             x0 = x0_all[i:i + per_batch]
             b = len(x0)
             for _ in range(draws):
-                t = torch.randint(lo, hi, (b,), generator=g)
-                noise = torch.randn(x0.shape, generator=g)
+                t = torch.randint(lo, hi, (b,), generator=g).to(dev)
+                noise = torch.randn(x0.shape, generator=g).to(dev)
                 a = ac[t].view(-1, 1, 1, 1)
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
                 rep = lambda z: z.repeat_interleave(C, 0)  # noqa: E731  (image-major, class-minor)
@@ -62,7 +63,7 @@ def diffusion_errors(model: DiffusionModel, x: np.ndarray, *, keep_fracs: tuple[
                 srt = e.sort(-1).values
                 for k in keep_fracs:
                     m = max(1, int(round(k * npix)))
-                    errs[k][i:i + b] += srt[..., :m].mean(-1).numpy() / draws
+                    errs[k][i:i + b] += srt[..., :m].mean(-1).cpu().numpy() / draws
             if progress:
                 progress(min(i + per_batch, len(x)), len(x))
     return errs

@@ -58,6 +58,10 @@ class DiffusionModel:
     def null_label(self) -> int:
         return self.num_classes
 
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
 
 def build_unet(cfg: UNetConfig, image_size: int, num_classes: int):
     UNet2DModel = _diffusers().UNet2DModel
@@ -88,8 +92,11 @@ def save_model(model: DiffusionModel, out_dir: str | Path) -> Path:
     return out
 
 
-def load_model(path: str | Path) -> DiffusionModel:
-    """Load ``<run>/model`` (or a run directory holding ``model/``)."""
+def load_model(path: str | Path, device: str | None = None) -> DiffusionModel:
+    """Load ``<run>/model`` (or a run directory holding ``model/``) onto ``device`` (default:
+    :func:`slimguard.core.models.resolve_device`)."""
+    from ...core.models import resolve_device
+
     p = Path(path)
     if (p / "model" / "diffusion.json").is_file():
         p = p / "model"
@@ -97,7 +104,7 @@ def load_model(path: str | Path) -> DiffusionModel:
         raise SlimguardError(f"{path} is not a diffusion model folder (no diffusion.json); pass a `slimguard diffusion train` run")
     meta = json.loads((p / "diffusion.json").read_text())
     diffusers = _diffusers()
-    unet = diffusers.UNet2DModel.from_pretrained(p / "unet").eval()
+    unet = diffusers.UNet2DModel.from_pretrained(p / "unet").eval().to(resolve_device(device))
     sched = diffusers.DDPMScheduler.from_pretrained(p / "scheduler")
     nc, size = meta.pop("num_classes"), meta.pop("image_size")
     return DiffusionModel(unet, sched, nc, size, meta)
@@ -130,6 +137,8 @@ def sample(model: DiffusionModel, labels, *, guidance: float = 0.0, steps: int =
     labels = torch.as_tensor(labels, dtype=torch.long)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= model.num_classes):
         raise SlimguardError(f"class labels must be in 0..{model.num_classes - 1}")
+    dev = model.device
+    labels = labels.to(dev)
     outs = []
     model.unet.eval()
     with torch.no_grad():
@@ -137,12 +146,13 @@ def sample(model: DiffusionModel, labels, *, guidance: float = 0.0, steps: int =
             lab = labels[i:i + batch_size]
             ddim = DDIMScheduler.from_config(model.scheduler.config)
             ddim.set_timesteps(steps)
-            x = torch.randn(len(lab), 1, model.image_size, model.image_size, generator=generator)
+            # noise from the caller's CPU generator: the same images on every device
+            x = torch.randn(len(lab), 1, model.image_size, model.image_size, generator=generator).to(dev)
             for t in ddim.timesteps:
-                tt = torch.full((len(lab),), int(t), dtype=torch.long)
+                tt = torch.full((len(lab),), int(t), dtype=torch.long, device=dev)
                 eps = guided_eps(model, x, tt, lab, guidance)
                 x = ddim.step(eps, t, x, eta=0.0).prev_sample
-            outs.append(((x.clamp(-1, 1) + 1) / 2).squeeze(1).numpy())
+            outs.append(((x.clamp(-1, 1) + 1) / 2).squeeze(1).cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, model.image_size, model.image_size), np.float32)
 
 

@@ -52,12 +52,18 @@ def _lr_lambda(cfg: TrainConfig):
 
 def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                     log=None, data: tuple[ImageSet, PoisonedSet] | None = None,
-                    stop_after: int | None = None) -> TrainResult:
+                    stop_after: int | None = None, device: str | None = None) -> TrainResult:
     """Train (or resume) and save ``run_dir/model``. ``data`` overrides the configured dataset
     (tests, user arrays); ``stop_after`` ends this call after that many steps, checkpointed,
-    so a long run can be split across sessions with ``resume=True``."""
+    so a long run can be split across sessions with ``resume=True``. ``device``: see
+    :func:`slimguard.core.models.resolve_device`; random draws stay on a CPU generator, so a
+    run's batches, timesteps and noise are the same on every device."""
     import torch
     from tqdm.auto import tqdm
+
+    from ...core.models import resolve_device
+
+    dev = torch.device(resolve_device(device))
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +76,8 @@ def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = Fal
     ema = build_unet(cfg.model, cfg.data.image_size, data.num_classes)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
+    unet.to(dev)
+    ema.to(dev)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -78,19 +86,19 @@ def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = Fal
     if resume:
         if not ckpt.is_file():
             raise SlimguardError(f"--resume: no checkpoint at {ckpt}; start without --resume")
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         if state["config"] != cfg.to_dict():
             raise SlimguardError(f"--resume: config differs from the checkpoint's in {run_dir}; use the same config or a new --run")
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         lr_sched.load_state_dict(state["lr"])
-        gen.set_state(state["gen"])
+        gen.set_state(state["gen"].cpu())
         start, losses, prior_secs = state["step"], list(state["losses"]), float(state.get("seconds", 0.0))
         prior_cpu = state.get("cpu_seconds")
-    x_all = to_model_space(ps.x)
-    y_all = torch.from_numpy(ps.y)
-    ac = sched.alphas_cumprod
+    x_all = to_model_space(ps.x).to(dev)
+    y_all = torch.from_numpy(ps.y).to(dev)
+    ac = sched.alphas_cumprod.to(dev)
     n_cls = data.num_classes
     unet.train()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -99,10 +107,12 @@ def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = Fal
                dynamic_ncols=True)
     for step in bar:
         idx = torch.randint(0, len(y_all), (cfg.batch_size,), generator=gen)
+        drop = torch.rand(len(idx), generator=gen) < cfg.label_drop
+        t = torch.randint(0, cfg.train_timesteps, (len(idx),), generator=gen)
+        noise = torch.randn((len(idx), *x_all.shape[1:]), generator=gen)
+        idx, drop, t, noise = idx.to(dev), drop.to(dev), t.to(dev), noise.to(dev)
         x0, y = x_all[idx], y_all[idx].clone()
-        y[torch.rand(len(y), generator=gen) < cfg.label_drop] = n_cls
-        t = torch.randint(0, cfg.train_timesteps, (len(y),), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        y[drop] = n_cls
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=y).sample, noise)
