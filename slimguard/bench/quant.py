@@ -57,6 +57,8 @@ class QuantBenchConfig(Config):
                                                 "(runs/bench-quant/) and merge the speed rows into quant.json.")
     datasets: list[str] = Field(default_factory=lambda: ["pg-essays"],
                                 description="Training text (held-out perplexity is always on pg-essays).")
+    device: str = Field("cpu", description="Where training and evaluation run: cpu, cuda or auto "
+                                           "(llama.cpp speed always runs on the CPU).")
 
 
 PACKED = "edgeqat_w4a8kv4.safetensors"
@@ -72,7 +74,7 @@ def _train_cfg(bc: QuantBenchConfig, bits: str, variant: str, seed: int):
     return build(QuantTrainConfig, dict(model=bc.model, qat={**BITS[bits], **qat}, loss=loss, seq_len=bc.seq_len,
                                         batch_size=bc.batch_size, steps=bc.steps, lr=bc.lr, seed=seed,
                                         warmup=max(1, bc.steps // 10), eval_batches=bc.eval_batches,
-                                        checkpoint_every=10 ** 6, device="cpu"))
+                                        checkpoint_every=10 ** 6, device=bc.device))
 
 
 def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Path:
@@ -86,8 +88,12 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     from ..slim.quant.evaluate import evaluate
     from ..slim.quant.train import train
 
+    from ..core.models import resolve_device
+
     t_start = time.perf_counter()
-    lm = load_causal_lm(bc.model)
+    dev = resolve_device(bc.device)
+    bc = bc.model_copy(update={"device": dev})
+    lm = load_causal_lm(bc.model, device=dev)
     fp = lm.model
     if bc.speed_only:
         return _speed_only(bc, lm, command, threads, log)
@@ -97,7 +103,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     from ..slim.quant.prepare import attach_recorder
 
     teacher = attach_recorder(copy.deepcopy(fp))  # fp itself stays pristine: every variant copies it
-    fp_res = evaluate(teacher, ev, teacher=teacher, diagnostics=True)
+    fp_res = evaluate(teacher, ev, teacher=teacher, diagnostics=True, device=dev)
     rows: list[dict] = [dict(method="fp", bits="FP32", metric="ppl", value=fp_res.ppl, std=0.0, n=1)]
     diag: dict[str, dict] = {"fp": {"attn_cos": fp_res.attn_cos, "qk_entropy": fp_res.qk_entropy}}
     log(f"fp ppl {fp_res.ppl:.3f} ({fp_res.tokens} held-out tokens)")
@@ -115,14 +121,14 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     for bits in bc.bits:
         for gran, name in (("tensor", "rtn_per_tensor"), ("group", "rtn_per_group")):
             m = rtn(fp, QATConfig(**BITS[bits], granularity=gran), calib)
-            r = evaluate(m, ev, teacher=teacher, diagnostics=name == "rtn_per_group")
+            r = evaluate(m, ev, teacher=teacher, diagnostics=name == "rtn_per_group", device=dev)
             add(name, bits, [r.ppl], [r.kl_to_fp])
             if name == "rtn_per_group":
                 diag[f"rtn_per_group {bits}"] = {"attn_cos": r.attn_cos, "qk_entropy": r.qk_entropy}
             del m
         for control in ("sink", "random"):  # equal average bits, no training: isolates the token choice
             m = rtn(fp, QATConfig(**BITS[bits], token_adaptive=True, adaptive_control=control), calib)
-            r = evaluate(m, ev, teacher=teacher)
+            r = evaluate(m, ev, teacher=teacher, device=dev)
             add(f"rtn_adaptive_{control}", bits, [r.ppl], [r.kl_to_fp])
         for variant in bc.variants:
             vals, kls = [], []
@@ -130,13 +136,14 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
                 cfg = _train_cfg(bc, bits, variant, seed)
                 res, model = train(cfg, model=copy.deepcopy(fp), teacher=teacher, blocks=blocks, progress=False,
                                    eval_fp=False)
-                r = evaluate(model, ev, teacher=teacher, diagnostics=(variant == "edgeqat" and seed == bc.seeds[0]))
+                r = evaluate(model, ev, teacher=teacher, diagnostics=(variant == "edgeqat" and seed == bc.seeds[0]),
+                             device=dev)
                 if r.attn_cos:
                     diag[f"edgeqat {bits}"] = {"attn_cos": r.attn_cos, "qk_entropy": r.qk_entropy}
                 if variant == "edgeqat" and bits == "W4A8KV4" and seed == bc.seeds[0]:
                     from ..slim.quant.prepare import convert
 
-                    trained_for_export = convert(model)
+                    trained_for_export = convert(model.cpu())
                     from ..core.runs import runs_root
                     from ..slim.quant.export import save_packed
 
@@ -150,7 +157,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
             for seed in bc.seeds:
                 cfg = _train_cfg(bc, bits, "lsq_ce", seed)
                 m, _ = torchao_qat(fp, cfg, blocks, w_bits=BITS[bits]["w_bits"], a_bits=8)
-                r = evaluate(m, ev, teacher=teacher)
+                r = evaluate(m, ev, teacher=teacher, device=dev)
                 vals.append(r.ppl)
                 kls.append(r.kl_to_fp)
                 del m
@@ -167,12 +174,16 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     _plot(diag, out / "quant_diagnostics.png")
     if speed:
         rows += speed["rows"]
-    note = (f"Reduced CPU budget: {bc.steps} steps x {bc.batch_size} x {bc.seq_len} tokens per variant, "
-            f"{len(bc.seeds)} seed(s), {fp_res.tokens} held-out tokens (Paul Graham essays; training on "
-            f"{', '.join(bc.datasets)}): differences between QAT variants are within the noise of this budget. "
-            f"Timings taken on a shared, heavily loaded 2-core machine (other jobs running), torch threads {threads}; "
-            "only side-by-side ratios are meaningful. The FP model's weights already passed through Q4_1 (the only "
-            "SmolLM2 weights in a registry). torchao QAT quantizes only the linears (no KV cache quantization).")
+    on_gpu = bc.device != "cpu"
+    note = (f"{'GPU (' + bc.device + ')' if on_gpu else 'Reduced CPU'} budget: {bc.steps} steps x {bc.batch_size} x "
+            f"{bc.seq_len} tokens per variant, {len(bc.seeds)} seed(s), {fp_res.tokens} held-out tokens (Paul Graham "
+            f"essays; training on {', '.join(bc.datasets)})"
+            + ("" if bc.steps >= 100 else ": differences between QAT variants are within the noise of this budget")
+            + ". "
+            + ("" if on_gpu else f"Timings taken on a shared 2-core machine (other jobs running), torch threads {threads}; "
+                                 "only side-by-side ratios are meaningful. ")
+            + "The FP model's weights already passed through Q4_1 (the only SmolLM2 weights in a registry). torchao QAT "
+              "quantizes only the linears (no KV cache quantization).")
     return harness.write_result("quant", command=command, config=bc.to_dict(), rows=rows, targets=targets,
                                 extra={"note": note, "diagnostics": diag, "speed": speed,
                                        "seconds": time.perf_counter() - t_start})

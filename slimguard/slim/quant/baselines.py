@@ -25,7 +25,7 @@ def rtn(model, qat: QATConfig, calib: torch.Tensor):
     m = copy.deepcopy(model)
     prepare_qat(m, qat.model_copy(update={"weight_init": "absmax", "learn_steps": False, "act_init": "minmax"}))
     with torch.no_grad():
-        m.eval()(input_ids=calib)
+        m.eval()(input_ids=calib.to(next(m.parameters()).device))
     m.sg_state.reset()
     return m
 
@@ -52,8 +52,9 @@ def torchao_qat(model, cfg: QuantTrainConfig, blocks: TokenBlocks, *, w_bits: in
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     m.train()
     losses = []
+    dev = next(m.parameters()).device
     for step in range(cfg.steps):
-        x = blocks.batch(step, cfg.batch_size, cfg.seed)
+        x = blocks.batch(step, cfg.batch_size, cfg.seed).to(dev)
         loss = next_token_ce(m(input_ids=x).logits, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -209,6 +209,7 @@ def _mlp_input_hook(aq: ActQuant, layer: int, state: QATState):
 def _install(model, cfg: QATConfig | None) -> QATState:
     _check_model(model, cfg)
     _register_attention()
+    device = next(model.parameters()).device  # new quantizers are built on the CPU; follow the model
     state = QATState(cfg)
     c = model.config
     for i, layer in enumerate(model.model.layers):
@@ -243,6 +244,7 @@ def _install(model, cfg: QATConfig | None) -> QATState:
             layer.mlp.register_forward_pre_hook(_mlp_input_hook(layer.mlp.sg_in_quant, i, state))
     model.set_attn_implementation(ATTN_IMPL)
     model.sg_state = state
+    model.to(device)
     return state
 
 
