@@ -75,3 +75,27 @@ def test_filters_without_retraining_summarise_over_seeds():
     after = next(r for r in rows if r["metric"] == "asr_after")
     assert after["n"] == 0 and after["value"] != after["value"]
     assert look[("rotten-tomatoes", "badnets", "bki")]["poison_removed"] == 0.9
+
+
+@pytest.mark.parametrize("retrain, reused", [(False, 1), (True, 0)])
+def test_retrained_filter_results_are_cached_apart_from_filter_only_ones(tmp_path, retrain, reused):
+    # a filter-only BKI result (CACC/ASR-after NaN) must not answer a run that asks for retraining
+    import json
+
+    from slimguard.bench import attack_cache
+
+    cfg = B.DefenceBenchConfig(cached_only=True, cache_dir=str(tmp_path), defences=["bki"], attacks=["badnets"],
+                               retrain_filters=retrain)
+    acfg = B.attack_config(cfg, "rotten-tomatoes", "badnets", 0)
+    run = tmp_path / "attacks" / f"badnets-rotten-tomatoes-r{acfg.poison.rate:g}-s0-abc"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "metrics.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps(acfg.to_dict()))
+    dcfg = B.defence_config(cfg, "bki")
+    res = run / "defences" / f"bki-{attack_cache.short_hash(dcfg.to_dict())}" / "result.json"
+    res.parent.mkdir(parents=True)
+    res.write_text(json.dumps(_res("badnets", "bki", cacc_after=float("nan"), asr_after=float("nan"))))
+    results, cache = B.run_grid(cfg, log=lambda m: None)
+    assert cache["results_reused"] == reused and len(results) == reused
+    assert len(cache.get("skipped", [])) == 1 - reused

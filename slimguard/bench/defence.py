@@ -105,6 +105,7 @@ def jobs(cfg: DefenceBenchConfig) -> list[tuple[int, str, str, str]]:
 def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[dict], dict]:
     from ..core.runs import atomic_write_json
     from ..guard.backdoor.defences import defend, inputs_from_run, make_defence
+    from ..guard.backdoor.defences.defend import HANDLERS
     from ..guard.backdoor.defences.onion import LMScorer
 
     results, cache_info = [], {"attack_runs_reused": [], "attack_runs_trained": [], "results_reused": 0,
@@ -130,7 +131,9 @@ def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[d
                 {"run": paths[key].name, "seconds": round(time.perf_counter() - t0, 1)})
         path = paths[key]
         dcfg = defence_config(cfg, dname)
-        out = path / "defences" / f"{dname}-{attack_cache.short_hash(dcfg.to_dict())}"
+        retrains = cfg.retrain_filters and HANDLERS[type(dcfg)].kind == "filter"
+        # a filter's retrained result answers more than its filter-only one: its own cache entry
+        out = path / "defences" / f"{dname}-{attack_cache.short_hash(dcfg.to_dict())}{'-retrain' if retrains else ''}"
         res_file = out / "result.json"
         if res_file.is_file():
             rep = json.loads(res_file.read_text())
@@ -149,7 +152,7 @@ def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[d
             log(f"{attack}/{dataset}/s{seed}: {dname}")
             try:
                 r = defend(inputs[path], dcfg, defence=make_defence(dcfg, **kw),
-                       retrain_dir=out / "model" if cfg.retrain_filters else None)
+                       retrain_dir=out / "model" if retrains else None)
             except Exception as e:  # one broken cell must not cost the rest of a long grid
                 import traceback
 
