@@ -45,8 +45,14 @@ class TrainResult:
     eval_fp: EvalResult | None = None
     history: list[dict] = field(default_factory=list)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Updates skipped for a non-finite gradient norm (see :func:`train`)."""
+        return sum(1 for h in self.history if h.get("skipped"))
+
     def to_dict(self) -> dict:
         return {"steps": self.steps, "final_loss": self.final_loss, "seconds": self.seconds,
+                "skipped_steps": self.skipped_steps,
                 "eval": self.eval.to_dict() if self.eval else None,
                 "eval_fp": self.eval_fp.to_dict() if self.eval_fp else None}
 
@@ -185,15 +191,19 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
         parts = edgeqat_loss(cfg.loss, x, logits, st, t_logits, tst)
         opt.zero_grad(set_to_none=True)
         parts.total.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
-        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        # an inf/NaN gradient (seen on CUDA after ~70 steps at batch 8 x 128) would turn every weight NaN
+        # through AdamW; skip that update, as AMP's GradScaler does, and record it
+        skipped = not bool(torch.isfinite(norm))
+        if not skipped:
+            opt.step()
         sched.step()
         st.reset()
         if tst is not None:
             tst.reset()
         loss = _mean_across(parts.total.detach(), dist)
         losses.append(loss)
-        history.append({"step": step + 1, **parts.to_dict(), "loss": loss})
+        history.append({"step": step + 1, **parts.to_dict(), "loss": loss, **({"skipped": True} if skipped else {})})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -206,6 +216,11 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
     seconds = time.perf_counter() - t0
     st.record = False
     result = TrainResult(cfg.steps, losses[-1] if losses else float("nan"), losses, seconds, history=history)
+    if result.skipped_steps and dist.main:
+        import warnings
+
+        warnings.warn(f"quant train: {result.skipped_steps} of {len(history)} updates skipped for a non-finite "
+                      "gradient norm; lower quantizer_lr or check the quantizer steps", RuntimeWarning, stacklevel=2)
     if do_eval and dist.main:
         ev = blocks.eval_batches(cfg.eval_batches, cfg.batch_size)
         result.eval = evaluate(model, ev, teacher=teacher, device=dist.device)
