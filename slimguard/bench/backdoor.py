@@ -73,6 +73,43 @@ def _plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _plot_rates(rows: list[dict], out: Path) -> bool:
+    """ASR and CACC drop against the poison rate, one column per dataset (only with >= 2 rates)."""
+    rates = sorted({r["rate"] for r in rows if r.get("rate") is not None})
+    if len(rates) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 5.6), squeeze=False, sharex=True)
+    colours = {"punc": "#2a7", "badnets": "#c55", "addsent": "#57c"}
+    for j, ds in enumerate(datasets):
+        for a, c in colours.items():
+            for i, (metric, scale) in enumerate((("asr", 1.0), ("cacc_drop", 100.0))):
+                pts = sorted((r["rate"], r["value"] * scale, (r.get("std") or 0) * scale) for r in rows
+                             if r["dataset"] == ds and r["method"] == a and r["metric"] == metric and r.get("rate"))
+                if pts:
+                    axes[i][j].errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                                        capsize=3, color=c, label=a)
+        axes[0][j].set_title(ds)
+        axes[0][j].set_ylim(0, 1.05)
+        axes[0][j].axhline(0.95, ls="--", c="gray", lw=0.8)
+        axes[1][j].axhline(1.0, ls="--", c="gray", lw=0.8)
+        axes[1][j].set_xscale("log")
+        axes[1][j].set_xticks(rates, [f"{r:g}" for r in rates])
+        axes[1][j].set_xlabel("poison rate")
+    axes[0][0].set_ylabel("ASR")
+    axes[1][0].set_ylabel("CACC drop (points)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str]] = None,
               rates: Optional[list[float]] = None, max_train: int = 2000, max_test: Optional[int] = None,
               stealth_pairs: int = 60, cache_dir: str | None = None, threads: int = 2) -> Path:
@@ -141,6 +178,7 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
                                     "elapsed_s": time.perf_counter() - t_start})
         try:
             _plot(rows, harness.RESULTS_DIR / f"{CAP}_attacks.png")
+            _plot_rates(rows, harness.RESULTS_DIR / f"{CAP}_rates.png")
         except Exception:  # a plot is a convenience; never lose results over it  # noqa: BLE001
             pass
 
