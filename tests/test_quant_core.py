@@ -180,3 +180,21 @@ def test_unsupported_architecture():
     m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
     with pytest.raises(SlimguardError, match="model type 'gpt2' is not supported"):
         prepare_qat(m, QATConfig())
+
+
+@pytest.mark.parametrize("collapsed", [3e-9, 0.0, -1e-12])
+def test_a_collapsed_weight_step_keeps_gradients_finite(collapsed):
+    # a step below fp16's smallest subnormal used to snap to 0: w / 0 made every weight gradient NaN
+    # (the loss stayed finite), which is how QAT on the H100 went NaN after ~70 steps
+    from slimguard.slim.quant.quantizers import MIN_STEP, WeightQuantizer
+
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0)) * 0.02
+    q = WeightQuantizer(w, 4, "group", 32)
+    with torch.no_grad():
+        q.step[0, 0] = collapsed
+    wp = w.clone().requires_grad_(True)
+    out = q(wp)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(wp.grad).all() and torch.isfinite(q.step.grad).all()
+    codes, scales = q.codes_and_scales(w)
+    assert float(scales.float().min()) >= MIN_STEP

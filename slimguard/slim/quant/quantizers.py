@@ -31,6 +31,11 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - x * scale).detach() + x * scale
 
 
+# smallest positive fp16 (subnormal): weight steps are snapped to fp16, and a step below this
+# would snap to 0, making w / s infinite and every weight gradient NaN while the loss stays finite
+MIN_STEP = 2.0 ** -24
+
+
 def signed_range(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
@@ -51,7 +56,7 @@ class WeightQuantizer(nn.Module):
         if init == "mse":  # per-granule clipping ratio that minimises the rounding error
             best, best_err = step, None
             for r in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6):
-                s = (step * r).clamp(min=1e-8)
+                s = (step * r).clamp(min=MIN_STEP)
                 err = ((torch.clamp(torch.round(w / s), self.qn, self.qp) * s - w) ** 2).sum(-1, keepdim=True)
                 if best_err is None:
                     best_err = err
@@ -59,7 +64,7 @@ class WeightQuantizer(nn.Module):
                 better = err < best_err
                 best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
             step = best
-        self.step = nn.Parameter(step.clamp(min=1e-8), requires_grad=learn)
+        self.step = nn.Parameter(step.clamp(min=MIN_STEP), requires_grad=learn)
         self._gscale = 1.0 / math.sqrt(w.shape[-1] * self.qp)
 
     def _granules(self, w: torch.Tensor) -> torch.Tensor:
@@ -71,7 +76,7 @@ class WeightQuantizer(nn.Module):
         return w.reshape(w.shape[0], w.shape[1] // self.group_size, self.group_size)
 
     def effective_step(self) -> torch.Tensor:
-        s = grad_scale(self.step, self._gscale).abs().clamp(min=1e-8)
+        s = grad_scale(self.step, self._gscale).abs().clamp(min=MIN_STEP)
         # fp16 snap (straight-through) so exported fp16 scales reproduce the trained weights exactly
         return s + (s.half().float() - s).detach()
 
@@ -85,7 +90,7 @@ class WeightQuantizer(nn.Module):
     def codes_and_scales(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer codes ``[out, in]`` (int8) and fp16 scales ``[out, in/group]`` (broadcast for coarser granularity)."""
         g = self._granules(w.float())
-        s = self.step.abs().clamp(min=1e-8).half().float()
+        s = self.step.abs().clamp(min=MIN_STEP).half().float()
         q = torch.clamp(torch.round(g / s), self.qn, self.qp).to(torch.int8).reshape(w.shape)
         out, inp = w.shape
         gs = self.group_size if self.granularity == "group" else inp
