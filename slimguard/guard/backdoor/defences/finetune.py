@@ -98,7 +98,7 @@ def fit_on(clf: HFClassifier, samples: list[TextSample], *, epochs: float, lr: f
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 
