@@ -302,7 +302,7 @@ def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets
                 f"{cfg.bki_scan} training samples, RAP trains on {cfg.rap_train}, clean fine-tuning uses "
                 f"{cfg.finetune_clean} dev samples, STRIP calibrates on {cfg.strip_calib}; "
                 f"{'BKI/CUBE retrain the victim on the kept samples' if cfg.retrain_filters else 'BKI/CUBE are scored on the share of poison they remove (no retraining in this run, so their CACC/ASR-after are NaN)'}. Timings were "
-                f"taken on 2 CPU cores shared with several other jobs (load average 10-15). ASR denominator: non-target "
+                f"taken on 2 CPU cores, at times shared with other jobs. ASR denominator: non-target "
                 f"test samples carrying the trigger; for STRIP/RAP a rejected input counts as a failed attack and, when "
                 f"clean, as a CACC error. Cache: {len(cache['attack_runs_reused'])} attack runs reused, "
                 f"{len(cache['attack_runs_trained'])} trained; {cache['results_reused']} defence results reused, "
