@@ -226,7 +226,7 @@ def heatmap(look: dict, path: Path, datasets: list[str], attacks: list[str], def
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(1.3 * (len(defences) + 1) * len(datasets) + 1, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(0.8 * (len(defences) + 1) * len(datasets) + 2.5, 3.2), squeeze=False)
     cols = ["none"] + defences
     for ax, ds in zip(axes[0], datasets):
         m = np.full((len(attacks), len(cols)), np.nan)
