@@ -49,7 +49,7 @@ class DefenceBenchConfig(Config):
     victim_epochs: float = Field(2.0, gt=0, description="Victim training epochs (attack and retraining).")
     victim_lr: float = Field(2e-4, gt=0, lt=1, description="Victim peak learning rate.")
     freeze_layers: int = Field(4, ge=0, description="Victim layers frozen during training (speed on busy CPUs).")
-    bki_scan: int = Field(100, ge=10, description="Training samples BKI scans for keywords.")
+    bki_scan: int = Field(300, ge=10, description="Training samples BKI scans for keywords (100 was too few: ~10 poisoned rows at rate 0.1 cannot show BadNets' four trigger words 3 times each).")
     rap_train: int = Field(200, ge=8, description="Clean target-label samples RAP trains its word on.")
     finetune_clean: int = Field(150, ge=8, description="Clean samples used by clean fine-tuning.")
     punc_placement: str = Field("lm", description="PuncAttack placement (lm, random, tail).")
