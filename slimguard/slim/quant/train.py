@@ -70,12 +70,13 @@ class Dist:
 
 def setup_dist(device: str) -> Dist:
     """Join the process group torchrun set up (if any) and pick the device."""
+    from ...core.models import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = (device == "cuda") or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SlimguardError("device 'cuda' requested but no CUDA GPU is visible; use --set device=cpu")
+    dev = resolve_device(device)
+    use_cuda = dev.startswith("cuda")
     if world == 1:
-        return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+        return Dist(0, 1, torch.device(dev))
     import torch.distributed as dist
 
     if not dist.is_initialized():
