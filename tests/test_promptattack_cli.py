@@ -8,8 +8,8 @@ import sys
 import pytest
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "slimguard.cli.main", "promptattack", *args], capture_output=True,
+def _cli(*args, group="promptattack"):
+    return subprocess.run([sys.executable, "-m", "slimguard.cli.main", *group.split(), *args], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -17,9 +17,11 @@ def _cli(*args):
     (["run", "--strategy", "hotflip"], "unknown strategy 'hotflip'"),
     (["run", "--set", "template={x} It was"], "has no {answer} slot"),
     (["run", "--set", "verbalizer=good"], "at least two classes"),
+    (["run", "--set", "objective=hinge"], "objective"),
+    (["promptattack", "--max-queries", "0"], "--max-queries must be >= 1"),
 ])
 def test_bad_input_is_one_line(args, message):
-    p = _cli(*args)
+    p = _cli(*args[1:], group="bench promptattack") if args[0] == "promptattack" else _cli(*args)
     assert p.returncode == 2, p.stderr
     assert message in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

@@ -169,16 +169,16 @@ def test_fewshot_needs_enough_examples(causal_victim):
 
 # ------------------------------------------------------------------ strategies
 
-@pytest.mark.parametrize("victim_name, recipe", [
-    ("causal_victim", r) for r in ("gradient", "char", "word", "random", "distractor+gradient")
-] + [("masked_victim", "gradient")])
-def test_strategies_respect_budget_and_raise_loss(victim_name, recipe, request):
+@pytest.mark.parametrize("victim_name, recipe, objective", [
+    ("causal_victim", r, "ce") for r in ("gradient", "char", "word", "random", "distractor+gradient")
+] + [("masked_victim", "gradient", "ce"), ("causal_victim", "gradient", "margin"), ("masked_victim", "random", "margin")])
+def test_strategies_respect_budget_and_raise_loss(victim_name, recipe, objective, request):
     from slimguard.guard.promptattack.attack import search
     from slimguard.guard.promptattack.fewshot import build_classifier
 
     v = request.getfixturevalue(victim_name)
     clf = build_classifier(v, TEMPLATE, VERB, _data(), setting="zeroshot")
-    st = search(clf, _data(), recipe=recipe, max_edits=2, max_steps=2, max_queries=12, seed=0)
+    st = search(clf, _data(), recipe=recipe, max_edits=2, max_steps=2, max_queries=12, seed=0, objective=objective)
     assert st.queries <= 12 and st.steps <= 2
     assert token_edits(clf.infix_ids, st.infix) <= 2
     losses = [t["loss"] for t in st.trace]
@@ -187,3 +187,30 @@ def test_strategies_respect_budget_and_raise_loss(victim_name, recipe, request):
         assert st.steps >= 1
     text = TEMPLATE.with_infix(v.decode_infix(st.infix))  # found templates stay valid templates
     assert text.text.count("{x}") == 1
+
+
+@pytest.mark.parametrize("objective, logits, label, expected", [
+    ("margin", [2.0, 0.0], 0, -2.0),   # still correct: negative, unclipped
+    ("margin", [2.0, 0.0], 1, 1.0),    # flipped by 2 > kappa: clipped at kappa
+    ("margin", [0.5, 0.0], 1, 0.5),    # flipped by less than kappa
+    ("margin", [0.0, 3.0, 1.0], 1, -2.0),  # three classes: the strongest other class counts
+    ("ce", [2.0, 0.0], 1, 2.126928),   # unbounded: confidence keeps paying
+])
+def test_attack_loss(objective, logits, label, expected):
+    from slimguard.guard.promptattack.strategies.base import attack_loss
+
+    got = attack_loss(torch.tensor([logits]), torch.tensor([label]), objective, kappa=1.0)
+    assert got.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_random_templates_stay_in_budget_and_vocabulary():
+    from slimguard.guard.promptattack.strategies.perturb import random_infix
+
+    benign, mask = [3, 4, 5], torch.zeros(50, dtype=torch.bool)
+    mask[20:30] = True
+    draws = [random_infix(benign, mask, 3, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(token_edits(benign, d) <= 3 for d in draws)
+    assert all(t in benign or 20 <= t < 30 for d in draws for t in d)
+    assert len({tuple(d) for d in draws}) > 10  # actually random
+    again = [random_infix(benign, mask, 3, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert again == draws  # explicit generator: reproducible

@@ -10,6 +10,7 @@ split; seeds vary the K-shot draw, the attack set and the search.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import List, Optional
 
@@ -72,7 +73,13 @@ def _plots(rows: list[dict], matrix: list[dict], out_dir) -> list[str]:
     return paths
 
 
-def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queries: int = 24, max_steps: int = 3,
+REDUCED = dict(n_test=200, n_attack=16, max_queries=120, max_steps=10)
+FULL = dict(n_test=500, n_attack=32, max_queries=240, max_steps=20)
+RANDOM_DRAWS = 8  # unsearched random templates per seed: the literature's random-template baseline
+
+
+def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int = REDUCED["n_attack"],
+              max_queries: int = REDUCED["max_queries"], max_steps: int = REDUCED["max_steps"],
               max_edits: int = 3, datasets: list[str] = DATASETS, victims: list[str] = VICTIMS,
               strategies: list[str] = STRATEGIES, command: str = "slimguard bench promptattack", log=print) -> str:
     import numpy as np
@@ -82,6 +89,7 @@ def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queri
     from ..guard.promptattack.attack import attack_set, search
     from ..guard.promptattack.fewshot import build_classifier, sample_k_shot, shot_features
     from ..guard.promptattack.metrics import accuracy, flip_rate, template_perplexity
+    from ..guard.promptattack.strategies.perturb import random_infix
     from ..guard.promptattack.templates import default_template, default_verbalizer, token_edits
     from ..guard.promptattack.victims import load_victim
     from ..core.models import LoadedModel
@@ -89,7 +97,7 @@ def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queri
 
     config = {"seeds": seeds, "n_test": n_test, "n_attack": n_attack, "max_queries": max_queries,
               "max_steps": max_steps, "max_edits": max_edits, "datasets": datasets, "victims": victims,
-              "strategies": strategies, "k": [16, 32], "split_seed": 0}
+              "strategies": strategies, "k": [16, 32], "split_seed": 0, "random_draws": RANDOM_DRAWS}
     rows: list[dict] = []
     matrix: list[dict] = []
     found: dict = {}  # (victim, dataset, seed) -> malicious template text (gradient)
@@ -97,7 +105,7 @@ def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queri
     vict = {v: load_victim(v) for v in victims}
     causal = next((x for x in vict.values() if x.kind == "causal"), None)
     ppl_lm = LoadedModel(causal.model, causal.tokenizer, causal.name) if causal else None
-    tests, clfs, cleans = {}, {}, {}
+    tests, clfs, cleans, floors = {}, {}, {}, {}
 
     def add(method, victim, dataset, metric, values, **extra):
         rows.append({"method": method, "victim": victim, "dataset": dataset, "metric": metric,
@@ -106,6 +114,10 @@ def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queri
     for dname in datasets:
         ds = load_text_dataset(dname, seed=0)
         test = ds.test[:n_test]
+        shares = np.bincount([s.label for s in test], minlength=ds.num_labels) / max(len(test), 1)
+        # a template that sends every input to one class scores the other classes' share: the floor of
+        # any attack that does not invert the classifier
+        floors[dname] = float(shares.min())
         tmpl, verb = default_template(dname), default_verbalizer(dname)
         for vname, victim in vict.items():
             t0 = time.perf_counter()
@@ -130,6 +142,13 @@ def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queri
                 clean = cleans[(vname, dname, seed, 16)]
                 shots = attack_set(clf, ds.dev, n_attack, 32, np.random.default_rng(seed))
                 ab = victim.prepare([s.text for s in shots], [s.label for s in shots], [s.uid for s in shots], tmpl)
+                # unsearched random templates (same edit budget): what a template change does by chance
+                gen = torch.Generator().manual_seed(10_000 + seed)
+                m = per.setdefault("random-draw", {})
+                for _ in range(RANDOM_DRAWS):
+                    att = clf.predict(tb, random_infix(clf.infix_ids, victim.candidate_mask(), max_edits, gen))
+                    m.setdefault("attacked_acc", []).append(accuracy(att, test))
+                    m.setdefault("flip_rate", []).append(flip_rate(clean, att, test))
                 for strat in strategies:
                     ts = time.perf_counter()
                     st = search(clf, shots, recipe=strat, max_edits=max_edits, max_steps=max_steps,
@@ -152,7 +171,7 @@ def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queri
                     if metric == "templates":
                         continue
                     extra = {"k": 32 if method == "fewshot-k32" else 16}
-                    if metric == "attacked_acc" and ppl_lm is not None:
+                    if metric == "attacked_acc" and ppl_lm is not None and m.get("templates"):
                         extra["template_ppl"] = float(np.nanmean(template_perplexity(ppl_lm, m["templates"])))
                         extra["example_template"] = m["templates"][0]
                     add(method, vname, dname, metric, vals, **extra)
@@ -198,26 +217,34 @@ def run_bench(*, seeds: int = 3, n_test: int = 100, n_attack: int = 8, max_queri
             targets[f"best_strategy_acc_{dname}".replace("-", "_")] = {
                 **harness.target(accs[best], "<= 0.2"), "strategy": best,
                 "mean_edits": val(best, cv, dname, "edits")}
-    gaps = []
+    gaps, draw_gaps = [], []
     for v in victims:
         for dname in datasets:
             g, r = val("gradient", v, dname, "flip_rate"), val("random", v, dname, "flip_rate")
             if g is not None and r is not None:
                 gaps.append(100 * (g - r))
                 targets[f"gradient_minus_random_flip_points_{v}_{dname}".replace("-", "_")] = harness.target(100 * (g - r), ">= 30")
+            rd = val("random-draw", v, dname, "flip_rate")
+            if g is not None and rd is not None:
+                draw_gaps.append(100 * (g - rd))
+    # the issue's target, read strictly: against random *search* with the same query budget
     targets["gradient_minus_random_flip_points_mean"] = harness.target(float(np.mean(gaps)) if gaps else None, ">= 30")
+    # the looser reading (random templates, no selection), reported apart so the two are never mixed up
+    targets["gradient_minus_random_draw_flip_points_mean"] = harness.target(
+        float(np.mean(draw_gaps)) if draw_gaps else None, ">= 30")
     targets["transfer_matrix_cells"] = harness.target(float(len(matrix)), ">= 4")
     from ..guard.promptattack.mlm_head import mlm_record
 
     plots = _plots(rows, matrix, harness.RESULTS_DIR)
-    note = (f"Reduced size: n_test={n_test} per setting (fixed split seed 0), attack set {n_attack} dev examples, "
+    note = (f"Size: n_test={n_test} per setting (fixed split seed 0), attack set {n_attack} dev examples, "
             f"budget {max_edits} template tokens / {max_queries} queries / {max_steps} gradient steps, {seeds} seeds. "
             "Causal victim = SmolLM2-135M-Instruct dequantised from Q4_1 GGUF; masked victim = all-MiniLM-L6-v2 with a "
             f"masked-LM head trained here (held-out masked-token acc {mlm_record().get('heldout_masked_token_acc', float('nan')):.3f}). "
             "Few-shot = verbalizer-initialised calibrated head on frozen features. Rotten Tomatoes stands in for SST-2. "
-            f"Ran on 2 shared, heavily loaded CPU cores: {time.perf_counter() - t_start:.0f}s wall.")
+            f"Ran on {os.cpu_count()} CPU cores: {time.perf_counter() - t_start:.0f}s wall.")
     path = harness.write_result("promptattack", command=command, config=config, rows=rows, targets=targets,
                                 extra={"note": note, "transfer_matrix": matrix, "plots": plots,
+                                       "constant_class_floor": floors,
                                        "mlm_head": mlm_record()})
     return str(path)
 
@@ -226,7 +253,10 @@ def register(app: typer.Typer) -> None:
     @app.command("promptattack")
     def promptattack(seeds: int = typer.Option(3, help="Seeds (K-shot draw, attack set, search)."),
                      n_test: Optional[int] = typer.Option(None, help="Test examples per setting (default 100; --full 500)."),
-                     full: bool = typer.Option(False, "--full", help="Full size: n_test=500, attack set 32, 120 queries, 10 steps (default: 100, 8, 24, 3)."),
+                     full: bool = typer.Option(False, "--full", help=f"Full size: {FULL} (default: {REDUCED})."),
+                     n_attack: Optional[int] = typer.Option(None, help="Attack-set size."),
+                     max_queries: Optional[int] = typer.Option(None, help="Query budget per search."),
+                     max_steps: Optional[int] = typer.Option(None, help="Gradient-step budget per search."),
                      datasets: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets (repeatable)."),
                      victims: Optional[List[str]] = typer.Option(None, "--victim", help="Victims (repeatable)."),
                      strategies: Optional[List[str]] = typer.Option(None, "--strategy", help="Strategies (repeatable)."),
@@ -241,10 +271,15 @@ def register(app: typer.Typer) -> None:
         for s in strategies or []:
             compose(s)
         set_threads(threads)
-        size = dict(n_test=500, n_attack=32, max_queries=120, max_steps=10) if full else {}
-        if n_test:
-            size["n_test"] = n_test
-        cmd = "slimguard bench promptattack" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "")
+        size = dict(FULL if full else REDUCED)
+        given = {"n_test": n_test, "n_attack": n_attack, "max_queries": max_queries, "max_steps": max_steps}
+        for key, v in given.items():
+            if v is not None:
+                if v < 1:
+                    raise SlimguardError(f"--{key.replace('_', '-')} must be >= 1")
+                size[key] = v
+        cmd = ("slimguard bench promptattack" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "")
+               + "".join(f" --{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None))
         path = run_bench(seeds=seeds, datasets=datasets or DATASETS, victims=victims or VICTIMS,
                          strategies=strategies or STRATEGIES, command=cmd, log=lambda m: typer.echo(m, err=True), **size)
         typer.echo(path)

@@ -30,6 +30,8 @@ class PromptAttackConfig(Config):
     max_edits: int = Field(3, ge=1, le=20, description="Budget: template tokens the attack may change (token edit distance to the benign infix).")
     max_steps: int = Field(6, ge=0, description="Budget: gradient steps (forward+backward over the attack set).")
     max_queries: int = Field(60, ge=1, description="Budget: forward passes over the attack set.")
+    objective: Literal["ce", "margin"] = Field("ce", description="Attack loss: true-label cross-entropy, or the margin max_other - true clipped at kappa (counts flips, not confidence).")
+    kappa: float = Field(1.0, gt=0, description="Clip of the margin objective.")
     n_attack: int = Field(16, ge=1, description="Attack-set size (dev examples the benign template gets right).")
     n_test: int = Field(200, ge=1, description="Test examples for clean/attacked accuracy (first n of the seeded test split).")
     seed: int = Field(0, description="Seed for data split, K-shot draw and the search.")
@@ -106,7 +108,7 @@ def attack_set(clf, dev, n: int, batch_size: int, rng):
 
 
 def search(clf, samples, *, recipe: str, max_edits: int, max_steps: int, max_queries: int, seed: int,
-           batch_size: int = 32, batches=None):
+           batch_size: int = 32, batches=None, objective: str = "ce", kappa: float = 1.0):
     """Run a recipe; returns the final :class:`AttackState` (infix ids, loss, queries, steps, trace)."""
     import torch
 
@@ -116,7 +118,8 @@ def search(clf, samples, *, recipe: str, max_edits: int, max_steps: int, max_que
                                  clf.template, batch_size)
     benign = clf.infix_ids
     ctx = AttackContext(clf, batches, benign, Budget(max_edits, max_steps, max_queries),
-                        torch.Generator().manual_seed(seed), clf.victim.candidate_mask())
+                        torch.Generator().manual_seed(seed), clf.victim.candidate_mask(), objective=objective,
+                        kappa=kappa)
     state = AttackState(list(benign), 0.0)
     state.loss = ctx.loss(benign)
     start = state.loss
@@ -153,7 +156,8 @@ def run_promptattack(cfg: PromptAttackConfig, *, victim=None, ppl_lm=None, log=p
     rng = np.random.default_rng(cfg.seed)
     shots = attack_set(clf, ds.dev, cfg.n_attack, cfg.batch_size, rng)
     state = search(clf, shots, recipe=cfg.strategy, max_edits=cfg.max_edits, max_steps=cfg.max_steps,
-                   max_queries=cfg.max_queries, seed=cfg.seed, batch_size=cfg.batch_size)
+                   max_queries=cfg.max_queries, seed=cfg.seed, batch_size=cfg.batch_size, objective=cfg.objective,
+                   kappa=cfg.kappa)
     malicious = tmpl.with_infix(victim.decode_infix(state.infix))
     tb = victim.prepare([s.text for s in test], [s.label for s in test], [s.uid for s in test], tmpl, cfg.batch_size)
     clean, attacked = clf.predict(tb), clf.predict(tb, state.infix)

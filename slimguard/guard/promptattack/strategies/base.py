@@ -19,6 +19,25 @@ from ..templates import token_edits
 from ..victims import PreparedBatch
 
 
+OBJECTIVES = ("ce", "margin")
+
+
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor, objective: str = "ce", kappa: float = 1.0) -> torch.Tensor:
+    """Per-example attack loss (higher = more wrong).
+
+    ``ce``: cross-entropy of the true label -- unbounded, so a template that makes half the
+    examples *very* wrong can outscore one that flips more of them. ``margin``: the
+    Carlini-Wagner margin ``max_other - true`` clipped at ``kappa``: an example stops paying
+    once it is flipped by kappa, so the search is pushed to flip *more* examples, which is
+    what the flip rate counts.
+    """
+    if objective == "ce":
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(torch.nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - true).clamp(max=kappa)
+
+
 @dataclass(frozen=True)
 class Budget:
     max_edits: int = 3
@@ -46,7 +65,11 @@ class AttackContext:
     gen: torch.Generator
     candidates: torch.Tensor  # bool [vocab]: tokens a search may write
     query_cap: int | None = None  # this recipe stage's share of the query budget
+    objective: str = "ce"  # "ce" or "margin" (see attack_loss)
+    kappa: float = 1.0
 
+    def per_example(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return attack_loss(logits, labels, self.objective, self.kappa)
 
     def edits(self, infix: list[int]) -> int:
         return token_edits(self.benign, infix)
@@ -60,8 +83,7 @@ class AttackContext:
             state.queries += 1
         total, n = 0.0, 0
         for b in self.batches:
-            logits = self.clf.logits(b, infix_ids=infix)
-            total += float(torch.nn.functional.cross_entropy(logits, b.labels, reduction="sum"))
+            total += float(self.per_example(self.clf.logits(b, infix_ids=infix), b.labels).sum())
             n += len(b)
         return total / max(n, 1)
 
@@ -73,9 +95,9 @@ class AttackContext:
         for b in self.batches:
             f = self.clf.victim.features_many(b, infixes)  # [n, B, d]
             logits = self.clf.head(f.reshape(-1, f.shape[-1])).view(len(infixes), len(b), -1)
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b.labels.expand(len(infixes), -1),
-                                                   reduction="none")
-            total += ce.sum(1)
+            lab = b.labels.expand(len(infixes), -1)
+            per = self.per_example(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1)).view(len(infixes), -1)
+            total += per.sum(1)
             n += len(b)
         return (total / max(n, 1)).tolist()
 
@@ -104,11 +126,6 @@ class AttackContext:
         state.trace.append({"strategy": tag, "loss": best_loss, "queries": state.queries, "steps": state.steps,
                             "edits": self.edits(best)})
         return True
-
-    def sample(self, n: int) -> list[int]:
-        """n random candidate tokens (uniform over the allowed vocabulary)."""
-        pool = self.candidates.nonzero().squeeze(1)
-        return pool[torch.randint(len(pool), (n,), generator=self.gen)].tolist()
 
 
 class Strategy:

@@ -25,16 +25,17 @@ class GradientSearch(Strategy):
         emb = E[torch.tensor(infix)].detach().clone().requires_grad_(True)
         for b in ctx.batches:
             logits = ctx.clf.logits(b, infix_embeds=emb)
-            loss = torch.nn.functional.cross_entropy(logits, b.labels, reduction="sum")
-            loss.backward()
+            ctx.per_example(logits, b.labels).sum().backward()
         return emb.grad
 
     def run(self, ctx, state):
         E = ctx.clf.victim.embeddings
         tried: set[tuple[int, ...]] = set()  # exact scores are deterministic: never pay twice for a candidate
-        for _ in range(ctx.budget.max_steps):
+        for step in range(ctx.budget.max_steps):
             if ctx.queries_left(state) <= 0:
                 break
+            # spread the query budget evenly over the remaining steps (at least top_k * 2 exact scores per step)
+            per_step = max(self.top_k * 2, ctx.queries_left(state) // (ctx.budget.max_steps - step))
             # AutoPrompt trigger slot: try an extra token right before the answer when the edit budget allows
             base = list(state.infix)
             if self.insert and ctx.edits(base + [base[-1]]) <= ctx.budget.max_edits:
@@ -49,7 +50,7 @@ class GradientSearch(Strategy):
                 gain[:, ~ctx.candidates] = float("-inf")
                 gain[torch.arange(len(work)), torch.tensor(work)] = float("-inf")
                 sub = gain[positions]
-                top = torch.topk(sub.reshape(-1), min(self.top_k * 32, sub.numel())).indices
+                top = torch.topk(sub.reshape(-1), min(per_step * 16, sub.numel())).indices
             cands = []
             for flat in top.tolist():
                 p, v = positions[flat // gain.shape[1]], flat % gain.shape[1]
@@ -60,7 +61,7 @@ class GradientSearch(Strategy):
                 if tuple(c) not in tried and ctx.allowed(c):
                     tried.add(tuple(c))
                     cands.append(c)
-                if len(cands) == self.top_k * 2:
+                if len(cands) == per_step:
                     break
             ctx.try_candidates(state, cands, self.name)
         return state

@@ -107,15 +107,20 @@ class RandomTemplate(Strategy):
     name = "random"
 
     def run(self, ctx, state):
-        draws = []
-        for _ in range(max(ctx.queries_left(state), 0)):
-            c = list(ctx.benign)
-            for _ in range(ctx.budget.max_edits):
-                tok = ctx.sample(1)[0]
-                if bool(torch.rand(1, generator=ctx.gen) < 0.5):
-                    c.insert(int(torch.randint(len(c) + 1, (1,), generator=ctx.gen)), tok)
-                else:
-                    c[int(torch.randint(len(c), (1,), generator=ctx.gen))] = tok
-            draws.append(c)
+        draws = [random_infix(ctx.benign, ctx.candidates, ctx.budget.max_edits, ctx.gen)
+                 for _ in range(max(ctx.queries_left(state), 0))]
         ctx.try_candidates(state, draws, self.name)
         return state
+
+
+def random_infix(benign: list[int], candidates: torch.Tensor, max_edits: int, gen: torch.Generator) -> list[int]:
+    """One random template: ``max_edits`` random tokens inserted or written at random infix positions."""
+    pool = candidates.nonzero().squeeze(1)
+    c = list(benign)
+    for _ in range(max_edits):
+        tok = int(pool[int(torch.randint(len(pool), (1,), generator=gen))])
+        if bool(torch.rand(1, generator=gen) < 0.5):
+            c.insert(int(torch.randint(len(c) + 1, (1,), generator=gen)), tok)
+        else:
+            c[int(torch.randint(len(c), (1,), generator=gen))] = tok
+    return c
