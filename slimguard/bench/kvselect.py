@@ -11,6 +11,8 @@ busy CPU cores; ``--full`` runs the issue's sizes (4K-32K accuracy, 64K-128K tim
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,6 +44,7 @@ class KVSelectBenchConfig(Config):
     seed: int = Field(0, description="Seed of the task generator and random tensors.")
     threads: int = Field(1, ge=1, description="torch threads (1: on an oversubscribed CPU, extra threads mostly add sync overhead).")
     device: str = Field("cpu", pattern="^(cpu|cuda)$", description="Device of the accuracy part's models (cuda for --full on a GPU).")
+    result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description="Result file name under benchmarks/results/ (a partial run, e.g. one model, can keep its own file).")
 
 
 def _peak_rss_mb(fn) -> tuple[float, object]:
@@ -324,17 +327,22 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
         c = cache.get(str(thr), {})
         tg[f"selection_cache_hit_rate_{thr}"] = target(c.get("hit_rate"), ">= 0")
         tg[f"selection_cache_agreement_{thr}"] = target(c.get("agreement"), ">= 0")
+    load = os.getloadavg()[0]
+    extra["load_average_at_end"] = load
     extra["note"] = (
-        "Measured on a shared 2-core CPU under heavy load from other jobs (absolute times inflated; ratios are side by "
-        "side in one run). Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
+        f"Measured on {os.cpu_count()} CPU cores, load average {load:.1f} at the end of the run (a load above the core "
+        "count inflates absolute times; ratios are side by side in one run). Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
         "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit rate measured "
         "on the real model at threshold 0.9. Accuracy runs use a scaled-down budget "
         f"(n_init={bc.n_init}, k={bc.k}, n_local={bc.n_local}) at {bc.lengths} tokens with n per cell in the rows, because a "
-        "1K-token prefill of SmolLM2 took about a minute on this loaded machine; the 16K/32K accuracy targets need `--full` on a GPU and stay null (not measured) in this run. "
+        "full-size run needs `--full` (a GPU); targets at lengths not run stay null (not measured). "
         "SmolLM2 weights passed through GGUF Q4_1, Gemma-3 through Q4_K_M.")
     extra["cache"] = cache
     extra["timing"] = {k: v for k, v in timing.items()}
-    cmd = "slimguard bench kvselect" + (" --full" if full else "")
-    path = write_result("kvselect", command=cmd, config=bc.to_dict(), rows=rows, targets=tg, extra=extra)
+    # the exact command, so the result can be reproduced from the JSON alone
+    cmd = ("slimguard bench kvselect" + (" --full" if full else "") + (f" --config {config}" if config else "")
+           + "".join(f" --set {shlex.quote(s)}" for s in sets or [])
+           + (f" --skip {','.join(x for x in skip if x)}" if any(skip) else ""))
+    path = write_result(bc.result, command=cmd, config=bc.to_dict(), rows=rows, targets=tg, extra=extra)
     typer.echo(str(path))
     return path
