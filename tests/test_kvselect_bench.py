@@ -36,3 +36,43 @@ def test_recorded_command_carries_sets_and_skips(tmp_path, monkeypatch):
                               "--skip timing,cache,accuracy")
     assert doc["targets"]["passkey_tokenselect_16k_gemma3-270m"]["value"] is None  # not run: null, never 0
     assert (tmp_path / "BENCHMARKS.md").read_text().count("## kvselect-part") == 1
+
+
+def test_accuracy_cases_resume_without_recomputing(tmp_path, monkeypatch, tiny_llama):
+    """A killed accuracy run restarts from its finished cases: same rows, no generate call repeated."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from slimguard.bench.kvselect import KVSelectBenchConfig, accuracy_part
+    from slimguard.core import models
+    from slimguard.core.models import LoadedModel
+    from slimguard.slim.kvselect import tasks
+
+    tok = SimpleNamespace(pad_token_id=0, decode=lambda ids: " ".join(map(str, ids.tolist())))
+    monkeypatch.setattr(models, "load_causal_lm", lambda name, device="cpu": LoadedModel(tiny_llama, tok, name))
+    monkeypatch.setattr(tasks, "Haystack", lambda tokenizer: None)
+
+    def make_samples(hay, task, lengths, depths, n, seed):  # seeded, like the real generator
+        gen = torch.Generator().manual_seed(seed)
+        return [SimpleNamespace(input_ids=torch.randint(4, 128, (lengths[0],), generator=gen).tolist(),
+                                needle_span=(10, 20), n_tokens=lengths[0]) for _ in range(n * len(depths))]
+
+    monkeypatch.setattr(tasks, "make_samples", make_samples)
+    # "correct" when the first generated token is even: deterministic, and differs between cases
+    monkeypatch.setattr(tasks, "is_correct", lambda s, text: int(text.split()[0]) % 2 == 0)
+    calls = []
+    real = tiny_llama.generate
+    monkeypatch.setattr(tiny_llama, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.chdir(tmp_path)
+    bc = KVSelectBenchConfig(lengths=[96], depths=[0.2, 0.8], n_per_depth=2, peers=[], peer_length=256, n_init=4, k=16,
+                             n_local=16, chunk_size=16, tasks=["passkey"], result="kv-test")
+    rows1, rows2 = [], []
+    acc1 = accuracy_part(bc, rows1, {}, tmp_path)
+    first = len(calls)
+    assert first == 2 * 4  # dense + tokenselect, 4 cases each
+    acc2 = accuracy_part(bc, rows2, {}, tmp_path)
+    # only the recorded case (the selection plot's) is generated again
+    assert len(calls) - first == 1
+    assert acc1 == acc2 and [r["value"] for r in rows1] == [r["value"] for r in rows2]
+    assert (tmp_path / "runs" / "bench-kv-test" / "cases.json").exists()

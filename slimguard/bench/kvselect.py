@@ -11,6 +11,7 @@ busy CPU cores; ``--full`` runs the issue's sizes (4K-32K accuracy, 64K-128K tim
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -194,27 +195,44 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
     from ..slim.kvselect.tasks import Haystack, is_correct, make_samples
     from .harness import mean_std
 
+    from tqdm import tqdm
+
+    from ..core.runs import atomic_write_json
+
     base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
     acc: dict = {}
+    # every finished case is kept, so a killed run resumes where it stopped (long CPU cells take minutes each)
+    cache_path = Path("runs") / f"bench-{bc.result}" / "cases.json"
+    done: dict = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for model_name in bc.models:
-        lm = load_causal_lm(model_name, device=bc.device)
-        hay = Haystack(lm.tokenizer)
+        lm = None
         plan = [(t, L, m) for t in bc.tasks for L in bc.lengths for m in bc.methods]
         plan += [("passkey", bc.peer_length, p) for p in bc.peers]
         for task, L, method in plan:
+            if lm is None:
+                lm = load_causal_lm(model_name, device=bc.device)
+                hay = Haystack(lm.tokenizer)
             samples = make_samples(hay, task, [L], bc.depths if method in ("dense", "tokenselect") else [0.5],
                                    bc.n_per_depth if method in ("dense", "tokenselect") else len(bc.depths),
                                    seed=bc.seed + L)
-            rt = enable_token_select(lm.model, TokenSelectConfig(method=method, **base,
-                                                                  record=(task == "passkey" and method == "tokenselect"
-                                                                          and L == max(bc.lengths))))
-            hits, t0 = [], time.perf_counter()
-            for s in samples:
+            record = task == "passkey" and method == "tokenselect" and L == max(bc.lengths)
+            rt = enable_token_select(lm.model, TokenSelectConfig(method=method, **base, record=record))
+            hits, secs = [], 0.0
+            for i, s in enumerate(tqdm(samples, desc=f"{model_name} {task} {L} {method}", leave=False)):
+                key = json.dumps([model_name, task, L, method, base, bc.seed, i, bc.device])
+                if key in done and not (record and i == len(samples) - 1):
+                    hits.append(done[key]["hit"])
+                    secs += done[key]["seconds"]
+                    continue
+                t0 = time.perf_counter()
                 ids = torch.tensor([s.input_ids], device=bc.device)
                 with torch.no_grad():
                     g = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
                                           pad_token_id=lm.tokenizer.pad_token_id)
                 hits.append(float(is_correct(s, lm.tokenizer.decode(g[0, ids.shape[1]:]))))
+                secs += time.perf_counter() - t0
+                done[key] = {"hit": hits[-1], "seconds": time.perf_counter() - t0}
+                atomic_write_json(cache_path, done)
             if rt.cfg.record and rt.selected():
                 _selection_plot(rt, samples[-1], model_name, plot_dir)
             disable_token_select(lm.model)
@@ -222,7 +240,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
             acc[(model_name, task, L, method)] = ms["value"]
             rows.append({"part": "accuracy", "model": model_name, "task": task, "context": L, "method": method,
                          "metric": "accuracy", "value": ms["value"], "std": ms["std"], "n": ms["n"],
-                         "budget": TokenSelectConfig(**base).budget, "seconds": time.perf_counter() - t0})
+                         "budget": TokenSelectConfig(**base).budget, "seconds": secs})
             typer.echo(f"  {model_name} {task} {L} {method}: {ms['value']:.2f} (n={ms['n']})", err=True)
         del lm
     return acc
