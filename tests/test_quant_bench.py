@@ -26,3 +26,39 @@ def test_targets_with_speed():
     t = _targets(QuantBenchConfig(), {}, 10.0, sp)
     assert t["gguf_decode_speedup_vs_f16"]["met"] is True and t["gguf_size_ratio_vs_f16"]["met"] is False
     assert t["edgeqat_w4a8kv4_ppl_ratio_to_fp"]["value"] is None
+
+
+def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch):
+    """`--set speed_only=true` re-times llama.cpp: old speed rows go, perplexity rows and their targets stay."""
+    import json
+
+    from slimguard.bench import harness
+    from slimguard.bench import quant as bq
+    from slimguard.slim.quant import export
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    monkeypatch.setattr(harness, "RESULTS_DIR", results)
+    monkeypatch.setattr(harness, "_refresh_readme", lambda head: None)
+    monkeypatch.setenv("SLIMGUARD_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "runs" / "bench-quant").mkdir(parents=True)
+    (tmp_path / "runs" / "bench-quant" / bq.PACKED).write_bytes(b"")
+    monkeypatch.setattr(export, "load_packed", lambda path: (None, None))
+    old = [{"method": "fp", "bits": "FP32", "metric": "ppl", "value": 50.0},
+           {"method": "edgeqat", "bits": "W4A8KV4", "metric": "ppl", "value": 52.0},
+           {"method": "rtn_per_group", "bits": "W4A8KV4", "metric": "ppl", "value": 70.0},
+           {"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 8.0}]
+    (results / "quant.json").write_text(json.dumps({"command": "slimguard bench quant --speed", "config": {},
+                                                    "rows": old, "note": "Trained on 2 cores."}))
+    new = [{"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 100.0}]
+    speed = {"rows": new, "measured": "2026-11-22T22:00:00Z",
+             "summary": {"decode_speedup_vs_f16": 2.5, "size_ratio_vs_f16": 3.0, "threads": 2, "load_average": 0.4}}
+    monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log: speed)
+    path = bq._speed_only(QuantBenchConfig(speed_only=True), type("LM", (), {"model": None})(), "again", 2, print)
+    doc = json.loads(path.read_text())
+    assert [r["value"] for r in doc["rows"] if r["method"].startswith("llama.cpp")] == [100.0]
+    assert len(doc["rows"]) == 4
+    assert doc["targets"]["gguf_decode_speedup_vs_f16"] == {"value": 2.5, "goal": ">= 2.4", "met": True}
+    assert doc["targets"]["edgeqat_w4a8kv4_rtn_gap_closed"]["value"] == pytest.approx(18 / 20)
+    assert "re-timed 2026-11-22T22:00:00Z" in doc["note"] and "load average 0.4" in doc["note"]
+    assert doc["command"] == "slimguard bench quant --speed && again"

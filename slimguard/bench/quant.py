@@ -235,6 +235,10 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     fp_ppl = res.get(("fp", "FP32"), {}).get("ppl")
     targets = _targets(bc, res, fp_ppl, speed)
     extra = {k: v for k, v in doc.items() if k in ("note", "diagnostics", "seconds")}
+    sm = speed.get("summary", {})
+    extra["note"] = (extra.get("note", "") + f" llama.cpp rows re-timed {speed.get('measured')} by --set speed_only=true "
+                     f"({sm.get('threads')} threads, load average {sm.get('load_average', float('nan')):.1f}); they "
+                     "replace any earlier speed figures in this note.")
     extra["speed"] = speed
     return harness.write_result("quant", command=f"{doc['command']} && {command}", config=doc["config"], rows=rows,
                                 targets=targets, extra=extra)

@@ -7,6 +7,7 @@ token are ``2 * layers * kv_heads * head_dim * bytes_per_element``.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -116,7 +117,9 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
                "size_ratio_vs_f16": f16["bytes"] / best["bytes"],
                "size_ratio_vs_f16_all_q4_0": f16["bytes"] / by[("edgeqat_q4_0_embq4", "q4_0")]["bytes"],
                "decode_speedup_vs_f16_all_q4_0": by[("edgeqat_q4_0_embq4", "q4_0")]["decode_tok_s"] / f16["decode_tok_s"],
-               "threads": threads}
+               "threads": threads,
+               # other jobs on the machine slow small-model decode far more than prefill: keep the load with the numbers
+               "load_average": os.getloadavg()[0]}
     from ...core.runs import atomic_write_json, now_iso
 
     out = {"rows": rows, "summary": summary, "files": {k: str(v) for k, v in files.items()},
