@@ -9,6 +9,7 @@ reduced budget for 2 CPU cores; ``--full`` is the paper-sized run (meant for a G
 from __future__ import annotations
 
 import copy
+import shlex
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -299,6 +300,6 @@ def register(app: typer.Typer) -> None:
 
                 raise ConfigError(f"variant '{v}' unknown; choose from {', '.join(VARIANTS)}")
         cmd = "slimguard bench quant" + (" --speed" if bc.speed else "") + (" --full" if full else "") + \
-            "".join(f" --set {x}" for x in (set_ or []))
+            "".join(f" --set {shlex.quote(x)}" for x in (set_ or [])) + (f" --threads {threads}" if threads else "")
         path = run_bench(bc, cmd, n, log=lambda s: typer.echo(s, err=True))
         typer.echo(str(path))
