@@ -38,8 +38,9 @@ def test_recorded_command_carries_sets_and_skips(tmp_path, monkeypatch):
     assert (tmp_path / "BENCHMARKS.md").read_text().count("## kvselect-part") == 1
 
 
-def test_accuracy_cases_resume_without_recomputing(tmp_path, monkeypatch, tiny_llama):
-    """A killed accuracy run restarts from its finished cases: same rows, no generate call repeated."""
+@pytest.fixture
+def fake_accuracy(tmp_path, monkeypatch, tiny_llama):
+    """accuracy_part on a tiny random Llama with seeded random 'haystacks'; returns the list of generate calls."""
     from types import SimpleNamespace
 
     import torch
@@ -65,6 +66,14 @@ def test_accuracy_cases_resume_without_recomputing(tmp_path, monkeypatch, tiny_l
     real = tiny_llama.generate
     monkeypatch.setattr(tiny_llama, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.chdir(tmp_path)
+    return calls
+
+
+def test_accuracy_cases_resume_without_recomputing(tmp_path, fake_accuracy):
+    """A killed accuracy run restarts from its finished cases: same rows, no generate call repeated."""
+    from slimguard.bench.kvselect import KVSelectBenchConfig, accuracy_part
+
+    calls = fake_accuracy
     bc = KVSelectBenchConfig(lengths=[96], depths=[0.2, 0.8], n_per_depth=2, peers=[], peer_length=256, n_init=4, k=16,
                              n_local=16, chunk_size=16, tasks=["passkey"], result="kv-test")
     rows1, rows2 = [], []
@@ -76,3 +85,15 @@ def test_accuracy_cases_resume_without_recomputing(tmp_path, monkeypatch, tiny_l
     assert len(calls) - first == 1
     assert acc1 == acc2 and [r["value"] for r in rows1] == [r["value"] for r in rows2]
     assert (tmp_path / "runs" / "bench-kv-test" / "cases.json").exists()
+
+
+@pytest.mark.parametrize("dense_max, expected", [(0, {(64, "dense"), (96, "dense"), (64, "tokenselect"), (96, "tokenselect")}),
+                                                 (64, {(64, "dense"), (64, "tokenselect"), (96, "tokenselect")})])
+def test_dense_only_up_to_dense_max(tmp_path, fake_accuracy, dense_max, expected):
+    from slimguard.bench.kvselect import KVSelectBenchConfig, accuracy_part
+
+    bc = KVSelectBenchConfig(lengths=[64, 96], depths=[0.5], n_per_depth=1, peers=[], n_init=4, k=16, n_local=16,
+                             chunk_size=16, tasks=["passkey"], result="kv-dense", dense_max=dense_max)
+    rows = []
+    accuracy_part(bc, rows, {}, tmp_path)
+    assert {(r["context"], r["method"]) for r in rows} == expected

@@ -31,7 +31,8 @@ class KVSelectBenchConfig(Config):
     lengths: list[int] = Field([1024], description="Context lengths (tokens) for dense and TokenSelect accuracy.")
     depths: list[float] = Field([0.5], description="Needle depths; cases per length = len(depths) * n_per_depth.")
     n_per_depth: int = Field(2, ge=1, description="Samples per (length, depth).")
-    methods: list[str] = Field(["dense", "tokenselect"], description="Methods run at every length (dense can be dropped at lengths whose dense attention does not fit in memory).")
+    methods: list[str] = Field(["dense", "tokenselect"], description="Methods run at every length (see dense_max).")
+    dense_max: int = Field(0, ge=0, description="Run dense only at lengths <= this (0: every length); dense attention at 32K is slow on a CPU and needs a 32K x 32K mask on sliding-window models.")
     peer_length: int = Field(1024, ge=256, description="Context length of the equal-budget peer comparison.")
     peers: list[str] = Field(["streaming", "h2o", "quest"], description="Peers at equal budget (--full adds random, oracle).")
     n_init: int = Field(16, ge=0, description="Accuracy-part budget: sink tokens (scaled down with the lengths).")
@@ -206,7 +207,8 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
     done: dict = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for model_name in bc.models:
         lm = None
-        plan = [(t, L, m) for t in bc.tasks for L in bc.lengths for m in bc.methods]
+        plan = [(t, L, m) for t in bc.tasks for L in bc.lengths for m in bc.methods
+                if not (m == "dense" and bc.dense_max and L > bc.dense_max)]
         plan += [("passkey", bc.peer_length, p) for p in bc.peers]
         for task, L, method in plan:
             if lm is None:
