@@ -53,12 +53,27 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     new = [{"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 100.0}]
     speed = {"rows": new, "measured": "2026-11-22T22:00:00Z",
              "summary": {"decode_speedup_vs_f16": 2.5, "size_ratio_vs_f16": 3.0, "threads": 2, "load_average": 0.4}}
-    monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log: speed)
+    monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log, source: {**speed, "quantized_model_source": source})
     path = bq._speed_only(QuantBenchConfig(speed_only=True), type("LM", (), {"model": None})(), "again", 2, print)
     doc = json.loads(path.read_text())
     assert [r["value"] for r in doc["rows"] if r["method"].startswith("llama.cpp")] == [100.0]
     assert len(doc["rows"]) == 4
     assert doc["targets"]["gguf_decode_speedup_vs_f16"] == {"value": 2.5, "goal": ">= 2.4", "met": True}
     assert doc["targets"]["edgeqat_w4a8kv4_rtn_gap_closed"]["value"] == pytest.approx(18 / 20)
-    assert "re-timed 2026-11-22T22:00:00Z" in doc["note"] and "load average 0.4" in doc["note"]
+    assert "measured 2026-11-22T22:00:00Z (2 threads, load average 0.4)" in doc["note"]
+    assert "EdgeQAT model saved in" in doc["note"] and "not importable" not in doc["note"]
     assert doc["command"] == "slimguard bench quant --speed && again"
+
+
+@pytest.mark.parametrize("speed, has, lacks", [
+    (None, [], ["llama.cpp"]),
+    ({"measured": "T", "quantized_model_source": "M", "summary": {"threads": 2, "load_average": 1.0}},
+     ["measured T (2 threads, load average 1.0) on M."], ["not importable"]),
+    ({"measured": "T", "quantized_model_source": "M", "summary": {"threads": 1, "load_average": 9.0},
+      "from_cache": "runs/bench-quant/speed.json"}, ["load average 9.0", "taken from runs/bench-quant/speed.json"], []),
+])
+def test_speed_note_says_where_speed_rows_come_from(speed, has, lacks):
+    from slimguard.bench.quant import _speed_note
+
+    note = _speed_note(speed)
+    assert all(h in note for h in has) and not any(x in note for x in lacks)

@@ -181,8 +181,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
             f"essays; training on {', '.join(bc.datasets)})"
             + ("" if bc.steps >= 100 else ": differences between QAT variants are within the noise of this budget")
             + ". "
-            + ("" if on_gpu else f"Timings taken on a shared 2-core machine (other jobs running), torch threads {threads}; "
-                                 "only side-by-side ratios are meaningful. ")
+            + _speed_note(speed)
             + "The FP model's weights already passed through Q4_1 (the only SmolLM2 weights in a registry). torchao QAT "
               "quantizes only the linears (no KV cache quantization).")
     return harness.write_result("quant", command=command, config=bc.to_dict(), rows=rows, targets=targets,
@@ -212,6 +211,17 @@ def _targets(bc, res: dict, fp_ppl: float, speed: dict | None) -> dict:
     return t
 
 
+def _speed_note(speed: dict | None) -> str:
+    """Where the llama.cpp rows come from: when, threads, machine load, and whether they were cached."""
+    if not speed:
+        return ""
+    sm = speed.get("summary", {})
+    return (f"llama.cpp rows measured {speed.get('measured')} ({sm.get('threads')} threads, load average "
+            f"{sm.get('load_average', float('nan')):.1f}) on {speed.get('quantized_model_source')}"
+            + (f"; taken from {speed['from_cache']} because llama-cpp-python was not importable in this process"
+               if speed.get("from_cache") else "") + ". ")
+
+
 def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     import json
 
@@ -226,7 +236,7 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
         raise SlimguardError(f"--set speed_only=true needs a previous `slimguard bench quant` run ({packed} and "
                              f"{res_path}); run it first")
     trained, _ = load_packed(packed)
-    speed = _speed(bc, lm, lm.model, trained, threads, log)
+    speed = _speed(bc, lm, lm.model, trained, threads, log, source=f"the EdgeQAT model saved in {packed}")
     doc = json.loads(res_path.read_text())
     rows = [r for r in doc["rows"] if not str(r.get("method", "")).startswith("llama.cpp")] + speed["rows"]
     res = {}
@@ -236,20 +246,18 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     fp_ppl = res.get(("fp", "FP32"), {}).get("ppl")
     targets = _targets(bc, res, fp_ppl, speed)
     extra = {k: v for k, v in doc.items() if k in ("note", "diagnostics", "seconds")}
-    sm = speed.get("summary", {})
-    extra["note"] = (extra.get("note", "") + f" llama.cpp rows re-timed {speed.get('measured')} by --set speed_only=true "
-                     f"({sm.get('threads')} threads, load average {sm.get('load_average', float('nan')):.1f}); they "
-                     "replace any earlier speed figures in this note.")
+    extra["note"] = (extra.get("note", "") + " Re-timed by --set speed_only=true, replacing any earlier speed figures "
+                     "in this note: " + _speed_note(speed))
     extra["speed"] = speed
     return harness.write_result("quant", command=f"{doc['command']} && {command}", config=doc["config"], rows=rows,
                                 targets=targets, extra=extra)
 
 
-def _speed(bc, lm, fp, trained, threads: int, log) -> dict | None:
+def _speed(bc, lm, fp, trained, threads: int, log, source: str = "this benchmark run's EdgeQAT W4A8KV4 model") -> dict | None:
     from ..slim.quant.speed import llama_cpp_speed
 
     return llama_cpp_speed(bc.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,
-                           decode_tokens=bc.speed_tokens, log=log)
+                           decode_tokens=bc.speed_tokens, log=log, source=source)
 
 
 def _plot(diag: dict, path: Path) -> None:

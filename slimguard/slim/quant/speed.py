@@ -73,7 +73,7 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
         cache = speed_cache()
         if cache.is_file():
             log(f"llama-cpp-python not importable here: using the side-by-side measurement cached in {cache}")
-            return json.loads(cache.read_text())
+            return {**json.loads(cache.read_text()), "from_cache": str(cache)}
         raise SlimguardError("--speed needs llama-cpp-python: pip install llama-cpp-python==0.3.36 "
                              "(builds llama.cpp from source, ~7 min on 2 cores)") from None
     from .baselines import rtn
