@@ -97,3 +97,14 @@ def test_dense_only_up_to_dense_max(tmp_path, fake_accuracy, dense_max, expected
     rows = []
     accuracy_part(bc, rows, {}, tmp_path)
     assert {(r["context"], r["method"]) for r in rows} == expected
+
+
+@pytest.mark.parametrize("ran, has, lacks", [
+    (["accuracy"], ["k=2048", "dense only up to 8192"], ["Attention timings"]),
+    (["timing", "cache"], ["Attention timings"], ["Accuracy:"]),
+])
+def test_note_describes_only_the_parts_that_ran(ran, has, lacks):
+    from slimguard.bench.kvselect import KVSelectBenchConfig, kvselect_note
+
+    note = kvselect_note(KVSelectBenchConfig(k=2048, dense_max=8192), 1.0, ran)
+    assert all(h in note for h in has) and not any(x in note for x in lacks)

@@ -248,6 +248,23 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
     return acc
 
 
+def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
+    """What the run measured and how; only the parts that ran are described."""
+    parts = [f"Measured on {os.cpu_count()} CPU cores, load average {load:.1f} at the end of the run (a load above the "
+             "core count inflates absolute times; ratios are side by side in one run)."]
+    if "timing" in ran:
+        parts.append("Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
+                     "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit "
+                     "rate measured on the real model at threshold 0.9.")
+    if "accuracy" in ran:
+        parts.append(f"Accuracy: models {bc.models} on {bc.device}, budget n_init={bc.n_init}, k={bc.k}, "
+                     f"n_local={bc.n_local}, chunk {bc.chunk_size}, at {bc.lengths} tokens"
+                     + (f" (dense only up to {bc.dense_max})" if bc.dense_max else "")
+                     + "; n per cell in the rows; targets at lengths not run stay null (not measured).")
+    parts.append("SmolLM2 weights passed through GGUF Q4_1, Gemma-3 through Q4_K_M.")
+    return " ".join(parts)
+
+
 def _selection_plot(rt, sample, model_name: str, plot_dir: Path) -> None:
     import matplotlib
 
@@ -349,14 +366,7 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
         tg[f"selection_cache_agreement_{thr}"] = target(c.get("agreement"), ">= 0")
     load = os.getloadavg()[0]
     extra["load_average_at_end"] = load
-    extra["note"] = (
-        f"Measured on {os.cpu_count()} CPU cores, load average {load:.1f} at the end of the run (a load above the core "
-        "count inflates absolute times; ratios are side by side in one run). Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
-        "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit rate measured "
-        "on the real model at threshold 0.9. Accuracy runs use a scaled-down budget "
-        f"(n_init={bc.n_init}, k={bc.k}, n_local={bc.n_local}) at {bc.lengths} tokens with n per cell in the rows, because a "
-        "full-size run needs `--full` (a GPU); targets at lengths not run stay null (not measured). "
-        "SmolLM2 weights passed through GGUF Q4_1, Gemma-3 through Q4_K_M.")
+    extra["note"] = kvselect_note(bc, load, ran=[p for p in ("timing", "cache", "accuracy") if p not in skip])
     extra["cache"] = cache
     extra["timing"] = {k: v for k, v in timing.items()}
     # the exact command, so the result can be reproduced from the JSON alone
