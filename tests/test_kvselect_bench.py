@@ -54,10 +54,13 @@ def fake_accuracy(tmp_path, monkeypatch, tiny_llama):
     monkeypatch.setattr(models, "load_causal_lm", lambda name, device="cpu": LoadedModel(tiny_llama, tok, name))
     monkeypatch.setattr(tasks, "Haystack", lambda tokenizer: None)
 
-    def make_samples(hay, task, lengths, depths, n, seed):  # seeded, like the real generator
-        gen = torch.Generator().manual_seed(seed)
-        return [SimpleNamespace(input_ids=torch.randint(4, 128, (lengths[0],), generator=gen).tolist(),
-                                needle_span=(10, 20), n_tokens=lengths[0]) for _ in range(n * len(depths))]
+    def make_samples(hay, task, lengths, depths, n, seed):  # seeded per depth, like the real generator
+        out = []
+        for d in depths:
+            gen = torch.Generator().manual_seed(seed + int(100 * d))
+            out += [SimpleNamespace(input_ids=torch.randint(4, 128, (lengths[0],), generator=gen).tolist(),
+                                    needle_span=(10, 20), n_tokens=lengths[0]) for _ in range(n)]
+        return out
 
     monkeypatch.setattr(tasks, "make_samples", make_samples)
     # "correct" when the first generated token is even: deterministic, and differs between cases
@@ -108,3 +111,18 @@ def test_note_describes_only_the_parts_that_ran(ran, has, lacks):
 
     note = kvselect_note(KVSelectBenchConfig(k=2048, dense_max=8192), 1.0, ran)
     assert all(h in note for h in has) and not any(x in note for x in lacks)
+
+
+def test_cached_cases_follow_content_not_position(tmp_path, fake_accuracy, monkeypatch):
+    """Re-running with other depths reorders the cases: cached results must still match a fresh run."""
+    from slimguard.bench.kvselect import KVSelectBenchConfig, accuracy_part
+
+    kw = dict(lengths=[96], n_per_depth=2, peers=[], n_init=4, k=16, n_local=16, chunk_size=16, tasks=["passkey"],
+              methods=["dense"])
+    accuracy_part(KVSelectBenchConfig(depths=[0.2, 0.8, 0.5], result="kv-a", **kw), [], {}, tmp_path)
+    cached, fresh = [], []
+    accuracy_part(KVSelectBenchConfig(depths=[0.5, 0.8], result="kv-a", **kw), cached, {}, tmp_path)
+    n_before = len(fake_accuracy)
+    accuracy_part(KVSelectBenchConfig(depths=[0.5, 0.8], result="kv-b", **kw), fresh, {}, tmp_path)
+    assert len(fake_accuracy) - n_before == 4  # the fresh run really generated
+    assert [r["value"] for r in cached] == [r["value"] for r in fresh]

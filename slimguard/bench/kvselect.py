@@ -11,6 +11,7 @@ busy CPU cores; ``--full`` runs the issue's sizes (4K-32K accuracy, 64K-128K tim
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -221,7 +222,9 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
             rt = enable_token_select(lm.model, TokenSelectConfig(method=method, **base, record=record))
             hits, secs = [], 0.0
             for i, s in enumerate(tqdm(samples, desc=f"{model_name} {task} {L} {method}", leave=False)):
-                key = json.dumps([model_name, task, L, method, base, bc.seed, i, bc.device])
+                # keyed by the case's content, not its index: other depths or n_per_depth reorder the cases
+                digest = hashlib.sha1(json.dumps(s.input_ids).encode()).hexdigest()
+                key = json.dumps([model_name, task, L, method, base, bc.device, digest])
                 if key in done and not (record and i == len(samples) - 1):
                     hits.append(done[key]["hit"])
                     secs += done[key]["seconds"]
