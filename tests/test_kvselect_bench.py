@@ -69,6 +69,7 @@ def fake_accuracy(tmp_path, monkeypatch, tiny_llama):
     real = tiny_llama.generate
     monkeypatch.setattr(tiny_llama, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLIMGUARD_RUNS", raising=False)  # cases land in tmp_path/runs
     return calls
 
 

@@ -199,12 +199,12 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
 
     from tqdm import tqdm
 
-    from ..core.runs import atomic_write_json
+    from ..core.runs import atomic_write_json, runs_root
 
     base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
     acc: dict = {}
     # every finished case is kept, so a killed run resumes where it stopped (long CPU cells take minutes each)
-    cache_path = Path("runs") / f"bench-{bc.result}" / "cases.json"
+    cache_path = runs_root() / f"bench-{bc.result}" / "cases.json"
     done: dict = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for model_name in bc.models:
         lm = None
@@ -235,8 +235,8 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                     g = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
                                           pad_token_id=lm.tokenizer.pad_token_id)
                 hits.append(float(is_correct(s, lm.tokenizer.decode(g[0, ids.shape[1]:]))))
-                secs += time.perf_counter() - t0
                 done[key] = {"hit": hits[-1], "seconds": time.perf_counter() - t0}
+                secs += done[key]["seconds"]
                 atomic_write_json(cache_path, done)
             if rt.cfg.record and rt.selected():
                 _selection_plot(rt, samples[-1], model_name, plot_dir)

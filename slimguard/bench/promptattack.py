@@ -252,7 +252,7 @@ def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int 
 def register(app: typer.Typer) -> None:
     @app.command("promptattack")
     def promptattack(seeds: int = typer.Option(3, help="Seeds (K-shot draw, attack set, search)."),
-                     n_test: Optional[int] = typer.Option(None, help="Test examples per setting (default 100; --full 500)."),
+                     n_test: Optional[int] = typer.Option(None, help=f"Test examples per setting (default {REDUCED['n_test']}; --full {FULL['n_test']})."),
                      full: bool = typer.Option(False, "--full", help=f"Full size: {FULL} (default: {REDUCED})."),
                      n_attack: Optional[int] = typer.Option(None, help="Attack-set size."),
                      max_queries: Optional[int] = typer.Option(None, help="Query budget per search."),

@@ -253,7 +253,7 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
                                 targets=targets, extra=extra)
 
 
-def _speed(bc, lm, fp, trained, threads: int, log, source: str = "this benchmark run's EdgeQAT W4A8KV4 model") -> dict | None:
+def _speed(bc, lm, fp, trained, threads: int, log, source: str = "the EdgeQAT W4A8KV4 model of the benchmark run that measured them") -> dict | None:
     from ..slim.quant.speed import llama_cpp_speed
 
     return llama_cpp_speed(bc.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,

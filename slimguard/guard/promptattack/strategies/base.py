@@ -19,9 +19,6 @@ from ..templates import token_edits
 from ..victims import PreparedBatch
 
 
-OBJECTIVES = ("ce", "margin")
-
-
 def attack_loss(logits: torch.Tensor, labels: torch.Tensor, objective: str = "ce", kappa: float = 1.0) -> torch.Tensor:
     """Per-example attack loss (higher = more wrong).
 
