@@ -178,3 +178,33 @@ def test_soft_vote_is_not_dominated_by_one_head():
     s = K.soft_vote(logits)
     assert s[0, 5] > s[0, 0]
     assert math.isclose(float(s.sum()), 3.0, rel_tol=1e-5)
+
+
+def _vote_reference(q_un, k_un, n_init, k, n_local, scaling, per_query):
+    """Top-k middle positions by summed softmax over heads (and queries when ``per_query``), with loops."""
+    hq, c = q_un.shape[1], q_un.shape[2]
+    hkv, n = k_un.shape[1], k_un.shape[2]
+    g = hq // hkv
+    cand = list(range(n_init, n - n_local))
+    rows = [q_un[0, h, t] for h in range(hq) for t in range(c)] if per_query else \
+        [q_un[0, h].mean(0) for h in range(hq)]
+    heads = [h for h in range(hq) for _ in range(c)] if per_query else list(range(hq))
+    score = torch.zeros(len(cand))
+    for qv, h in zip(rows, heads):
+        score += torch.softmax(torch.stack([qv @ k_un[0, h // g, j] for j in cand]) * scaling, 0)
+    return sorted(cand[i] for i in torch.topk(score, k).indices.tolist())
+
+
+@pytest.mark.parametrize("vote_queries,per_query", [(64, True), (3, False), (0, False)])
+def test_short_chunk_votes_per_query(vote_queries, per_query):
+    """The question tail (4 queries here) votes query by query unless it is longer than ``vote_queries``."""
+    n, L = 200, 5
+    cfg = TokenSelectConfig(n_init=3, k=20, n_local=10, chunk_size=8, tail_chunk=4, vote_queries=vote_queries,
+                            record=True)
+    m, st = _module(cfg, 2)
+    q, k, v, q_un, k_un = _qkv(1, 4, 2, L, n, seed=11)
+    token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
+    got = st.last_idx[0, 0, 3:23].tolist()  # the middle of the tail chunk's selection
+    assert got == _vote_reference(q_un[:, :, 1:], k_un[:, :, :n], 3, 20, 10, D ** -0.5, per_query)
+    if per_query:
+        assert got != _vote_reference(q_un[:, :, 1:], k_un, 3, 20, 10, D ** -0.5, False)

@@ -313,9 +313,13 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
         st.h2o_kept, st.h2o_hi = elig.gather(2, keep), hi
         return st.h2o_kept
     # tokenselect: position-free fingerprint of the chunk, Selection Cache on decode steps
-    q_un = K.rotate(q, -torch.arange(q0, q0 + c, device=q.device), inv).mean(2)  # [B, Hq, d]
+    q_un = K.rotate(q, -torch.arange(q0, q0 + c, device=q.device), inv)  # [B, Hq, c, d]
+    # A short chunk (the question, a decode step) votes with every query: the mean of a
+    # question's queries points at no needle in particular. Long prefill chunks keep the mean
+    # fingerprint so scoring stays one read of the keys per chunk.
+    q_un = q_un if 1 < c <= cfg.vote_queries else q_un.mean(2)
     if cfg.score_distance:
-        q_un = K.rotate(q_un[:, :, None], torch.tensor([cfg.score_distance], device=q.device), inv)[:, :, 0]
+        q_un = K.rotate(q_un, torch.tensor([cfg.score_distance], device=q.device), inv)
     if decode and cfg.cache_threshold is not None and st.cached_q is not None:
         cos = torch.nn.functional.cosine_similarity(q_un.reshape(b, -1).float(), st.cached_q, dim=-1)
         if bool((cos >= cfg.cache_threshold).all()) and int(st.cached_mid.max()) < hi:

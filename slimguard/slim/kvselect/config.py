@@ -38,6 +38,9 @@ class TokenSelectConfig(Config):
         "Selection Cache: reuse the previous decode step's top-k while cos(q_t, q_cached) >= this; "
         "null disables the cache. 1.0 effectively never hits."))
     pool_kernel: int = Field(1, ge=1, description="Odd max-pool width over neighbouring token scores (1 = off).")
+    vote_queries: int = Field(64, ge=0, description=(
+        "Chunks of at most this many queries (the question tail) soft-vote with each query, summing the "
+        "softmax over heads and queries; longer chunks score their mean query. 0 always uses the mean."))
     score_distance: int = Field(0, ge=0, description=(
         "Scoring is position-free: keys are scored un-rotated, the query rotated as if every candidate sat "
         "this many tokens away."))

@@ -47,16 +47,22 @@ def group_view(q: torch.Tensor, n_kv: int) -> torch.Tensor:
 
 
 def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Per-query-head logits of one fingerprint query: ``q_fp [B, Hq, d]``, ``keys [B, Hkv, M, d]`` -> ``[B, Hq, M]``."""
-    b, hq, d = q_fp.shape
+    """Logits of fingerprint queries against every key, one row per (query head, query).
+
+    ``q_fp [B, Hq, d]`` (one fingerprint per head) or ``[B, Hq, C, d]`` (C voting queries per
+    head), ``keys [B, Hkv, M, d]`` -> ``[B, Hq, M]`` or ``[B, Hq * C, M]``; one pass over the keys.
+    """
+    b, hq = q_fp.shape[:2]
+    d = q_fp.shape[-1]
     n_kv = keys.shape[1]
-    qg = group_view(q_fp, n_kv).to(keys.dtype)  # [B, Hkv, G, d]
-    logits = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G, M], one pass over the keys
-    return logits.reshape(b, hq, -1).to(torch.float32) * scaling
+    qg = group_view(q_fp, n_kv).to(keys.dtype).reshape(b, n_kv, -1, d)  # [B, Hkv, G (* C), d]
+    logits = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G (* C), M]
+    return logits.reshape(b, -1, keys.shape[2]).to(torch.float32) * scaling
 
 
 def soft_vote(logits: torch.Tensor, pool_kernel: int = 1) -> torch.Tensor:
-    """``score[j] = sum_h softmax_j(logits_h)[j]`` so no single head with large logits dominates."""
+    """``score[j] = sum_r softmax_j(logits_r)[j]`` over rows r (heads, or heads x queries), so no
+    single head or query with large logits dominates."""
     score = torch.softmax(logits, dim=-1).sum(dim=1)  # [B, M]
     if pool_kernel > 1:
         score = F.max_pool1d(score[:, None], pool_kernel, stride=1, padding=pool_kernel // 2)[:, 0]
