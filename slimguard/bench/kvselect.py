@@ -40,6 +40,7 @@ class KVSelectBenchConfig(Config):
     k: int = Field(128, ge=1, description="Accuracy-part budget: selected tokens.")
     n_local: int = Field(128, ge=1, description="Accuracy-part budget: local window.")
     chunk_size: int = Field(128, ge=1, description="Accuracy-part prefill chunk.")
+    pool_kernel: int = Field(1, ge=1, description="Accuracy-part TokenSelect max-pool width over neighbouring scores.")
     timing_lengths: list[int] = Field([16384, 32768], description="Context lengths of the attention timing.")
     prefill_repeats: int = Field(1, ge=1, description="Repeats of the full-prefill timing (dense 32K is slow on CPU).")
     decode_tokens: int = Field(16, ge=1, description="Decode steps for the Selection Cache / end-to-end part.")
@@ -155,6 +156,8 @@ def cache_part(bc: KVSelectBenchConfig, rows: list) -> dict:
     s = hay.sample("passkey", max(bc.lengths), 0.5, seed=bc.seed)
     ids = torch.tensor([s.input_ids])
     base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
+    if bc.pool_kernel > 1:  # only when set, so cached cases of earlier runs keep their keys
+        base["pool_kernel"] = bc.pool_kernel
     out = {}
     with torch.no_grad():
         rt = enable_token_select(lm.model, TokenSelectConfig(**base, cache_threshold=None))
@@ -202,6 +205,8 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
     from ..core.runs import atomic_write_json, runs_root
 
     base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
+    if bc.pool_kernel > 1:  # only when set, so cached cases of earlier runs keep their keys
+        base["pool_kernel"] = bc.pool_kernel
     acc: dict = {}
     # every finished case is kept, so a killed run resumes where it stopped (long CPU cells take minutes each)
     cache_path = runs_root() / f"bench-{bc.result}" / "cases.json"
@@ -261,7 +266,8 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
                      "rate measured on the real model at threshold 0.9.")
     if "accuracy" in ran:
         parts.append(f"Accuracy: models {bc.models} on {bc.device}, budget n_init={bc.n_init}, k={bc.k}, "
-                     f"n_local={bc.n_local}, chunk {bc.chunk_size}, at {bc.lengths} tokens"
+                     f"n_local={bc.n_local}, chunk {bc.chunk_size}, TokenSelect max-pool {bc.pool_kernel}, "
+                     f"at {bc.lengths} tokens"
                      + (f" (dense only up to {bc.dense_max})" if bc.dense_max else "")
                      + "; n per cell in the rows; targets at lengths not run stay null (not measured).")
     parts.append("SmolLM2 weights passed through GGUF Q4_1, Gemma-3 through Q4_K_M.")

@@ -5,6 +5,11 @@ needle-in-a-haystack / InfiniteBench passkey and RULER multi-key tasks that Toke
 Every sample is built in token space for one tokenizer, so a requested length of 32K is
 32K tokens for that model; needles are snapped to a sentence end at the requested depth.
 All randomness comes from one ``numpy`` Generator seeded per sample.
+
+The passkey question points back at the text ("mentioned in the text above"): with the bare
+"What is the pass key? The pass key is", dense Gemma-3-270M at 1K tokens answered 10 of 20
+seeded cases, mostly continuing with " the key to ..."; with the pointer, 17 of 20. The
+question was fixed on dense short-context cases, before any selector was scored with it.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class Haystack:
         if task == "passkey":
             key = str(rng.integers(10000, 100000))
             return [(f" The pass key is {key}. Remember it. {key} is the pass key.", None)], \
-                "\n\nWhat is the pass key? The pass key is", key
+                "\n\nWhat is the pass key mentioned in the text above? The pass key is", key
         if task == "multikey":
             words = rng.choice(_WORDS, 4, replace=False)
             nums = [str(rng.integers(1000000, 10000000)) for _ in words]
