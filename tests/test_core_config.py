@@ -73,3 +73,14 @@ def test_bad_config_files(tmp_path, content, suffix, message):
     f.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
         resolve(Outer, config_file=f)
+
+
+def test_base_sits_between_defaults_and_everything_else(tmp_path):
+    """Model-scaled defaults (``base``) replace class defaults but never a file, --set or CLI value."""
+    f = tmp_path / "c.yaml"
+    f.write_text("name: fromfile\n")
+    base = {"name": "scaled", "seeds": [7]}
+    assert resolve(Outer, base=base).seeds == [7] and resolve(Outer, base=base).name == "scaled"
+    assert resolve(Outer, base=base, config_file=f).name == "fromfile"
+    assert resolve(Outer, base=base, sets=["seeds=[1]"]).seeds == [1]
+    assert resolve(Outer, base=base, name="cli").name == "cli"

@@ -143,3 +143,14 @@ def test_real_smollm2_budget_covering_equals_dense(need_asset):
         rt = enable_token_select(lm.model, TokenSelectConfig())
         out = lm.model(ids).logits
     assert torch.equal(out, ref) and rt.stats().dense_calls == 30
+
+
+@pytest.mark.parametrize("trained,want", [(8192, {"k": 1024, "pool_kernel": 1}), (32768, {"k": 512, "pool_kernel": 31}),
+                                          (None, {"k": 1024, "pool_kernel": 1})])
+def test_defaults_scale_with_trained_window(trained, want):
+    from types import SimpleNamespace
+
+    from slimguard.slim.kvselect.config import defaults_for
+
+    cfg = TokenSelectConfig(**defaults_for(SimpleNamespace(max_position_embeddings=trained)))
+    assert {k: getattr(cfg, k) for k in want} == want and cfg.budget <= (trained or 8192) // 5 + 64

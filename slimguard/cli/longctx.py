@@ -32,7 +32,7 @@ def generate(model: str = typer.Option("smollm2-135m", "--model", "-m", help="As
     from ..core.config import resolve
     from ..core.errors import SlimguardError
     from ..core.runs import Run
-    from ..slim.kvselect.config import TokenSelectConfig
+    from ..slim.kvselect.config import TokenSelectConfig, defaults_for
 
     cfg = resolve(TokenSelectConfig, config_file=config, sets=set_, method=method, k=k)
     if max_new_tokens < 1:
@@ -51,6 +51,8 @@ def generate(model: str = typer.Option("smollm2-135m", "--model", "-m", help="As
     from ..slim.kvselect import enable_token_select
 
     lm = load_causal_lm(model)
+    # budget scaled to the model's trained window unless the user set it (resolved once above to fail fast)
+    cfg = resolve(TokenSelectConfig, config_file=config, sets=set_, method=method, k=k, base=defaults_for(lm.model.config))
     rt = enable_token_select(lm.model, cfg)
     ids = lm.tokenizer(text + ("\n\n" + prompt if prompt else ""), return_tensors="pt")["input_ids"]
     con = console()

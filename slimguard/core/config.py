@@ -108,9 +108,10 @@ def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 
 
 def resolve(cls: type[C], *, config_file: str | Path | None = None, sets: list[str] | None = None,
-            **explicit: Any) -> C:
-    """Defaults < file < --set < explicit (non-None) CLI options."""
-    data: dict[str, Any] = load_file(config_file) if config_file else {}
+            base: dict[str, Any] | None = None, **explicit: Any) -> C:
+    """Defaults < ``base`` (e.g. defaults scaled to a model) < file < --set < explicit (non-None) CLI options."""
+    data: dict[str, Any] = dict(base or {})
+    data.update(load_file(config_file) if config_file else {})
     data = apply_sets(data, sets or [])
     data.update({k: v for k, v in explicit.items() if v is not None})
     return build(cls, data)
