@@ -103,15 +103,27 @@ def test_dense_only_up_to_dense_max(tmp_path, fake_accuracy, dense_max, expected
     assert {(r["context"], r["method"]) for r in rows} == expected
 
 
-@pytest.mark.parametrize("ran, has, lacks", [
-    (["accuracy"], ["k=2048", "dense only up to 8192"], ["Attention timings"]),
-    (["timing", "cache"], ["Attention timings"], ["Accuracy:"]),
+@pytest.mark.parametrize("ran, extra, has, lacks", [
+    (["accuracy"], {}, ["k=2048", "dense only up to 8192"], ["Attention timings", "scaled defaults"]),
+    (["accuracy"], {"model_defaults": True}, ["scaled defaults"], ["k=2048"]),
+    (["timing", "cache"], {}, ["Attention timings"], ["Accuracy:"]),
 ])
-def test_note_describes_only_the_parts_that_ran(ran, has, lacks):
+def test_note_describes_only_the_parts_that_ran(ran, extra, has, lacks):
     from slimguard.bench.kvselect import KVSelectBenchConfig, kvselect_note
 
-    note = kvselect_note(KVSelectBenchConfig(k=2048, dense_max=8192), 1.0, ran)
+    note = kvselect_note(KVSelectBenchConfig(k=2048, dense_max=8192, **extra), 1.0, ran)
     assert all(h in note for h in has) and not any(x in note for x in lacks)
+
+
+@pytest.mark.parametrize("model_defaults, budget", [(False, 4 + 16 + 16), (True, 64 + 1024 + 512)])
+def test_model_defaults_take_each_models_scaled_budget(tmp_path, fake_accuracy, model_defaults, budget):
+    from slimguard.bench.kvselect import KVSelectBenchConfig, accuracy_part
+
+    bc = KVSelectBenchConfig(lengths=[64], depths=[0.5], n_per_depth=1, peers=[], n_init=4, k=16, n_local=16,
+                             chunk_size=16, tasks=["passkey"], result="kv-md", model_defaults=model_defaults)
+    rows = []
+    accuracy_part(bc, rows, {}, tmp_path)
+    assert {r["budget"] for r in rows} == {budget}
 
 
 def test_cached_cases_follow_content_not_position(tmp_path, fake_accuracy, monkeypatch):

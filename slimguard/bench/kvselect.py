@@ -41,6 +41,9 @@ class KVSelectBenchConfig(Config):
     n_local: int = Field(128, ge=1, description="Accuracy-part budget: local window.")
     chunk_size: int = Field(128, ge=1, description="Accuracy-part prefill chunk.")
     pool_kernel: int = Field(1, ge=1, description="Accuracy-part TokenSelect max-pool width over neighbouring scores.")
+    model_defaults: bool = Field(False, description=(
+        "Accuracy part: each model uses its own scaled budget (defaults_for: n_init, k, n_local, pool_kernel) "
+        "instead of the fields above."))
     timing_lengths: list[int] = Field([16384, 32768], description="Context lengths of the attention timing.")
     prefill_repeats: int = Field(1, ge=1, description="Repeats of the full-prefill timing (dense 32K is slow on CPU).")
     decode_tokens: int = Field(16, ge=1, description="Decode steps for the Selection Cache / end-to-end part.")
@@ -197,6 +200,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
 
     from ..core.models import load_causal_lm
     from ..slim.kvselect import TokenSelectConfig, disable_token_select, enable_token_select
+    from ..slim.kvselect.config import defaults_for
     from ..slim.kvselect.tasks import Haystack, is_correct, make_samples
     from .harness import mean_std
 
@@ -220,6 +224,8 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
             if lm is None:
                 lm = load_causal_lm(model_name, device=bc.device)
                 hay = Haystack(lm.tokenizer)
+                if bc.model_defaults:
+                    base = {**defaults_for(lm.model.config), "chunk_size": bc.chunk_size}
             samples = make_samples(hay, task, [L], bc.depths if method in ("dense", "tokenselect") else [0.5],
                                    bc.n_per_depth if method in ("dense", "tokenselect") else len(bc.depths),
                                    seed=bc.seed + L)
@@ -265,8 +271,9 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
                      "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit "
                      "rate measured on the real model at threshold 0.9.")
     if "accuracy" in ran:
-        parts.append(f"Accuracy: models {bc.models} on {bc.device}, budget n_init={bc.n_init}, k={bc.k}, "
-                     f"n_local={bc.n_local}, chunk {bc.chunk_size}, TokenSelect max-pool {bc.pool_kernel}, "
+        budget = "each model's scaled defaults (defaults_for)" if bc.model_defaults else \
+            f"n_init={bc.n_init}, k={bc.k}, n_local={bc.n_local}, TokenSelect max-pool {bc.pool_kernel}"
+        parts.append(f"Accuracy: models {bc.models} on {bc.device}, budget {budget}, chunk {bc.chunk_size}, "
                      f"at {bc.lengths} tokens"
                      + (f" (dense only up to {bc.dense_max})" if bc.dense_max else "")
                      + "; n per cell in the rows; targets at lengths not run stay null (not measured).")
@@ -318,7 +325,7 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
         overrides = dict(models=["smollm2-135m", "gemma3-270m"], peers=["streaming", "h2o", "quest", "random", "oracle"],
                          lengths=[1024, 2048, 4096, 8192, 16384, 32768], depths=[0.1, 0.3, 0.5, 0.7, 0.9], n_per_depth=4,
                          decode_tokens=64,
-                         peer_length=32768, n_init=64, k=1024, n_local=512, chunk_size=512,
+                         peer_length=32768, model_defaults=True, chunk_size=512,
                          timing_lengths=[32768, 65536, 131072], prefill_repeats=5)
     bc = resolve(KVSelectBenchConfig, config_file=config, sets=sets, **overrides)
     torch.set_num_threads(bc.threads)
