@@ -54,6 +54,14 @@ class KVSelectBenchConfig(Config):
     result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description="Result file name under benchmarks/results/ (a partial run, e.g. one model, can keep its own file).")
 
 
+def _budget(bc: KVSelectBenchConfig) -> dict:
+    """The TokenSelectConfig budget fields the bench config sets."""
+    base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
+    if bc.pool_kernel > 1:  # only when set, so cached cases of earlier runs keep their keys
+        base["pool_kernel"] = bc.pool_kernel
+    return base
+
+
 def _peak_rss_mb(fn) -> tuple[float, object]:
     """Peak resident memory growth of ``fn`` (Linux: reset VmHWM through /proc/self/clear_refs)."""
     def status(key):
@@ -158,9 +166,7 @@ def cache_part(bc: KVSelectBenchConfig, rows: list) -> dict:
     hay = Haystack(lm.tokenizer)
     s = hay.sample("passkey", max(bc.lengths), 0.5, seed=bc.seed)
     ids = torch.tensor([s.input_ids])
-    base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
-    if bc.pool_kernel > 1:  # only when set, so cached cases of earlier runs keep their keys
-        base["pool_kernel"] = bc.pool_kernel
+    base = _budget(bc)
     out = {}
     with torch.no_grad():
         rt = enable_token_select(lm.model, TokenSelectConfig(**base, cache_threshold=None))
@@ -208,9 +214,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
 
     from ..core.runs import atomic_write_json, runs_root
 
-    base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
-    if bc.pool_kernel > 1:  # only when set, so cached cases of earlier runs keep their keys
-        base["pool_kernel"] = bc.pool_kernel
+    base = _budget(bc)
     acc: dict = {}
     # every finished case is kept, so a killed run resumes where it stopped (long CPU cells take minutes each)
     cache_path = runs_root() / f"bench-{bc.result}" / "cases.json"

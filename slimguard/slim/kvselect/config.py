@@ -69,11 +69,12 @@ class TokenSelectConfig(Config):
 def defaults_for(model_config) -> dict:
     """Defaults scaled to the model (``slimguard longctx generate`` applies them under any user setting).
 
-    Models trained on >= 32K with sliding-window layers (Gemma-3-270M) read best through a
-    small, needle-shaped selection: k=512 with max-pool 31, so a high-scoring token brings its
-    sentence along. On 20 seeded essay passkey cases at 16K this scored 0.75 where k=2048
-    without pooling scored 0.30 (n=10, docs/kvselect.md). Other models keep a budget of about a
-    fifth of the trained window (SmolLM2: 64 + 1,024 + 512 of 8K).
+    Models trained on >= 32K (measured on Gemma-3-270M) read best through a small,
+    needle-shaped selection: k=512 with max-pool 31, so a high-scoring token brings its
+    sentence along. On 20 seeded essay passkey cases at 16K this scored 0.75; the earlier
+    k=2048, unpooled setting scored 0.30 (n=10, with the older question and mean fingerprint;
+    docs/kvselect.md). Other models keep a budget of about a fifth of the trained window
+    (SmolLM2: 64 + 1,024 + 512 of 8K).
     """
     trained = int(getattr(model_config, "max_position_embeddings", 8192) or 8192)
     if trained >= 32768:
