@@ -8,8 +8,9 @@ All randomness comes from one ``numpy`` Generator seeded per sample.
 
 The passkey question points back at the text ("mentioned in the text above"): with the bare
 "What is the pass key? The pass key is", dense Gemma-3-270M at 1K tokens answered 10 of 20
-seeded cases, mostly continuing with " the key to ..."; with the pointer, 17 of 20. The
-question was fixed on dense short-context cases, before any selector was scored with it.
+seeded cases, mostly continuing with " the key to ..."; with the pointer, 17 of 20 (a one-off
+comparison script, not a project command). The question was fixed on dense short-context
+cases, before any selector was scored with it.
 """
 
 from __future__ import annotations
