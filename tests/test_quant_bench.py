@@ -53,7 +53,9 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     new = [{"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 100.0}]
     speed = {"rows": new, "measured": "2026-11-22T22:00:00Z",
              "summary": {"decode_speedup_vs_f16": 2.5, "size_ratio_vs_f16": 3.0, "threads": 2, "load_average": 0.4}}
-    monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log, source: {**speed, "quantized_model_source": source})
+    monkeypatch.setattr(bq, "_heldout_windows", lambda bc, lm: [[1, 2, 3]])
+    monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log, windows, source:
+                        {**speed, "quantized_model_source": source, "windows": windows})
     path = bq._speed_only(QuantBenchConfig(speed_only=True), type("LM", (), {"model": None})(), "again", 2, print)
     doc = json.loads(path.read_text())
     assert [r["value"] for r in doc["rows"] if r["method"].startswith("llama.cpp")] == [100.0]
@@ -77,3 +79,37 @@ def test_speed_note_says_where_speed_rows_come_from(speed, has, lacks):
 
     note = _speed_note(speed)
     assert all(h in note for h in has) and not any(x in note for x in lacks)
+
+
+def test_llama_cpp_nll_matches_torch_cross_entropy():
+    """Perplexity inside llama.cpp uses the torch evaluation's arithmetic: row i of the logits scores token i + 1."""
+    import torch
+
+    from slimguard.slim.quant.speed import next_token_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 50, generator=g) * 4  # one row more than needed, as llama.cpp's score buffer has
+    tokens = torch.randint(0, 50, (8,), generator=g)
+    ref = torch.nn.functional.cross_entropy(logits[:7].double(), tokens[1:], reduction="sum")
+    assert next_token_nll(logits.numpy(), tokens.tolist()) == pytest.approx(float(ref), rel=1e-9)
+    shifted = next_token_nll(logits[1:].numpy(), tokens.tolist())  # an off-by-one would score other rows
+    assert shifted != pytest.approx(float(ref), rel=1e-3)
+
+
+def test_windows_flatten_eval_batches_in_order():
+    import torch
+
+    from slimguard.bench.quant import _windows
+
+    b = [torch.arange(6).reshape(2, 3), torch.arange(6, 9).reshape(1, 3)]
+    assert _windows(b) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_speed_note_names_contexts_and_runtime_perplexity():
+    from slimguard.bench.quant import _speed_note
+
+    sp = {"measured": "T", "quantized_model_source": "M", "prompt_tokens": 128, "contexts": [1024, 4096],
+          "summary": {"threads": 2, "load_average": 0.5, "ppl_f16": 47.98, "eval_tokens": 378}}
+    note = _speed_note(sp)
+    assert "after 128 prompt tokens (the headline) and after 1024, 4096 tokens" in note
+    assert "same 378 held-out tokens as the torch rows (F16 GGUF 47.98)" in note

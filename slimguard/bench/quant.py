@@ -53,7 +53,10 @@ class QuantBenchConfig(Config):
     lr: float = Field(2.5e-5, description="Weight learning rate.")
     speed: bool = Field(False, description="Also run llama.cpp speed (needs llama-cpp-python).")
     speed_tokens: int = Field(32, description="Decode tokens per timing repeat.")
-    speed_prompt: int = Field(128, description="Prompt tokens for the prefill timing.")
+    speed_prompt: int = Field(128, description="Prompt tokens for the prefill timing (decode is timed after them).")
+    speed_contexts: list[int] = Field(default_factory=lambda: [1024, 4096],
+                                      description="Further context lengths at which decode is timed (the KV cache "
+                                                  "type matters most there).")
     speed_only: bool = Field(False, description="Skip training; time the EdgeQAT model saved by the last full run "
                                                 "(runs/bench-quant/) and merge the speed rows into quant.json.")
     datasets: list[str] = Field(default_factory=lambda: ["pg-essays"],
@@ -167,7 +170,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     speed = None
     if bc.speed:
         try:
-            speed = _speed(bc, lm, fp, trained_for_export, threads, log)
+            speed = _speed(bc, lm, fp, trained_for_export, threads, log, windows=_windows(ev))
         except SlimguardError as e:  # llama-cpp-python is optional: keep the QAT results
             log(f"speed skipped: {e}")
     targets = _targets(bc, results, fp_res.ppl, speed)
@@ -219,7 +222,11 @@ def _speed_note(speed: dict | None) -> str:
     return (f"llama.cpp rows measured {speed.get('measured')} ({sm.get('threads')} threads, load average "
             f"{sm.get('load_average', float('nan')):.1f}) on {speed.get('quantized_model_source')}"
             + (f"; taken from {speed['from_cache']} because llama-cpp-python was not importable in this process"
-               if speed.get("from_cache") else "") + ". ")
+               if speed.get("from_cache") else "") + ". "
+            + (f"Decode is timed after {speed['prompt_tokens']} prompt tokens (the headline) and after "
+               f"{', '.join(map(str, speed['contexts']))} tokens; " if speed.get("contexts") else "")
+            + (f"llama_cpp_ppl is each GGUF's perplexity inside llama.cpp on the same {sm['eval_tokens']} held-out "
+               f"tokens as the torch rows (F16 GGUF {sm['ppl_f16']:.2f}). " if sm.get("ppl_f16") else ""))
 
 
 def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
@@ -236,7 +243,8 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
         raise SlimguardError(f"--set speed_only=true needs a previous `slimguard bench quant` run ({packed} and "
                              f"{res_path}); run it first")
     trained, _ = load_packed(packed)
-    speed = _speed(bc, lm, lm.model, trained, threads, log, source=f"the EdgeQAT model saved in {packed}")
+    speed = _speed(bc, lm, lm.model, trained, threads, log, source=f"the EdgeQAT model saved in {packed}",
+                   windows=_heldout_windows(bc, lm))
     doc = json.loads(res_path.read_text())
     rows = [r for r in doc["rows"] if not str(r.get("method", "")).startswith("llama.cpp")] + speed["rows"]
     res = {}
@@ -253,11 +261,26 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
                                 targets=targets, extra=extra)
 
 
-def _speed(bc, lm, fp, trained, threads: int, log, source: str = "the EdgeQAT W4A8KV4 model of the benchmark run that measured them") -> dict | None:
+def _heldout_windows(bc, lm) -> list[list[int]]:
+    """The held-out blocks a full run evaluates on (same split, sequence length and count)."""
+    from ..slim.quant.data import load_blocks
+
+    blocks = load_blocks(lm.tokenizer, bc.datasets, "pg-essays", seq_len=bc.seq_len, eval_frac=0.15)
+    return _windows(blocks.eval_batches(bc.eval_batches, bc.batch_size))
+
+
+def _windows(batches) -> list[list[int]]:
+    """The torch evaluation's held-out blocks as token lists, for perplexity inside llama.cpp."""
+    return [row.tolist() for b in batches for row in b]
+
+
+def _speed(bc, lm, fp, trained, threads: int, log, windows: list[list[int]] | None = None,
+           source: str = "the EdgeQAT W4A8KV4 model of the benchmark run that measured them") -> dict | None:
     from ..slim.quant.speed import llama_cpp_speed
 
     return llama_cpp_speed(bc.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,
-                           decode_tokens=bc.speed_tokens, log=log, source=source)
+                           decode_tokens=bc.speed_tokens, contexts=tuple(bc.speed_contexts), eval_windows=windows,
+                           log=log, source=source)
 
 
 def _plot(diag: dict, path: Path) -> None:

@@ -1,12 +1,17 @@
 """Real low-bit speed for EdgeQAT exports: the learned-Q4_0 GGUF (q4_0 / q8_0 KV cache) vs
 F16 and F32 GGUFs of the same model in llama.cpp (``llama-cpp-python``, an optional extra).
 
-Decode is memory-bound, so the ideal speedup is the bytes ratio (<= 4x vs F16); KV bytes per
-token are ``2 * layers * kv_heads * head_dim * bytes_per_element``.
+Decode of a large model is memory-bound, so the ideal speedup is the bytes ratio (<= 3.6x vs
+F16 for Q4_0's 4.5 bits per weight); a 135M model is not, and its per-op overhead caps the ratio
+well below that. KV bytes per token are ``2 * layers * kv_heads * head_dim * bytes_per_element``.
+Decode is timed at several context lengths because the KV cache type dominates long contexts,
+and every file's perplexity is measured in llama.cpp itself on the same held-out blocks as the
+torch evaluation, so a faster configuration that reads worse shows it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +19,10 @@ from pathlib import Path
 from ...core.errors import SlimguardError
 
 KV_BYTES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# (label, file key, KV cache type); the first quantized row is the headline W4A8KV4 export
+PLAN = [("f32", "f32", "f16"), ("f16", "f16", "f16"),
+        ("edgeqat_q4_0", "edgeqat_q4_0", "q4_0"), ("edgeqat_q4_0", "edgeqat_q4_0", "q8_0"),
+        ("edgeqat_q4_0_embq4", "edgeqat_q4_0_embq4", "q4_0"), ("edgeqat_q4_0_embq4", "edgeqat_q4_0_embq4", "q8_0")]
 
 
 def _ggml_type(name: str) -> int:
@@ -23,36 +32,73 @@ def _ggml_type(name: str) -> int:
             "q4_0": llama_cpp.GGML_TYPE_Q4_0}[name]
 
 
-def time_gguf(path: Path, *, kv: str, threads: int, prompt_tokens: int, decode_tokens: int, repeats: int = 5) -> dict:
-    """Prefill and decode tokens/s of one GGUF (median of ``repeats`` after a warm-up)."""
+def _load(path: Path, *, kv: str, threads: int, n_ctx: int, n_batch: int, logits_all: bool = False):
     from llama_cpp import Llama
 
+    # flash attention: llama.cpp only quantizes the V cache with it
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch,
+                 type_k=_ggml_type(kv), type_v=_ggml_type(kv), flash_attn=True, logits_all=logits_all,
+                 verbose=False, seed=0)
+
+
+def time_gguf(path: Path, *, kv: str, threads: int, prompt_tokens: int, decode_tokens: int,
+              contexts: tuple[int, ...] = (), repeats: int = 5) -> dict:
+    """Prefill tokens/s at ``prompt_tokens`` and decode tokens/s after ``prompt_tokens`` and after
+    each of ``contexts`` tokens (medians of ``repeats`` after a warm-up)."""
     from ...bench.harness import time_it
 
-    llm = Llama(model_path=str(path), n_ctx=prompt_tokens + decode_tokens + 8, n_threads=threads,
-                n_threads_batch=threads, n_batch=prompt_tokens, type_k=_ggml_type(kv), type_v=_ggml_type(kv),
-                flash_attn=True, verbose=False, seed=0)
-    prompt = [(7 * i + 11) % 1000 + 100 for i in range(prompt_tokens)]
+    longest = max((prompt_tokens, *contexts))
+    llm = _load(path, kv=kv, threads=threads, n_ctx=longest + decode_tokens + 8, n_batch=min(512, longest))
+    text = [(7 * i + 11) % 1000 + 100 for i in range(longest)]  # ids only: speed does not depend on meaning
 
     def prefill():
         llm.reset()
-        llm.eval(prompt)
+        llm.eval(text[:prompt_tokens])
 
-    def decode():
-        llm.reset()
-        llm.eval(prompt[:8])
-        for i in range(decode_tokens):
-            llm.eval([prompt[8 + i % 100]])
+    def decode_after(n: int):
+        def run():
+            llm.n_tokens = n  # the next eval drops the KV entries past n, so every repeat decodes from n
+            for i in range(decode_tokens):
+                llm.eval([text[i % 100]])
+        return run
 
     tp = time_it(prefill, repeats=repeats)
-    td = time_it(decode, repeats=repeats)
-    # the decode timing includes an 8-token prefill: subtract its share to keep decode per-token
-    pre8 = tp.median_s * 8 / prompt_tokens
-    out = {"prefill_tok_s": prompt_tokens / tp.median_s,
-           "decode_tok_s": decode_tokens / max(1e-9, td.median_s - pre8),
-           "prefill_s": tp.to_dict(), "decode_s": td.to_dict()}
+    out = {"prefill_tok_s": prompt_tokens / tp.median_s, "prefill_s": tp.to_dict(), "decode_tok_s_at": {}}
+    for n in dict.fromkeys((prompt_tokens, *contexts)):
+        llm.reset()
+        llm.eval(text[:n])
+        td = time_it(decode_after(n), repeats=repeats)
+        out["decode_tok_s_at"][n] = decode_tokens / td.median_s
+        if n == prompt_tokens:
+            out["decode_tok_s"], out["decode_s"] = decode_tokens / td.median_s, td.to_dict()
     del llm
     return out
+
+
+def next_token_nll(logits, tokens: list[int]) -> float:
+    """Summed next-token NLL of ``tokens`` given ``logits`` ([len(tokens) - 1 or more, vocab], row i predicts
+    token i + 1), in float64 with a stable log-softmax."""
+    import numpy as np
+
+    z = np.asarray(logits[: len(tokens) - 1], dtype=np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -float(logp[np.arange(len(tokens) - 1), tokens[1:]].sum())
+
+
+def gguf_perplexity(path: Path, windows: list[list[int]], *, kv: str, threads: int) -> float:
+    """Perplexity in llama.cpp over independent windows (each scored from its own start, next-token NLL),
+    the same arithmetic as ``slimguard.slim.quant.evaluate`` so the two can be compared."""
+    n = max(len(w) for w in windows)
+    llm = _load(path, kv=kv, threads=threads, n_ctx=n + 8, n_batch=n, logits_all=True)
+    nll, count = 0.0, 0
+    for w in windows:
+        llm.reset()
+        llm.eval(w)
+        nll += next_token_nll(llm.scores, w)
+        count += len(w) - 1
+    del llm
+    return math.exp(nll / max(1, count))
 
 
 def speed_cache() -> Path:
@@ -62,9 +108,11 @@ def speed_cache() -> Path:
 
 
 def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens: int, decode_tokens: int,
+                    contexts: tuple[int, ...] = (), eval_windows: list[list[int]] | None = None,
                     log=print, out_dir: Path | None = None, source: str = "this benchmark run") -> dict:
-    """Time F32 / F16 / learned-Q4_0 GGUFs side by side; the result is also cached in runs/bench-quant/speed.json
-    so a benchmark process without llama-cpp-python can still report the last side-by-side measurement."""
+    """Time F32 / F16 / learned-Q4_0 GGUFs side by side (and score them on ``eval_windows``); the result
+    is also cached in runs/bench-quant/speed.json so a benchmark process without llama-cpp-python can
+    still report the last side-by-side measurement."""
     import json
 
     try:
@@ -97,32 +145,47 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
              "edgeqat_q4_0": write_gguf(trained, d / "edgeqat-q4_0.gguf", template=tmpl, embed_type="q8_0"),
              "edgeqat_q4_0_embq4": write_gguf(trained, d / "edgeqat-q4_0-embq4.gguf", template=tmpl,
                                               embed_type="q4_0")}
-    plan = [("f32", "f32", "f16"), ("f16", "f16", "f16"), ("edgeqat_q4_0", "edgeqat_q4_0", "q8_0"),
-            ("edgeqat_q4_0", "edgeqat_q4_0", "q4_0"), ("edgeqat_q4_0_embq4", "edgeqat_q4_0_embq4", "q4_0")]
     rows, by = [], {}
-    for label, key, kv in plan:
-        r = time_gguf(files[key], kv=kv, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens)
+    for label, key, kv in PLAN:
+        r = time_gguf(files[key], kv=kv, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
+                      contexts=contexts)
+        if eval_windows and key != "f32":  # F32 and F16 read the same
+            r["ppl"] = gguf_perplexity(files[key], eval_windows, kv=kv, threads=threads)
         size = files[key].stat().st_size
         by[(label, kv)] = {**r, "bytes": size}
+        at = "  ".join(f"@{n} {v:6.1f}" for n, v in r["decode_tok_s_at"].items())
         log(f"llama.cpp {label:20s} kv {kv:5s} {size / 1e6:7.1f} MB  prefill {r['prefill_tok_s']:8.1f} tok/s  "
-            f"decode {r['decode_tok_s']:7.1f} tok/s")
-        for metric, v in (("prefill_tok_s", r["prefill_tok_s"]), ("decode_tok_s", r["decode_tok_s"]),
-                          ("file_mb", size / 1e6), ("kv_bytes_per_token", per_elem * KV_BYTES[kv])):
+            f"decode {at} tok/s" + (f"  ppl {r['ppl']:.3f}" if "ppl" in r else ""))
+        metrics = [("prefill_tok_s", r["prefill_tok_s"]), ("decode_tok_s", r["decode_tok_s"]),
+                   ("file_mb", size / 1e6), ("kv_bytes_per_token", per_elem * KV_BYTES[kv])]
+        metrics += [(f"decode_tok_s_at_{n}", v) for n, v in r["decode_tok_s_at"].items() if n != prompt_tokens]
+        metrics += [("llama_cpp_ppl", r["ppl"])] if "ppl" in r else []
+        for metric, v in metrics:
             rows.append(dict(method=f"llama.cpp {label}", bits=f"kv {kv}", metric=metric, value=v, std=0.0, n=5))
     f16 = by[("f16", "f16")]
     best = by[("edgeqat_q4_0", "q4_0")]
+    all4 = by[("edgeqat_q4_0_embq4", "q4_0")]
+    fastest = max((k for k in by if k[0] != "f32"), key=lambda k: by[k]["decode_tok_s"])
     summary = {"decode_speedup_vs_f16": best["decode_tok_s"] / f16["decode_tok_s"],
                "prefill_speedup_vs_f16": best["prefill_tok_s"] / f16["prefill_tok_s"],
                "decode_speedup_vs_f32": best["decode_tok_s"] / by[("f32", "f16")]["decode_tok_s"],
                "size_ratio_vs_f16": f16["bytes"] / best["bytes"],
-               "size_ratio_vs_f16_all_q4_0": f16["bytes"] / by[("edgeqat_q4_0_embq4", "q4_0")]["bytes"],
-               "decode_speedup_vs_f16_all_q4_0": by[("edgeqat_q4_0_embq4", "q4_0")]["decode_tok_s"] / f16["decode_tok_s"],
+               "size_ratio_vs_f16_all_q4_0": f16["bytes"] / all4["bytes"],
+               "decode_speedup_vs_f16_all_q4_0": all4["decode_tok_s"] / f16["decode_tok_s"],
+               "fastest_quantized": f"{fastest[0]} kv {fastest[1]}",
+               "decode_speedup_vs_f16_fastest": by[fastest]["decode_tok_s"] / f16["decode_tok_s"],
+               "decode_speedup_vs_f16_at": {n: best["decode_tok_s_at"][n] / f16["decode_tok_s_at"][n]
+                                            for n in best["decode_tok_s_at"]},
                "threads": threads,
                # other jobs on the machine slow small-model decode far more than prefill: keep the load with the numbers
                "load_average": os.getloadavg()[0]}
+    if eval_windows:
+        summary["ppl_f16"] = f16.get("ppl")
+        summary["eval_tokens"] = sum(len(w) - 1 for w in eval_windows)
     from ...core.runs import atomic_write_json, now_iso
 
     out = {"rows": rows, "summary": summary, "files": {k: str(v) for k, v in files.items()},
+           "prompt_tokens": prompt_tokens, "contexts": list(contexts),
            "quantized_model_source": source, "measured": now_iso()}
     atomic_write_json(speed_cache(), out)
     for f in files.values():  # the F32 file alone is ~540 MB
