@@ -139,3 +139,14 @@ def test_cached_cases_follow_content_not_position(tmp_path, fake_accuracy, monke
     accuracy_part(KVSelectBenchConfig(depths=[0.5, 0.8], result="kv-b", **kw), fresh, {}, tmp_path)
     assert len(fake_accuracy) - n_before == 4  # the fresh run really generated
     assert [r["value"] for r in cached] == [r["value"] for r in fresh]
+
+
+def test_cached_case_keys_ignore_scoring_fields_for_other_methods():
+    """Changing how TokenSelect scores must not invalidate dense or peer cases (they take minutes each)."""
+    from slimguard.bench.kvselect import _case_budget
+
+    base = {"n_init": 64, "k": 512, "n_local": 512, "chunk_size": 512, "pool_kernel": 31, "score_layers": [5]}
+    assert _case_budget(base, "tokenselect") == base
+    assert _case_budget(base, "dense") == {} == _case_budget({**base, "k": 2048}, "dense")
+    assert _case_budget(base, "streaming") == {"n_init": 64, "k": 512, "n_local": 512, "chunk_size": 512}
+    assert _case_budget(base, "quest") == _case_budget({**base, "pool_kernel": 1}, "quest")

@@ -56,6 +56,25 @@ def test_every_selector_runs_generate_and_selects(tiny_llama, method):
     assert tiny_llama.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("score_layers, shared", [([0], True), (None, False)])
+def test_score_layers_later_layers_reuse_the_scorers_selection(tiny_llama, score_layers, shared):
+    ids = torch.randint(4, 128, (1, 150), generator=torch.Generator().manual_seed(5))
+    rt = enable_token_select(tiny_llama, TokenSelectConfig(n_init=4, k=16, n_local=32, chunk_size=32, record=True,
+                                                           score_layers=score_layers))
+    with torch.no_grad():
+        tiny_llama.generate(ids, max_new_tokens=4, do_sample=False)
+    sel = rt.selected()
+    assert torch.equal(sel[0], sel[1]) is shared
+    # a reusing layer never scores, so it never holds a Selection Cache query of its own
+    assert (rt.layers[1].cached_q is None) is shared
+    disable_token_select(tiny_llama)
+
+
+def test_score_layers_must_be_selecting_layers(tiny_gemma3):
+    with pytest.raises(SlimguardError, match=r"score_layers \[0\] are not full-attention layers.*choose from \[2\]"):
+        enable_token_select(tiny_gemma3, TokenSelectConfig(score_layers=[0]))
+
+
 def test_gemma_selects_only_on_global_layers(tiny_gemma3):
     rt = enable_token_select(tiny_gemma3, TokenSelectConfig(n_init=4, k=16, n_local=32, chunk_size=32))
     assert set(rt.layers) == {2}

@@ -164,6 +164,7 @@ def test_quest_pages_and_oracle_heads():
     ({"k": 0}, "k"), ({"n_local": -1}, "n_local"), ({"chunk_size": 0}, "chunk_size"),
     ({"n_local": 64, "chunk_size": 128}, "n_local"), ({"pool_kernel": 2}, "pool_kernel"),
     ({"method": "snapkv"}, "method"), ({"kk": 3}, "did you mean 'k'"), ({"cache_threshold": 1.5}, "cache_threshold"),
+    ({"score_layers": []}, "score_layers"), ({"score_layers": [-1]}, "score_layers"),
 ])
 def test_bad_config_is_one_line_error(data, message):
     with pytest.raises(ConfigError) as e:

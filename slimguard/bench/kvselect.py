@@ -41,6 +41,8 @@ class KVSelectBenchConfig(Config):
     n_local: int = Field(128, ge=1, description="Accuracy-part budget: local window.")
     chunk_size: int = Field(128, ge=1, description="Accuracy-part prefill chunk.")
     pool_kernel: int = Field(1, ge=1, description="Accuracy-part TokenSelect max-pool width over neighbouring scores.")
+    score_layers: Optional[list[int]] = Field(None, description=(
+        "Accuracy part: TokenSelect scores only on these layers; later selecting layers reuse the selection."))
     model_defaults: bool = Field(False, description=(
         "Accuracy part: each model uses its own scaled budget (defaults_for: n_init, k, n_local, pool_kernel) "
         "instead of the fields above."))
@@ -59,7 +61,21 @@ def _budget(bc: KVSelectBenchConfig) -> dict:
     base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
     if bc.pool_kernel > 1:  # only when set, so cached cases of earlier runs keep their keys
         base["pool_kernel"] = bc.pool_kernel
+    if bc.score_layers is not None:
+        base["score_layers"] = bc.score_layers
     return base
+
+
+# fields that change only how TokenSelect scores; other methods' cached cases do not depend on them
+SCORING_ONLY = ("pool_kernel", "score_layers")
+
+
+def _case_budget(base: dict, method: str) -> dict:
+    """The budget part of a cached case's key: dense reads everything (no field matters), the peers
+    depend on the sizes, and TokenSelect's scoring fields count only for TokenSelect."""
+    if method == "dense":
+        return {}
+    return base if method == "tokenselect" else {k: v for k, v in base.items() if k not in SCORING_ONLY}
 
 
 def _peak_rss_mb(fn) -> tuple[float, object]:
@@ -239,7 +255,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
             for i, s in enumerate(tqdm(samples, desc=f"{model_name} {task} {L} {method}", leave=False)):
                 # keyed by the case's content, not its index: other depths or n_per_depth reorder the cases
                 digest = hashlib.sha1(json.dumps(s.input_ids).encode()).hexdigest()
-                key = json.dumps([model_name, task, L, method, base, bc.device, digest])
+                key = json.dumps([model_name, task, L, method, _case_budget(base, method), bc.device, digest])
                 if key in done and not (record and i == len(samples) - 1):
                     hits.append(done[key]["hit"])
                     secs += done[key]["seconds"]

@@ -84,6 +84,8 @@ class TokenSelectRuntime:
     def __init__(self, cfg: TokenSelectConfig, layers: dict[int, LayerState]):
         self.cfg = cfg
         self.layers = layers
+        # score_layers: per scoring layer, this forward's selections keyed by (n_keys, first query, queries)
+        self.shared: dict[int, dict[tuple[int, int, int], torch.Tensor]] = {}
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
     def reset_stats(self) -> None:
@@ -161,6 +163,10 @@ def enable_token_select(model, cfg: TokenSelectConfig | None = None) -> TokenSel
                 layers[m.layer_idx] = st
     if not layers:
         raise SlimguardError(f"{type(model).__name__}: no full-attention layers found to select on")
+    bad = sorted(set(cfg.score_layers or ()) - set(layers))
+    if bad:
+        raise SlimguardError(f"score_layers {bad} are not full-attention layers of this model; "
+                             f"choose from {sorted(layers)}")
     model.set_attn_implementation(NAME)
     model.slimguard_kvselect = runtime
     return runtime
@@ -266,6 +272,8 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     kbuf = _sync_buffer(st, key)
     past = n - L
+    if cfg.score_layers is not None and st.layer_idx in cfg.score_layers:
+        st.runtime.shared[st.layer_idx] = {}
     outs = []
     # the prompt's last few queries (usually the question) get their own selection instead of
     # sharing a fingerprint with hundreds of filler tokens
@@ -313,6 +321,15 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
         st.h2o_kept, st.h2o_hi = elig.gather(2, keep), hi
         return st.h2o_kept
     # tokenselect: position-free fingerprint of the chunk, Selection Cache on decode steps
+    if cfg.score_layers is not None and st.layer_idx not in cfg.score_layers:
+        src = max((i for i in cfg.score_layers if i < st.layer_idx), default=None)
+        got = st.runtime.shared.get(src, {}).get((nk, q0, c)) if src is not None else None
+        if got is not None:
+            mid = got
+            if st.cached_mid is not None and st.cached_mid.shape == mid.shape and torch.equal(st.cached_mid, mid):
+                st.hits += 1  # same indices as this layer's last step: its compacted rows are reused
+            st.cached_mid = mid
+            return mid
     q_un = K.rotate(q, -torch.arange(q0, q0 + c, device=q.device), inv)  # [B, Hq, c, d]
     # A short chunk (the question, a decode step) votes with every query: the mean of a
     # question's queries points at no needle in particular. Long prefill chunks keep the mean
@@ -324,12 +341,20 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
         cos = torch.nn.functional.cosine_similarity(q_un.reshape(b, -1).float(), st.cached_q, dim=-1)
         if bool((cos >= cfg.cache_threshold).all()) and int(st.cached_mid.max()) < hi:
             st.hits += 1
+            _share(st, nk, q0, c, st.cached_mid)
             return st.cached_mid
     score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling), cfg.pool_kernel)
     mid = K.topk_middle(score, cfg.k, lo)[:, None]
     if decode:
         st.cached_q, st.cached_mid = q_un.reshape(b, -1).float(), mid
+    _share(st, nk, q0, c, mid)
     return mid
+
+
+def _share(st: LayerState, nk: int, q0: int, c: int, mid: torch.Tensor) -> None:
+    """Publish a scoring layer's selection for the layers after it that reuse it (``score_layers``)."""
+    if st.runtime.cfg.score_layers is not None and st.layer_idx in st.runtime.cfg.score_layers:
+        st.runtime.shared.setdefault(st.layer_idx, {})[(nk, q0, c)] = mid
 
 
 def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, scaling: float, decode: bool):

@@ -44,6 +44,9 @@ class TokenSelectConfig(Config):
     score_distance: int = Field(0, ge=0, description=(
         "Scoring is position-free: keys are scored un-rotated, the query rotated as if every candidate sat "
         "this many tokens away."))
+    score_layers: Optional[list[int]] = Field(None, description=(
+        "Layers that score and select; every other selecting layer reuses the selection of the nearest "
+        "scoring layer before it (same chunk). null: every layer scores its own."))
     page_size: int = Field(16, ge=1, description="Quest page size (tokens per min/max page).")
     seed: int = Field(0, description="Seed of the random selector's torch.Generator.")
     record: bool = Field(False, description="Keep each layer's selected indices of the last selection (for plots).")
@@ -56,6 +59,8 @@ class TokenSelectConfig(Config):
             raise ValueError(
                 f"n_local ({self.n_local}) must be >= chunk_size ({self.chunk_size}) so each prefill chunk "
                 "sees itself; raise n_local or lower chunk_size")
+        if self.score_layers is not None and (not self.score_layers or min(self.score_layers) < 0):
+            raise ValueError(f"score_layers must list layer indices >= 0 (or be null), got {self.score_layers}")
         if self.method == "quest" and self.k < self.page_size:
             raise ValueError(f"quest needs k >= page_size ({self.page_size}), got k={self.k}")
         return self
