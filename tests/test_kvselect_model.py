@@ -173,3 +173,12 @@ def test_defaults_scale_with_trained_window(trained, want):
 
     cfg = TokenSelectConfig(**defaults_for(SimpleNamespace(max_position_embeddings=trained)))
     assert {k: getattr(cfg, k) for k in want} == want and cfg.budget <= (trained or 8192) // 5 + 64
+    assert cfg.score_layers is None  # every layer global: each scores its own
+
+
+def test_defaults_share_the_first_global_layers_selection_on_interleaved_models(tiny_gemma3):
+    from slimguard.slim.kvselect.config import defaults_for
+
+    d = defaults_for(tiny_gemma3.config)
+    assert d["score_layers"] == [2]
+    enable_token_select(tiny_gemma3, TokenSelectConfig(**d))  # a valid scoring layer for this model

@@ -79,9 +79,15 @@ def defaults_for(model_config) -> dict:
     sentence along. On 20 seeded essay passkey cases at 16K this scored 0.75; the earlier
     k=2048, unpooled setting scored 0.30 (n=10, with the older question and mean fingerprint;
     docs/kvselect.md). Other models keep a budget of about a fifth of the trained window
-    (SmolLM2: 64 + 1,024 + 512 of 8K).
+    (SmolLM2: 64 + 1,024 + 512 of 8K). Models that interleave sliding-window and global layers
+    score on the first global layer only and the later ones reuse its selection: on Gemma-3-270M
+    layer 11 often missed the needle that layer 5 had selected (docs/kvselect.md, shared selection).
     """
     trained = int(getattr(model_config, "max_position_embeddings", 8192) or 8192)
-    if trained >= 32768:
-        return {"n_init": 64, "k": 512, "n_local": 512, "pool_kernel": 31}
-    return {"n_init": 64, "k": 1024, "n_local": 512}
+    out = {"n_init": 64, "k": 512, "n_local": 512, "pool_kernel": 31} if trained >= 32768 else \
+        {"n_init": 64, "k": 1024, "n_local": 512}
+    types = list(getattr(model_config, "layer_types", None) or [])
+    if "sliding_attention" in types and "full_attention" in types:
+        # interleaved local/global models: the first global layer scores for all of them
+        out["score_layers"] = [types.index("full_attention")]
+    return out
