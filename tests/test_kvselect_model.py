@@ -70,6 +70,17 @@ def test_score_layers_later_layers_reuse_the_scorers_selection(tiny_llama, score
     disable_token_select(tiny_llama)
 
 
+def test_reusing_layer_counts_a_hit_exactly_when_the_shared_set_is_unchanged(tiny_llama):
+    ids = torch.randint(4, 128, (1, 150), generator=torch.Generator().manual_seed(6))
+    rt = enable_token_select(tiny_llama, TokenSelectConfig(n_init=4, k=16, n_local=32, chunk_size=32,
+                                                           score_layers=[0], cache_threshold=1e-6))
+    with torch.no_grad():
+        tiny_llama.generate(ids, max_new_tokens=5, do_sample=False)
+    hits = rt.stats().per_layer_hits
+    assert hits[0] > 0 and hits[1] == hits[0]  # every scorer hit hands the same set on
+    disable_token_select(tiny_llama)
+
+
 def test_score_layers_must_be_selecting_layers(tiny_gemma3):
     with pytest.raises(SlimguardError, match=r"score_layers \[0\] are not full-attention layers.*choose from \[2\]"):
         enable_token_select(tiny_gemma3, TokenSelectConfig(score_layers=[0]))

@@ -325,11 +325,10 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
         src = max((i for i in cfg.score_layers if i < st.layer_idx), default=None)
         got = st.runtime.shared.get(src, {}).get((nk, q0, c)) if src is not None else None
         if got is not None:
-            mid = got
-            if st.cached_mid is not None and st.cached_mid.shape == mid.shape and torch.equal(st.cached_mid, mid):
+            if st.cached_mid is not None and torch.equal(st.cached_mid, got):
                 st.hits += 1  # same indices as this layer's last step: its compacted rows are reused
-            st.cached_mid = mid
-            return mid
+            st.cached_mid = got
+            return got
     q_un = K.rotate(q, -torch.arange(q0, q0 + c, device=q.device), inv)  # [B, Hq, c, d]
     # A short chunk (the question, a decode step) votes with every query: the mean of a
     # question's queries points at no needle in particular. Long prefill chunks keep the mean
