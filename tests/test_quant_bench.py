@@ -65,6 +65,9 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     assert "measured 2026-11-22T22:00:00Z (2 threads, load average 0.4)" in doc["note"]
     assert "EdgeQAT model saved in" in doc["note"] and "not importable" not in doc["note"]
     assert doc["command"] == "slimguard bench quant --speed && again"
+    again = json.loads(bq._speed_only(QuantBenchConfig(speed_only=True), type("LM", (), {"model": None})(), "again",
+                                      2, print).read_text())
+    assert again["note"].count("Re-timed") == 1 and again["command"] == "slimguard bench quant --speed && again"
 
 
 @pytest.mark.parametrize("speed, has, lacks", [
