@@ -150,3 +150,27 @@ def test_cached_case_keys_ignore_scoring_fields_for_other_methods():
     assert _case_budget(base, "dense") == {} == _case_budget({**base, "k": 2048}, "dense")
     assert _case_budget(base, "streaming") == {"n_init": 64, "k": 512, "n_local": 512, "chunk_size": 512}
     assert _case_budget(base, "quest") == _case_budget({**base, "pool_kernel": 1}, "quest")
+
+
+@pytest.mark.parametrize("score_dtype, other", [(None, "bf16"), ("bfloat16", "fp32")])
+def test_timing_rows_put_the_other_scoring_precision_next_to_the_headline(score_dtype, other):
+    from slimguard.bench.kvselect import KVSelectBenchConfig, timing_part
+
+    bc = KVSelectBenchConfig(timing_lengths=[2048], prefill_repeats=1, score_dtype=score_dtype)
+    rows = []
+    out = timing_part(bc, 0.5, rows, {})
+    decode = {r["method"] for r in rows if r["part"] == "decode_attention"}
+    assert {"dense", "tokenselect_miss", "tokenselect_hit", "tokenselect@h"} <= decode
+    assert f"tokenselect_miss_{other}_scoring" in decode and f"decode_speedup_{other}_scoring_2048" in out
+    assert len([m for m in decode if m.startswith("tokenselect_miss_")]) == 1
+    assert [r["cold_cache"] for r in rows if r["method"] in ("dense", "tokenselect_miss")
+            and r["part"] == "decode_attention"] == [True, True]
+    assert out["prefill_s_2048"]["dense"] > 0 and out["decode_bound_2048"] > 0
+
+
+def test_time_it_runs_before_ahead_of_every_timed_call():
+    from slimguard.bench.harness import time_it
+
+    calls = []
+    t = time_it(lambda: calls.append("fn"), repeats=3, warmup=1, before=lambda: calls.append("before"))
+    assert calls == ["fn"] + ["before", "fn"] * 3 and len(t.times_s) == 3

@@ -93,6 +93,13 @@ def _brute_force(q_un, k_un, v, n_init, k, n_local, scaling):
         score += torch.softmax(logits, 0)
     top = sorted(cand[i] for i in torch.topk(score, k).indices.tolist())
     sel = list(range(n_init)) + top + list(range(n - n_local, n))
+    return sel, _attend_selected(q_un, k_un, v, sel, scaling)
+
+
+def _attend_selected(q_un, k_un, v, sel, scaling):
+    """One decode query attending to ``sel`` (full precision), re-positioned at 0..S-1."""
+    hq, d = q_un.shape[1], q_un.shape[-1]
+    g = hq // k_un.shape[1]
     s = len(sel)
     out = torch.zeros(hq, d)
     qc = _rope(q_un[0, :, :1], torch.tensor([s - 1]))  # the query is the last entry of the compacted list
@@ -100,7 +107,7 @@ def _brute_force(q_un, k_un, v, n_init, k, n_local, scaling):
         ks = _rope(k_un[0, h // g, sel], torch.arange(s))
         w = torch.softmax((ks @ qc[h, 0]) * scaling, 0)
         out[h] = w @ v[0, h // g, sel]
-    return sel, out
+    return out
 
 
 @pytest.mark.parametrize("hq,hkv,n", [(4, 2, 200), (6, 3, 150), (4, 1, 97)])
@@ -112,6 +119,22 @@ def test_decode_selection_equals_brute_force(hq, hkv, n):
     sel, want = _brute_force(q_un, k_un, v, 3, 20, 10, D ** -0.5)
     assert st.last_idx[0, 0].tolist() == sel
     assert torch.allclose(out[0, 0], want, atol=1e-4)
+
+
+@pytest.mark.parametrize("score_dtype", ["bfloat16", "float16"])
+def test_low_precision_scoring_only_changes_the_selection(score_dtype):
+    n = 400
+    cfg = TokenSelectConfig(n_init=3, k=40, n_local=10, chunk_size=8, cache_threshold=None, record=True,
+                            score_dtype=score_dtype)
+    m, st = _module(cfg, 2)
+    q, k, v, q_un, k_un = _qkv(1, 4, 2, 1, n, seed=7)
+    out, _ = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
+    assert st.kbuf.dtype == getattr(torch, score_dtype)
+    sel = st.last_idx[0, 0].tolist()
+    # the attended keys come from the full-precision cache, whatever the scoring precision
+    assert torch.allclose(out[0, 0], _attend_selected(q_un, k_un, v, sel, D ** -0.5), atol=1e-4)
+    want, _ = _brute_force(q_un, k_un, v, 3, 40, 10, D ** -0.5)
+    assert len(set(sel) & set(want)) >= 0.9 * len(want)  # rounding may only swap near-ties
 
 
 def test_prefill_chunks_select_per_chunk_and_stay_causal():

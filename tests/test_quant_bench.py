@@ -28,7 +28,8 @@ def test_targets_with_speed():
     assert t["edgeqat_w4a8kv4_ppl_ratio_to_fp"]["value"] is None
 
 
-def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["quant", "quant-long"])
+def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch, name):
     """`--set speed_only=true` re-times llama.cpp: old speed rows go, perplexity rows and their targets stay."""
     import json
 
@@ -41,14 +42,14 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     monkeypatch.setattr(harness, "RESULTS_DIR", results)
     monkeypatch.setattr(harness, "_refresh_readme", lambda head: None)
     monkeypatch.setenv("SLIMGUARD_RUNS", str(tmp_path / "runs"))
-    (tmp_path / "runs" / "bench-quant").mkdir(parents=True)
-    (tmp_path / "runs" / "bench-quant" / bq.PACKED).write_bytes(b"")
+    (tmp_path / "runs" / f"bench-{name}").mkdir(parents=True)
+    (tmp_path / "runs" / f"bench-{name}" / bq.PACKED).write_bytes(b"")
     monkeypatch.setattr(export, "load_packed", lambda path: (None, None))
     old = [{"method": "fp", "bits": "FP32", "metric": "ppl", "value": 50.0},
            {"method": "edgeqat", "bits": "W4A8KV4", "metric": "ppl", "value": 52.0},
            {"method": "rtn_per_group", "bits": "W4A8KV4", "metric": "ppl", "value": 70.0},
            {"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 8.0}]
-    (results / "quant.json").write_text(json.dumps({"command": "slimguard bench quant --speed", "config": {},
+    (results / f"{name}.json").write_text(json.dumps({"command": "slimguard bench quant --speed", "config": {},
                                                     "rows": old, "note": "Trained on 2 cores."}))
     new = [{"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 100.0}]
     speed = {"rows": new, "measured": "2026-11-22T22:00:00Z",
@@ -56,7 +57,9 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     monkeypatch.setattr(bq, "_heldout_windows", lambda bc, lm: [[1, 2, 3]])
     monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log, windows, source:
                         {**speed, "quantized_model_source": source, "windows": windows})
-    path = bq._speed_only(QuantBenchConfig(speed_only=True), type("LM", (), {"model": None})(), "again", 2, print)
+    bc = QuantBenchConfig(speed_only=True, result=name)
+    path = bq._speed_only(bc, type("LM", (), {"model": None})(), "again", 2, print)
+    assert path.name == f"{name}.json"  # a named run's speed rows go into its own file
     doc = json.loads(path.read_text())
     assert [r["value"] for r in doc["rows"] if r["method"].startswith("llama.cpp")] == [100.0]
     assert len(doc["rows"]) == 4
@@ -65,8 +68,7 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     assert "measured 2026-11-22T22:00:00Z (2 threads, load average 0.4)" in doc["note"]
     assert "EdgeQAT model saved in" in doc["note"] and "not importable" not in doc["note"]
     assert doc["command"] == "slimguard bench quant --speed && again"
-    again = json.loads(bq._speed_only(QuantBenchConfig(speed_only=True), type("LM", (), {"model": None})(), "again",
-                                      2, print).read_text())
+    again = json.loads(bq._speed_only(bc, type("LM", (), {"model": None})(), "again", 2, print).read_text())
     assert again["note"].count("Re-timed") == 1 and again["command"] == "slimguard bench quant --speed && again"
 
 

@@ -48,8 +48,10 @@ class Timing:
 
 
 def time_it(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, threads: int | None = None,
-            sync: Callable[[], None] | None = None) -> Timing:
-    """Median wall time of ``fn`` after warm-up, with the torch thread count fixed and recorded."""
+            sync: Callable[[], None] | None = None, before: Callable[[], None] | None = None) -> Timing:
+    """Median wall time of ``fn`` after warm-up, with the torch thread count fixed and recorded.
+
+    ``before`` runs untimed ahead of every timed call (e.g. to evict the CPU caches)."""
     import torch
 
     if threads is not None:
@@ -60,6 +62,8 @@ def time_it(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, threads
         sync()
     times = []
     for _ in range(max(1, repeats)):
+        if before:
+            before()
         t0 = time.perf_counter()
         fn()
         if sync:

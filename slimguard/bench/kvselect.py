@@ -16,7 +16,7 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 from pydantic import Field
@@ -43,11 +43,17 @@ class KVSelectBenchConfig(Config):
     pool_kernel: int = Field(1, ge=1, description="Accuracy-part TokenSelect max-pool width over neighbouring scores.")
     score_layers: Optional[list[int]] = Field(None, description=(
         "Accuracy part: TokenSelect scores only on these layers; later selecting layers reuse the selection."))
+    score_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field("bfloat16", description=(
+        "TokenSelect's scoring-key dtype in the accuracy part and the headline timing (null: the KV cache's; "
+        "bfloat16 is what defaults_for gives every model)."))
     model_defaults: bool = Field(False, description=(
         "Accuracy part: each model uses its own scaled budget (defaults_for: n_init, k, n_local, pool_kernel) "
         "instead of the fields above."))
     timing_lengths: list[int] = Field([16384, 32768], description="Context lengths of the attention timing.")
-    prefill_repeats: int = Field(1, ge=1, description="Repeats of the full-prefill timing (dense 32K is slow on CPU).")
+    prefill_repeats: int = Field(3, ge=1, description="Repeats of the full-prefill timing (median; after one untimed run).")
+    cold_cache: bool = Field(True, description=(
+        "Evict the CPU caches before each timed decode step, as a model with many layers does (one layer's 32K "
+        "KV is tens of MB); false repeats one layer with its KV warm in the cache."))
     decode_tokens: int = Field(16, ge=1, description="Decode steps for the Selection Cache / end-to-end part.")
     thresholds: list[float] = Field([0.8, 0.9, 0.95], description="Selection Cache thresholds.")
     seed: int = Field(0, description="Seed of the task generator and random tensors.")
@@ -63,11 +69,15 @@ def _budget(bc: KVSelectBenchConfig) -> dict:
         base["pool_kernel"] = bc.pool_kernel
     if bc.score_layers is not None:
         base["score_layers"] = bc.score_layers
+    if bc.score_dtype is not None:
+        base["score_dtype"] = bc.score_dtype
     return base
 
 
+DTYPE_TAG = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
 # fields that change only how TokenSelect scores; other methods' cached cases do not depend on them
-SCORING_ONLY = ("pool_kernel", "score_layers")
+SCORING_ONLY = ("pool_kernel", "score_layers", "score_dtype")
 
 
 def _case_budget(base: dict, method: str) -> dict:
@@ -107,16 +117,23 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
     inv = 1.0 / (100000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     g = torch.Generator().manual_seed(bc.seed)
     out = {}
-    ts_cfg = TokenSelectConfig()  # model defaults: 64 + 1024 + 512
+    ts_cfg = TokenSelectConfig(score_dtype=bc.score_dtype)  # model defaults: 64 + 1024 + 512
     s_budget = ts_cfg.budget
+    # a buffer well past any last-level cache: writing it evicts the previous step's keys and values
+    evict = torch.empty(16 << 20) if bc.cold_cache else None  # 64 MB of float32
+    variants = [("dense", TokenSelectConfig(method="dense")),
+                ("tokenselect_miss", ts_cfg.model_copy(update={"cache_threshold": None})),
+                ("tokenselect_hit", ts_cfg.model_copy(update={"cache_threshold": 1e-6}))]
+    # the other scoring precision next to the headline: what half-width scoring keys buy (or cost)
+    other = "float32" if bc.score_dtype == "bfloat16" else "bfloat16"
+    alt = f"_{DTYPE_TAG[other]}_scoring"
+    variants.append((f"tokenselect_miss{alt}", ts_cfg.model_copy(update={"cache_threshold": None, "score_dtype": other})))
     for n in bc.timing_lengths:
         k = torch.randn(1, hkv, n, d, generator=g)
         v = torch.randn(1, hkv, n, d, generator=g)
         q1 = torch.randn(1, hq, 1, d, generator=g)
         res = {}
-        for name, cfg in [("dense", TokenSelectConfig(method="dense")),
-                          ("tokenselect_miss", TokenSelectConfig(cache_threshold=None)),
-                          ("tokenselect_hit", TokenSelectConfig(cache_threshold=1e-6))]:
+        for name, cfg in variants:
             m, st = standalone_layer(cfg, inv, hq // hkv)
             token_select_attention(m, q1, k[:, :, :n - 1], v[:, :, :n - 1], None, scaling=d ** -0.5)
 
@@ -124,17 +141,18 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                 token_select_attention(m, q1, k, v, None, scaling=d ** -0.5)
                 st.n_seen = n - 1  # the same step again: one new key per call, as in decoding
 
-            t = time_it(step, repeats=9, warmup=2)
+            t = time_it(step, repeats=9, warmup=2, before=(lambda: evict.fill_(1.0)) if bc.cold_cache else None)
             res[name] = t.median_s
             rows.append({"part": "decode_attention", "method": name, "context": n, "metric": "ms_per_token",
-                         "value": t.median_s * 1e3, "n": len(t.times_s)})
-        ts_dec = hit_rate * res["tokenselect_hit"] + (1 - hit_rate) * res["tokenselect_miss"]
+                         "value": t.median_s * 1e3, "n": len(t.times_s), "cold_cache": bc.cold_cache})
         bound = 2 / (1 - hit_rate + 2 * s_budget / n)
-        out[f"decode_speedup_{n}"] = res["dense"] / ts_dec
         out[f"decode_bound_{n}"] = bound
-        rows.append({"part": "decode_attention", "method": "tokenselect@h", "context": n, "metric": "ms_per_token",
-                     "value": ts_dec * 1e3, "hit_rate": hit_rate, "speedup": res["dense"] / ts_dec,
-                     "bound_2/(1-h+2S/N)": bound})
+        for miss, suffix in [("tokenselect_miss", ""), (f"tokenselect_miss{alt}", alt)]:
+            ts_dec = hit_rate * res["tokenselect_hit"] + (1 - hit_rate) * res[miss]
+            out[f"decode_speedup{suffix}_{n}"] = res["dense"] / ts_dec
+            rows.append({"part": "decode_attention", "method": f"tokenselect@h{suffix}", "context": n,
+                         "metric": "ms_per_token", "value": ts_dec * 1e3, "hit_rate": hit_rate,
+                         "speedup": res["dense"] / ts_dec, "bound_2/(1-h+2S/N)": bound})
         qp = torch.randn(1, hq, n, d, generator=g)
         pre = {}
         for name, cfg in [("dense", TokenSelectConfig(method="dense")), ("tokenselect", ts_cfg)]:
@@ -142,7 +160,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                 m, _ = standalone_layer(cfg, inv, hq // hkv)
                 return token_select_attention(m, qp, k, v, None, scaling=d ** -0.5)
             mem, _ = _peak_rss_mb(run)
-            t = time_it(run, repeats=bc.prefill_repeats, warmup=0)
+            t = time_it(run, repeats=bc.prefill_repeats, warmup=0)  # _peak_rss_mb's call was the warm-up
             pre[name] = t.median_s
             rows.append({"part": "prefill_attention", "method": name, "context": n, "metric": "s_per_layer",
                          "value": t.median_s, "n": len(t.times_s), "peak_mem_mb": mem})
@@ -289,7 +307,12 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
     if "timing" in ran:
         parts.append("Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
                      "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit "
-                     "rate measured on the real model at threshold 0.9.")
+                     "rate measured on the real model at threshold 0.9"
+                     + ("; the CPU caches are evicted before every timed decode step, as the other layers of a real "
+                        "model would (warm single-layer repeats flatter both sides, TokenSelect more)."
+                        if bc.cold_cache else "; decode steps repeat one layer with its KV warm in the CPU caches.")
+                     + f" TokenSelect scores with {bc.score_dtype or 'float32'} keys; the *_scoring rows with the "
+                     "other precision.")
     if "accuracy" in ran:
         budget = "each model's scaled defaults (defaults_for)" if bc.model_defaults else \
             f"n_init={bc.n_init}, k={bc.k}, n_local={bc.n_local}, TokenSelect max-pool {bc.pool_kernel}"

@@ -58,11 +58,14 @@ class QuantBenchConfig(Config):
                                       description="Further context lengths at which decode is timed (the KV cache "
                                                   "type matters most there).")
     speed_only: bool = Field(False, description="Skip training; time the EdgeQAT model saved by the last full run "
-                                                "(runs/bench-quant/) and merge the speed rows into quant.json.")
+                                                "(runs/bench-<result>/) and merge the speed rows into <result>.json.")
     datasets: list[str] = Field(default_factory=lambda: ["pg-essays"],
                                 description="Training text (held-out perplexity is always on pg-essays).")
     device: str = Field("cpu", description="Where training and evaluation run: cpu, cuda or auto "
                                            "(llama.cpp speed always runs on the CPU).")
+    result: str = Field("quant", pattern="^[a-z0-9][a-z0-9_-]*$", description=(
+        "Result name: benchmarks/results/NAME.json, NAME_diagnostics.png and runs/bench-NAME/ (the EdgeQAT model "
+        "--set speed_only=true times). A longer run keeps its own file instead of replacing the default one."))
 
 
 PACKED = "edgeqat_w4a8kv4.safetensors"
@@ -152,7 +155,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
                     from ..core.runs import runs_root
                     from ..slim.quant.export import save_packed
 
-                    save_packed(model, cfg.qat, runs_root() / "bench-quant" / PACKED)
+                    save_packed(model, cfg.qat, runs_root() / f"bench-{bc.result}" / PACKED)
                 vals.append(r.ppl)
                 kls.append(r.kl_to_fp)
                 del model
@@ -176,7 +179,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
             log(f"speed skipped: {e}")
     targets = _targets(bc, results, fp_res.ppl, speed)
     out = harness.RESULTS_DIR
-    _plot(diag, out / "quant_diagnostics.png")
+    _plot(diag, out / f"{bc.result}_diagnostics.png")
     if speed:
         rows += speed["rows"]
     on_gpu = bc.device != "cpu"
@@ -188,7 +191,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
             + _speed_note(speed)
             + "The FP model's weights already passed through Q4_1 (the only SmolLM2 weights in a registry). torchao QAT "
               "quantizes only the linears (no KV cache quantization).")
-    return harness.write_result("quant", command=command, config=bc.to_dict(), rows=rows, targets=targets,
+    return harness.write_result(bc.result, command=command, config=bc.to_dict(), rows=rows, targets=targets,
                                 extra={"note": note, "diagnostics": diag, "speed": speed,
                                        "seconds": time.perf_counter() - t_start})
 
@@ -238,8 +241,8 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     from ..core.runs import runs_root
     from ..slim.quant.export import load_packed
 
-    packed = runs_root() / "bench-quant" / PACKED
-    res_path = harness.RESULTS_DIR / "quant.json"
+    packed = runs_root() / f"bench-{bc.result}" / PACKED
+    res_path = harness.RESULTS_DIR / f"{bc.result}.json"
     if not packed.is_file() or not res_path.is_file():
         raise SlimguardError(f"--set speed_only=true needs a previous `slimguard bench quant` run ({packed} and "
                              f"{res_path}); run it first")
@@ -258,7 +261,7 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     # a later re-timing replaces the previous one instead of piling up after it
     extra["note"] = extra.get("note", "").split(RETIMED)[0] + RETIMED + _speed_note(speed)
     extra["speed"] = speed
-    return harness.write_result("quant", command=f"{doc['command'].split(' && ')[0]} && {command}",
+    return harness.write_result(bc.result, command=f"{doc['command'].split(' && ')[0]} && {command}",
                                 config=doc["config"], rows=rows, targets=targets, extra=extra)
 
 

@@ -58,7 +58,8 @@ def generate(model: str = typer.Option("smollm2-135m", "--model", "-m", help="As
     con = console()
     con.print(f"[dim]{ids.shape[1]} context tokens, method={cfg.method}, budget={cfg.budget} "
               f"(n_init={cfg.n_init}, k={cfg.k}, n_local={cfg.n_local}), pool_kernel={cfg.pool_kernel}, "
-              f"scoring layers: {cfg.score_layers or 'all'}, {n_threads} threads[/dim]")
+              f"scoring layers: {cfg.score_layers or 'all'} ({cfg.score_dtype or 'cache dtype'} keys), "
+              f"{n_threads} threads[/dim]")
     streamer = TextStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -41,7 +41,7 @@ class LayerState:
     layer_idx: int
     inv_freq: torch.Tensor
     runtime: "TokenSelectRuntime"
-    kbuf: torch.Tensor | None = None  # [B, Hkv, cap, d] un-rotated keys, contiguous per head
+    kbuf: torch.Tensor | None = None  # [B, Hkv, cap, d] un-rotated keys (score_dtype), contiguous per head
     n_seen: int = 0
     cached_q: torch.Tensor | None = None
     cached_mid: torch.Tensor | None = None
@@ -51,7 +51,6 @@ class LayerState:
     last_idx: torch.Tensor | None = None
     sel_k: torch.Tensor | None = None  # compacted, rotated K of the last selection (reused on cache hits)
     sel_v: torch.Tensor | None = None
-    table: tuple | None = None  # RoPE cos/sin for compact positions
     last_n_keys: int = 0
     selections: int = 0
     hits: int = 0
@@ -228,13 +227,15 @@ def sliding_attention(query, key, value, scaling: float, window: int, chunk: int
 
 
 def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
-    """Append newly cached keys, un-rotated, to the layer's contiguous buffer; returns it."""
+    """Append newly cached keys, un-rotated, to the layer's contiguous scoring buffer; returns it."""
     b, n_kv, n, d = key.shape
-    if st.kbuf is None or st.kbuf.shape[0] != b or st.kbuf.shape[1] != n_kv or st.kbuf.device != key.device:
+    name = st.runtime.cfg.score_dtype
+    dtype = getattr(torch, name) if name else key.dtype
+    if st.kbuf is None or st.kbuf.shape[:2] != (b, n_kv) or st.kbuf.device != key.device or st.kbuf.dtype != dtype:
         st.kbuf, st.n_seen = None, 0
     cap = 0 if st.kbuf is None else st.kbuf.shape[2]
     if cap < n:
-        new = torch.empty(b, n_kv, max(n, 2 * cap, 1024), d, dtype=key.dtype, device=key.device)
+        new = torch.empty(b, n_kv, max(n, 2 * cap, 1024), d, dtype=dtype, device=key.device)
         if st.n_seen:
             new[:, :, :st.n_seen] = st.kbuf[:, :, :st.n_seen]
         st.kbuf = new
@@ -361,7 +362,7 @@ def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, sc
 
     Init keys already sit at their compact positions; the local block (and the chunk's
     queries) move by one constant offset ``S - nk``; only the middle is gathered from the
-    un-rotated buffer and rotated. On a Selection Cache hit the init + middle rows of the
+    cache and rotated by its own offset. On a Selection Cache hit the init + middle rows of the
     previous step are reused as they are, so a hit costs one local-window copy.
     """
     cfg = st.runtime.cfg
@@ -376,16 +377,17 @@ def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, sc
     heads = n_kv if mid.shape[1] in (1, n_kv) else hq
     dt = key.dtype if key.dtype == torch.float32 else torch.float32
     if not (hit and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
-        if st.table is None or st.table[0].shape[0] < s or st.table[0].device != q.device:
-            st.table = K.rope_table(max(s, 4096), st.inv_freq, q.device, dt)
         st.sel_k = torch.empty(b, heads, s, d, dtype=key.dtype, device=key.device)
         st.sel_v = torch.empty_like(st.sel_k)
         init_k, init_v = key[:, :, :n_i], value[:, :, :n_i]
         if heads != n_kv:
             init_k, init_v = init_k.repeat_interleave(hq // n_kv, 1), init_v.repeat_interleave(hq // n_kv, 1)
         st.sel_k[:, :, :n_i], st.sel_v[:, :, :n_i] = init_k, init_v
-        cos, sin = st.table[0][n_i:n_i + m], st.table[1][n_i:n_i + m]
-        K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(kbuf, mid).to(dt), cos, sin)
+        # the cached key at position p moves to compact position n_i + j by one rotation of n_i + j - p;
+        # it is read from the cache itself, so a low-precision scoring buffer never reaches attention
+        delta = torch.arange(n_i, n_i + m, device=q.device) - mid  # [B, H, m]
+        ang = delta.to(torch.float32)[..., None] * st.inv_freq.to(q.device)
+        K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), ang.cos().to(dt), ang.sin().to(dt))
         st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
     ang = (s - nk) * st.inv_freq.to(q.device, torch.float32)
     cos, sin = ang.cos().to(dt), ang.sin().to(dt)

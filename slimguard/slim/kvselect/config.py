@@ -47,6 +47,9 @@ class TokenSelectConfig(Config):
     score_layers: Optional[list[int]] = Field(None, description=(
         "Layers that score and select; every other selecting layer reuses the selection of the nearest "
         "scoring layer before it (same chunk). null: every layer scores its own."))
+    score_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field(None, description=(
+        "dtype of the un-rotated key copy that scoring reads; null: the KV cache's dtype. bfloat16 halves "
+        "the bytes each selection reads (the attended keys stay in the cache's dtype)."))
     page_size: int = Field(16, ge=1, description="Quest page size (tokens per min/max page).")
     seed: int = Field(0, description="Seed of the random selector's torch.Generator.")
     record: bool = Field(False, description="Keep each layer's selected indices of the last selection (for plots).")
@@ -82,10 +85,13 @@ def defaults_for(model_config) -> dict:
     (SmolLM2: 64 + 1,024 + 512 of 8K). Models that interleave sliding-window and global layers
     score on the first global layer only and the later ones reuse its selection: on Gemma-3-270M
     layer 11 often missed the needle that layer 5 had selected (docs/kvselect.md, shared selection).
+    Every model scores with bfloat16 keys: half the bytes per selection, and on those 20 Gemma-3
+    cases at 16K the same answer as float32 scoring in every case.
     """
     trained = int(getattr(model_config, "max_position_embeddings", 8192) or 8192)
     out = {"n_init": 64, "k": 512, "n_local": 512, "pool_kernel": 31} if trained >= 32768 else \
         {"n_init": 64, "k": 1024, "n_local": 512}
+    out["score_dtype"] = "bfloat16"
     types = list(getattr(model_config, "layer_types", None) or [])
     if "sliding_attention" in types and "full_attention" in types:
         # interleaved local/global models: the first global layer scores for all of them

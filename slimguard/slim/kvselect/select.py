@@ -56,7 +56,15 @@ def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch
     d = q_fp.shape[-1]
     n_kv = keys.shape[1]
     qg = group_view(q_fp, n_kv).to(keys.dtype).reshape(b, n_kv, -1, d)  # [B, Hkv, G (* C), d]
-    logits = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G (* C), M]
+    if keys.dtype == torch.float32 or keys.device.type != "cpu":
+        logits = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G (* C), M]
+    else:
+        # CPU half-precision GEMMs copy a strided batch first (a window of the key buffer is one),
+        # which costs more than the product; each head's window is contiguous, so go head by head
+        logits = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], dtype=keys.dtype)
+        for i in range(b):
+            for h in range(n_kv):
+                torch.mm(qg[i, h], keys[i, h].T, out=logits[i, h])
     return logits.reshape(b, -1, keys.shape[2]).to(torch.float32) * scaling
 
 
@@ -155,12 +163,6 @@ def gather_heads(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     g = h // n_kv
     xe = x[:, :, None].expand(b, n_kv, g, x.shape[2], d).reshape(b, h, x.shape[2], d)
     return torch.gather(xe, 2, idx[:, :, :, None].expand(b, h, idx.shape[2], d))
-
-
-def rope_table(n: int, inv_freq: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos, sin [n, d/2]`` for positions ``0..n-1`` (half-width: RoPE pairs dims i and i + d/2)."""
-    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv_freq.to(device, torch.float32)[None]
-    return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
 def rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
