@@ -174,3 +174,13 @@ def test_time_it_runs_before_ahead_of_every_timed_call():
     calls = []
     t = time_it(lambda: calls.append("fn"), repeats=3, warmup=1, before=lambda: calls.append("before"))
     assert calls == ["fn"] + ["before", "fn"] * 3 and len(t.times_s) == 3
+
+
+def test_time_interleaved_times_round_robin():
+    from slimguard.bench.harness import time_interleaved
+
+    calls = []
+    out = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1,
+                           before=lambda: calls.append("-"))
+    assert calls == ["a", "b", "-", "a", "-", "b", "-", "a", "-", "b"]
+    assert set(out) == {"a", "b"} and all(len(t.times_s) == 2 for t in out.values())

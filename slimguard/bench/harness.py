@@ -72,6 +72,27 @@ def time_it(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, threads
     return Timing(statistics.median(times), times, torch.get_num_threads())
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 9, warmup: int = 1,
+                     before: Callable[[], None] | None = None) -> dict[str, Timing]:
+    """Median wall time of each of ``fns``, timed round-robin (one call of each per round), so a
+    machine whose speed drifts during the run slows every contender alike instead of whichever
+    happened to be timed then. ``before`` runs untimed ahead of every timed call."""
+    import torch
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            if before:
+                before()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: Timing(statistics.median(v), v, torch.get_num_threads()) for k, v in times.items()}
+
+
 def mean_std(values: Iterable[float]) -> dict:
     """Mean +- (sample) std over seeds, with n. NaNs (not measured) are left out and ``n`` says so."""
     v = [float(x) for x in values]

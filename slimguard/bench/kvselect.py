@@ -51,6 +51,7 @@ class KVSelectBenchConfig(Config):
         "instead of the fields above."))
     timing_lengths: list[int] = Field([16384, 32768], description="Context lengths of the attention timing.")
     prefill_repeats: int = Field(3, ge=1, description="Repeats of the full-prefill timing (median; after one untimed run).")
+    decode_repeats: int = Field(25, ge=1, description="Timed decode steps per method (round-robin over methods; median).")
     cold_cache: bool = Field(True, description=(
         "Evict the CPU caches before each timed decode step, as a model with many layers does (one layer's 32K "
         "KV is tens of MB); false repeats one layer with its KV warm in the cache."))
@@ -111,7 +112,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
 
     from ..slim.kvselect import TokenSelectConfig
     from ..slim.kvselect.attention import standalone_layer, token_select_attention
-    from .harness import time_it
+    from .harness import time_interleaved, time_it
 
     hq, hkv, d = 9, 3, 64
     inv = 1.0 / (100000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
@@ -132,17 +133,20 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
         k = torch.randn(1, hkv, n, d, generator=g)
         v = torch.randn(1, hkv, n, d, generator=g)
         q1 = torch.randn(1, hq, 1, d, generator=g)
-        res = {}
+        steps = {}
         for name, cfg in variants:
             m, st = standalone_layer(cfg, inv, hq // hkv)
             token_select_attention(m, q1, k[:, :, :n - 1], v[:, :, :n - 1], None, scaling=d ** -0.5)
 
-            def step():
+            def step(m=m, st=st):
                 token_select_attention(m, q1, k, v, None, scaling=d ** -0.5)
                 st.n_seen = n - 1  # the same step again: one new key per call, as in decoding
 
-            t = time_it(step, repeats=9, warmup=2, before=(lambda: evict.fill_(1.0)) if bc.cold_cache else None)
-            res[name] = t.median_s
+            steps[name] = step
+        timed = time_interleaved(steps, repeats=bc.decode_repeats, warmup=2,
+                                 before=(lambda: evict.fill_(1.0)) if bc.cold_cache else None)
+        res = {name: t.median_s for name, t in timed.items()}
+        for name, t in timed.items():
             rows.append({"part": "decode_attention", "method": name, "context": n, "metric": "ms_per_token",
                          "value": t.median_s * 1e3, "n": len(t.times_s), "cold_cache": bc.cold_cache})
         bound = 2 / (1 - hit_rate + 2 * s_budget / n)
