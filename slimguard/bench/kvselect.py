@@ -97,6 +97,13 @@ def _peak_rss_mb(fn) -> tuple[float, object]:
                 return int(line.split()[1]) / 1024
         return float("nan")
     try:
+        # hand freed heap pages back first, so earlier runs' free memory does not hide this one's growth
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
@@ -163,8 +170,8 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
             def run():
                 m, _ = standalone_layer(cfg, inv, hq // hkv)
                 return token_select_attention(m, qp, k, v, None, scaling=d ** -0.5)
-            mem, _ = _peak_rss_mb(run)
-            t = time_it(run, repeats=bc.prefill_repeats, warmup=0)  # _peak_rss_mb's call was the warm-up
+            t = time_it(run, repeats=bc.prefill_repeats, warmup=1)
+            mem, _ = _peak_rss_mb(run)  # after the warm-up, so one-time allocations do not count
             pre[name] = t.median_s
             rows.append({"part": "prefill_attention", "method": name, "context": n, "metric": "s_per_layer",
                          "value": t.median_s, "n": len(t.times_s), "peak_mem_mb": mem})

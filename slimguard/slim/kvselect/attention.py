@@ -32,6 +32,7 @@ from .config import TokenSelectConfig
 NAME = "token_select"
 ATTR = "slimguard_kvselect"
 SUPPORTED = ("llama", "gemma3_text", "gemma3", "qwen2", "mistral")
+ROTATE_BLOCK = 4096  # keys un-rotated into the scoring buffer per step
 
 
 @dataclass
@@ -239,10 +240,12 @@ def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
         if st.n_seen:
             new[:, :, :st.n_seen] = st.kbuf[:, :, :st.n_seen]
         st.kbuf = new
-    if st.n_seen < n:
-        pos = -torch.arange(st.n_seen, n, device=key.device)
-        st.kbuf[:, :, st.n_seen:n] = K.rotate(key[:, :, st.n_seen:n], pos, st.inv_freq.to(key.device))
-        st.n_seen = n
+    # blocks of keys, so a 32K prefill does not hold four full-size float32 temporaries of the rotation
+    for lo in range(st.n_seen, n, ROTATE_BLOCK):
+        hi = min(n, lo + ROTATE_BLOCK)
+        pos = -torch.arange(lo, hi, device=key.device)
+        st.kbuf[:, :, lo:hi] = K.rotate(key[:, :, lo:hi], pos, st.inv_freq.to(key.device))
+    st.n_seen = max(st.n_seen, n)
     return st.kbuf
 
 
@@ -275,7 +278,7 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
     past = n - L
     if cfg.score_layers is not None and st.layer_idx in cfg.score_layers:
         st.runtime.shared[st.layer_idx] = {}
-    outs = []
+    out = torch.empty(b, L, hq, value.shape[-1], dtype=query.dtype, device=query.device)  # chunks write in place
     # the prompt's last few queries (usually the question) get their own selection instead of
     # sharing a fingerprint with hundreds of filler tokens
     tail = min(cfg.tail_chunk, L - 1) if L > 1 else 0
@@ -291,10 +294,11 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
                 kk, vv = kk.repeat_interleave(rep, 1), vv.repeat_interleave(rep, 1)
             o = torch.nn.functional.scaled_dot_product_attention(
                 query[:, :, s:e], kk, vv, attn_mask=_causal_mask(e - s, nk, query.device), scale=scaling)
-            outs.append(o.transpose(1, 2))
+            out[:, s:e] = o.transpose(1, 2)
         else:
-            outs.append(_select_and_attend(st, query[:, :, s:e], key, value, kbuf, nk, past + s, scaling, decode=L == 1))
-    return torch.cat(outs, dim=1).contiguous(), None
+            out[:, s:e] = _select_and_attend(st, query[:, :, s:e], key, value, kbuf, nk, past + s, scaling,
+                                             decode=L == 1)
+    return out, None
 
 
 def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tensor, nk: int, q0: int,
