@@ -318,7 +318,8 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
     if "timing" in ran:
         parts.append("Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
                      "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit "
-                     "rate measured on the real model at threshold 0.9"
+                     f"rate measured on the real model at threshold 0.9; decode methods are timed round-robin, "
+                     f"median of {bc.decode_repeats} steps each; prefill median of {bc.prefill_repeats} after a warm-up"
                      + ("; the CPU caches are evicted before every timed decode step, as the other layers of a real "
                         "model would (warm single-layer repeats flatter both sides, TokenSelect more)."
                         if bc.cold_cache else "; decode steps repeat one layer with its KV warm in the CPU caches.")
