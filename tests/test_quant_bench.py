@@ -21,6 +21,19 @@ def test_targets_gap_and_ratios(edge, rtn, fp, gap_met):
     assert t["gguf_decode_speedup_vs_f16"]["met"] is None and t["gguf_size_ratio_vs_f16"]["value"] is None
 
 
+def test_kl_targets_judge_fidelity_apart_from_perplexity():
+    # CE-only can win on perplexity (domain adaptation) while drifting further from the FP model
+    res = {("edgeqat", "W4A8KV4"): {"ppl": 34.0, "kl": 0.46}, ("lsq_ce", "W4A8KV4"): {"ppl": 30.6, "kl": 0.77},
+           ("torchao_qat_w4a8", "W4A8KV4"): {"ppl": 42.7, "kl": 0.37},
+           ("edgeqat_adaptive", "W4A8KV4"): {"ppl": 111.5, "kl": 1.43},
+           ("edgeqat_adaptive_random", "W4A8KV4"): {"ppl": 112.1, "kl": 1.50}}
+    t = _targets(QuantBenchConfig(), res, 49.7, None)
+    assert t["token_adaptive_vs_random_kl_ratio"]["value"] == pytest.approx(1.50 / 1.43)
+    assert t["edgeqat_vs_lsq_ce_ppl_ratio"]["met"] is False and t["edgeqat_vs_lsq_ce_kl_ratio"]["met"] is True
+    assert t["edgeqat_vs_torchao_qat_ppl_ratio"]["met"] is True and t["edgeqat_vs_torchao_qat_kl_ratio"]["met"] is False
+    assert t["edgeqat_vs_lsq_ce_kl_ratio"]["value"] == pytest.approx(0.77 / 0.46)
+
+
 def test_targets_with_speed():
     sp = {"summary": {"decode_speedup_vs_f16": 2.5, "size_ratio_vs_f16": 3.0}}
     t = _targets(QuantBenchConfig(), {}, 10.0, sp)
@@ -47,6 +60,8 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     monkeypatch.setattr(export, "load_packed", lambda path: (None, None))
     old = [{"method": "fp", "bits": "FP32", "metric": "ppl", "value": 50.0},
            {"method": "edgeqat", "bits": "W4A8KV4", "metric": "ppl", "value": 52.0},
+           {"method": "edgeqat", "bits": "W4A8KV4", "metric": "kl_to_fp", "value": 0.5},
+           {"method": "lsq_ce", "bits": "W4A8KV4", "metric": "kl_to_fp", "value": 0.6},
            {"method": "rtn_per_group", "bits": "W4A8KV4", "metric": "ppl", "value": 70.0},
            {"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 8.0}]
     (results / f"{name}.json").write_text(json.dumps({"command": "slimguard bench quant --speed", "config": {},
@@ -62,7 +77,8 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     assert path.name == f"{name}.json"  # a named run's speed rows go into its own file
     doc = json.loads(path.read_text())
     assert [r["value"] for r in doc["rows"] if r["method"].startswith("llama.cpp")] == [100.0]
-    assert len(doc["rows"]) == 4
+    assert len(doc["rows"]) == 6
+    assert doc["targets"]["edgeqat_vs_lsq_ce_kl_ratio"]["value"] == pytest.approx(0.6 / 0.5)  # KL rows kept too
     assert doc["targets"]["gguf_decode_speedup_vs_f16"] == {"value": 2.5, "goal": ">= 2.4", "met": True}
     assert doc["targets"]["edgeqat_w4a8kv4_rtn_gap_closed"]["value"] == pytest.approx(18 / 20)
     assert "measured 2026-11-22T22:00:00Z (2 threads, load average 0.4)" in doc["note"]
