@@ -64,18 +64,20 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
            {"method": "lsq_ce", "bits": "W4A8KV4", "metric": "kl_to_fp", "value": 0.6},
            {"method": "rtn_per_group", "bits": "W4A8KV4", "metric": "ppl", "value": 70.0},
            {"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 8.0}]
-    (results / f"{name}.json").write_text(json.dumps({"command": "slimguard bench quant --speed", "config": {},
+    (results / f"{name}.json").write_text(json.dumps({"command": "slimguard bench quant --speed",
+                                                      "config": {"eval_batches": 8, "seq_len": 64},
                                                     "rows": old, "note": "Trained on 2 cores."}))
     new = [{"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 100.0}]
     speed = {"rows": new, "measured": "2026-11-22T22:00:00Z",
              "summary": {"decode_speedup_vs_f16": 2.5, "size_ratio_vs_f16": 3.0, "threads": 2, "load_average": 0.4}}
-    monkeypatch.setattr(bq, "_heldout_windows", lambda bc, lm: [[1, 2, 3]])
+    monkeypatch.setattr(bq, "_heldout_windows", lambda bc, lm: [[bc.eval_batches, bc.seq_len]])
     monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log, windows, source:
                         {**speed, "quantized_model_source": source, "windows": windows})
     bc = QuantBenchConfig(speed_only=True, result=name)
     path = bq._speed_only(bc, type("LM", (), {"model": None})(), "again", 2, print)
     assert path.name == f"{name}.json"  # a named run's speed rows go into its own file
     doc = json.loads(path.read_text())
+    assert doc["speed"]["windows"] == [[8, 64]]  # llama.cpp reads the re-timed run's held-out split
     assert [r["value"] for r in doc["rows"] if r["method"].startswith("llama.cpp")] == [100.0]
     assert len(doc["rows"]) == 6
     assert doc["targets"]["edgeqat_vs_lsq_ce_kl_ratio"]["value"] == pytest.approx(0.6 / 0.5)  # KL rows kept too
@@ -134,3 +136,11 @@ def test_speed_note_names_contexts_and_runtime_perplexity():
     note = _speed_note(sp)
     assert "after 128 prompt tokens (the headline) and after 1024, 4096 tokens" in note
     assert "same 378 held-out tokens as the torch rows (F16 GGUF 47.98)" in note
+
+
+def test_speed_cache_is_kept_per_result(tmp_path, monkeypatch):
+    from slimguard.slim.quant.speed import speed_cache
+
+    monkeypatch.setenv("SLIMGUARD_RUNS", str(tmp_path))
+    assert speed_cache() == tmp_path / "bench-quant" / "speed.json"
+    assert speed_cache("quant-steps40") == tmp_path / "bench-quant-steps40" / "speed.json"

@@ -257,9 +257,12 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
         raise SlimguardError(f"--set speed_only=true needs a previous `slimguard bench quant` run ({packed} and "
                              f"{res_path}); run it first")
     trained, _ = load_packed(packed)
-    speed = _speed(bc, lm, lm.model, trained, threads, log, source=f"the EdgeQAT model saved in {packed}",
-                   windows=_heldout_windows(bc, lm))
     doc = json.loads(res_path.read_text())
+    # the held-out blocks of the run being re-timed, so llama.cpp's perplexity reads the same tokens as its torch rows
+    split = {k: doc.get("config", {})[k] for k in ("datasets", "seq_len", "batch_size", "eval_batches")
+             if k in doc.get("config", {})}
+    speed = _speed(bc, lm, lm.model, trained, threads, log, source=f"the EdgeQAT model saved in {packed}",
+                   windows=_heldout_windows(bc.model_copy(update=split), lm))
     rows = [r for r in doc["rows"] if not str(r.get("method", "")).startswith("llama.cpp")] + speed["rows"]
     res: dict = {}
     for r in doc["rows"]:
@@ -294,7 +297,7 @@ def _speed(bc, lm, fp, trained, threads: int, log, windows: list[list[int]] | No
 
     return llama_cpp_speed(bc.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,
                            decode_tokens=bc.speed_tokens, contexts=tuple(bc.speed_contexts), eval_windows=windows,
-                           log=log, source=source)
+                           log=log, source=source, result=bc.result)
 
 
 def _plot(diag: dict, path: Path) -> None:

@@ -101,24 +101,25 @@ def gguf_perplexity(path: Path, windows: list[list[int]], *, kv: str, threads: i
     return math.exp(nll / max(1, count))
 
 
-def speed_cache() -> Path:
+def speed_cache(result: str = "quant") -> Path:
     from ...core.runs import runs_root
 
-    return runs_root() / "bench-quant" / "speed.json"
+    return runs_root() / f"bench-{result}" / "speed.json"
 
 
 def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens: int, decode_tokens: int,
                     contexts: tuple[int, ...] = (), eval_windows: list[list[int]] | None = None,
-                    log=print, out_dir: Path | None = None, source: str = "this benchmark run") -> dict:
+                    log=print, out_dir: Path | None = None, source: str = "this benchmark run",
+                    result: str = "quant") -> dict:
     """Time F32 / F16 / learned-Q4_0 GGUFs side by side (and score them on ``eval_windows``); the result
-    is also cached in runs/bench-quant/speed.json so a benchmark process without llama-cpp-python can
-    still report the last side-by-side measurement."""
+    is also cached in runs/bench-<result>/speed.json so a benchmark process without llama-cpp-python can
+    still report the last side-by-side measurement of that run."""
     import json
 
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        cache = speed_cache()
+        cache = speed_cache(result)
         if cache.is_file():
             log(f"llama-cpp-python not importable here: using the side-by-side measurement cached in {cache}")
             return {**json.loads(cache.read_text()), "from_cache": str(cache)}
@@ -187,7 +188,7 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
     out = {"rows": rows, "summary": summary, "files": {k: str(v) for k, v in files.items()},
            "prompt_tokens": prompt_tokens, "contexts": list(contexts),
            "quantized_model_source": source, "measured": now_iso()}
-    atomic_write_json(speed_cache(), out)
+    atomic_write_json(speed_cache(result), out)
     for f in files.values():  # the F32 file alone is ~540 MB
         f.unlink(missing_ok=True)
     return out
