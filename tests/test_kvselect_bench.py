@@ -184,3 +184,37 @@ def test_time_interleaved_times_round_robin():
                            before=lambda: calls.append("-"))
     assert calls == ["a", "b", "-", "a", "-", "b", "-", "a", "-", "b"]
     assert set(out) == {"a", "b"} and all(len(t.times_s) == 2 for t in out.values())
+
+
+@pytest.mark.parametrize("span, expected", [
+    ((0, 4), 1.0),      # inside the sink tokens: every selection holds it
+    ((20, 30), 0.0),    # far before StreamingLLM's window: no selection holds it
+    ((115, 120), 1.0),  # inside the local window of every step
+])
+def test_recall_probe_reports_whether_the_needle_was_selected(tiny_llama, span, expected):
+    """Per-case needle recall, read from the selectors' recorded index sets after every forward of generate."""
+    import torch
+
+    from slimguard.bench.kvselect import _RecallProbe, _recall_summary
+    from slimguard.slim.kvselect import TokenSelectConfig, disable_token_select, enable_token_select
+
+    ids = torch.randint(4, 128, (1, 120), generator=torch.Generator().manual_seed(3))
+    rt = enable_token_select(tiny_llama, TokenSelectConfig(method="streaming", n_init=4, k=16, n_local=32,
+                                                           chunk_size=32, record=True))
+    probe = _RecallProbe(rt, span)
+    with torch.no_grad():
+        tiny_llama.generate(ids, max_new_tokens=3, do_sample=False, stopping_criteria=[probe])
+    disable_token_select(tiny_llama)
+    assert len(probe.steps) == 3 and probe.first == expected
+    summary = _recall_summary([0.0], [probe.first])
+    assert summary["needle_selected"] == int(expected == 1.0)
+    assert summary["wrong_with_needle_selected"] == int(expected == 1.0)
+
+
+def test_recall_summary_skips_cases_without_recall():
+    from slimguard.bench.kvselect import _recall_summary
+
+    assert _recall_summary([1.0, 0.0], [None, None]) == {}
+    s = _recall_summary([1.0, 0.0, 0.0, 1.0], [0.9, 1.0, 0.1, None])
+    assert (s["recall_n"], s["needle_selected"], s["wrong_with_needle_selected"], s["right_without_needle_selected"]) \
+        == (3, 2, 1, 0)

@@ -279,8 +279,9 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                                    bc.n_per_depth if method in ("dense", "tokenselect") else len(bc.depths),
                                    seed=bc.seed + L)
             record = task == "passkey" and method == "tokenselect" and L == max(bc.lengths)
-            rt = enable_token_select(lm.model, TokenSelectConfig(method=method, **base, record=record))
-            hits, secs = [], 0.0
+            # selectors record their index sets, so each case says whether a miss was the selection or the reader
+            rt = enable_token_select(lm.model, TokenSelectConfig(method=method, **base, record=method != "dense"))
+            hits, secs, recalls = [], 0.0, []
             for i, s in enumerate(tqdm(samples, desc=f"{model_name} {task} {L} {method}", leave=False)):
                 # keyed by the case's content, not its index: other depths or n_per_depth reorder the cases
                 digest = hashlib.sha1(json.dumps(s.input_ids).encode()).hexdigest()
@@ -288,27 +289,76 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                 if key in done and not (record and i == len(samples) - 1):
                     hits.append(done[key]["hit"])
                     secs += done[key]["seconds"]
+                    recalls.append(done[key].get("needle_recall"))
                     continue
                 t0 = time.perf_counter()
                 ids = torch.tensor([s.input_ids], device=bc.device)
+                probe = _RecallProbe(rt, s.needle_span)
                 with torch.no_grad():
                     g = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
-                                          pad_token_id=lm.tokenizer.pad_token_id)
-                hits.append(float(is_correct(s, lm.tokenizer.decode(g[0, ids.shape[1]:]))))
-                done[key] = {"hit": hits[-1], "seconds": time.perf_counter() - t0}
+                                          pad_token_id=lm.tokenizer.pad_token_id, stopping_criteria=[probe])
+                text = lm.tokenizer.decode(g[0, ids.shape[1]:])
+                hits.append(float(is_correct(s, text)))
+                recalls.append(probe.first)
+                done[key] = {"hit": hits[-1], "seconds": time.perf_counter() - t0, "generated": text,
+                             "needle_recall": probe.first, "needle_recall_steps": probe.steps}
                 secs += done[key]["seconds"]
                 atomic_write_json(cache_path, done)
-            if rt.cfg.record and rt.selected():
+            if record and rt.selected():
                 _selection_plot(rt, samples[-1], model_name, plot_dir)
             disable_token_select(lm.model)
             ms = mean_std(hits)
             acc[(model_name, task, L, method)] = ms["value"]
-            rows.append({"part": "accuracy", "model": model_name, "task": task, "context": L, "method": method,
-                         "metric": "accuracy", "value": ms["value"], "std": ms["std"], "n": ms["n"],
-                         "budget": TokenSelectConfig(**base).budget, "seconds": secs})
-            typer.echo(f"  {model_name} {task} {L} {method}: {ms['value']:.2f} (n={ms['n']})", err=True)
+            row = {"part": "accuracy", "model": model_name, "task": task, "context": L, "method": method,
+                   "metric": "accuracy", "value": ms["value"], "std": ms["std"], "n": ms["n"],
+                   "budget": TokenSelectConfig(**base).budget, "seconds": secs}
+            row.update(_recall_summary(hits, recalls))
+            rows.append(row)
+            typer.echo(f"  {model_name} {task} {L} {method}: {ms['value']:.2f} (n={ms['n']})"
+                       + (f", needle selected in {row['needle_selected']}/{row['recall_n']}, wrong with the needle "
+                          f"selected {row['wrong_with_needle_selected']}" if "recall_n" in row else ""), err=True)
         del lm
     return acc
+
+
+NEEDLE_SELECTED = 0.8  # fraction of the needle's tokens a selection must hold to count as "selected"
+
+
+class _RecallProbe:
+    """A ``generate`` stopping criterion that never stops: after every forward it reads the selectors' recorded
+    index sets and keeps the fraction of the needle's tokens they hold (mean over selecting layers and heads)."""
+
+    def __init__(self, rt, span: tuple[int, int]):
+        self.rt, self.span, self.steps = rt, span, []
+        for st in rt.layers.values():
+            st.last_idx = None  # a layer that ran dense this time must not report the previous case's set
+
+    @property
+    def first(self):
+        """Recall at the forward that produces the first answer token (the prompt's question chunk)."""
+        return self.steps[0] if self.steps else None
+
+    def __call__(self, input_ids, scores, **kw):
+        import torch
+
+        sel = self.rt.selected()
+        if sel:
+            lo, hi = self.span
+            inside = [((idx >= lo) & (idx < hi)).sum(-1).float().mean().item() / max(1, hi - lo) for idx in sel.values()]
+            self.steps.append(round(sum(inside) / len(inside), 4))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _recall_summary(hits: list[float], recalls: list) -> dict:
+    """How many cases had the needle selected, and how many of the wrong answers had it (a reader miss,
+    not a selection miss); empty for dense or for cached cases from before recall was recorded."""
+    pairs = [(h, r) for h, r in zip(hits, recalls) if r is not None]
+    if not pairs:
+        return {}
+    sel = [(h, r >= NEEDLE_SELECTED) for h, r in pairs]
+    return {"recall_n": len(pairs), "needle_recall_mean": sum(r for _, r in pairs) / len(pairs),
+            "needle_selected": sum(s for _, s in sel), "wrong_with_needle_selected": sum(s and not h for h, s in sel),
+            "right_without_needle_selected": sum(h and not s for h, s in sel)}
 
 
 def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
