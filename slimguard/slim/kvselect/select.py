@@ -183,6 +183,8 @@ def attend(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, scaling: f
     """
     b, hq, c, d = q.shape
     s = k_sel.shape[2]
+    if c > 1 and not need_weights and _split_ok(q, k_sel, s - c):
+        return _attend_split(q, k_sel, v_sel, scaling), None
     mask = None
     if c > 1:
         mask = torch.arange(s, device=q.device)[None, :] <= torch.arange(s - c, s, device=q.device)[:, None]
@@ -198,3 +200,36 @@ def attend(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, scaling: f
     p = torch.softmax(logits, dim=-1)
     out = torch.matmul(p.to(vv.dtype), vv)
     return out.transpose(1, 2), p
+
+
+# CPU flash attention that also returns each query's log-sum-exp (part of torch, not of its public API;
+# if a torch build lacks it, attend() keeps the masked SDPA path)
+_FLASH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _split_ok(q: torch.Tensor, k_sel: torch.Tensor, prefix: int) -> bool:
+    return (_FLASH_LSE is not None and q.device.type == "cpu" and prefix > 0 and q.dtype == k_sel.dtype
+            and q.dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+def _attend_split(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, scaling: float) -> torch.Tensor:
+    """:func:`attend` for a chunk as two flash-attention calls merged by their log-sum-exp.
+
+    A bottom-right causal mask over ``S`` keys is the ``S - C`` prefix every query sees plus
+    a ``C x C`` causal square. Unmasked, the prefix needs no mask at all, and a group's query
+    heads stack into one long query over their shared KV head (no repeated K/V); the square
+    is ordinary ``is_causal`` attention, whose kernel skips the blocks above the diagonal.
+    With an explicit mask SDPA computes every block and reads the mask as well.
+    """
+    b, hq, c, d = q.shape
+    hk, s = k_sel.shape[1], k_sel.shape[2]
+    g, p = hq // hk, s - c
+    oa, la = _FLASH_LSE(q.reshape(b, hk, g * c, d), k_sel[:, :, :p], v_sel[:, :, :p], 0.0, False, scale=scaling)
+    kk, vv = k_sel[:, :, p:], v_sel[:, :, p:]
+    if g > 1:
+        kk, vv = kk.repeat_interleave(g, 1), vv.repeat_interleave(g, 1)
+    ob, lb = _FLASH_LSE(q, kk, vv, 0.0, True, scale=scaling)
+    # the prefix's share of each query's softmax mass: exp(la) / (exp(la) + exp(lb))
+    w = torch.sigmoid(la.reshape(b, hq, c, 1) - lb.reshape(b, hq, c, 1))
+    out = torch.lerp(ob.float(), oa.reshape(b, hq, c, d).float(), w)  # float32 merge, one fused op
+    return out.to(q.dtype).transpose(1, 2)  # [B, C, Hq, d] as attend() returns
