@@ -87,6 +87,21 @@ class TokenSelectRuntime:
         # score_layers: per scoring layer, this forward's selections keyed by (n_keys, first query, queries)
         self.shared: dict[int, dict[tuple[int, int, int], torch.Tensor]] = {}
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self._trig: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def trig(self, inv_freq: torch.Tensor, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos/sin(p * inv_freq)`` for positions ``p < n``, ``[>= n, d/2]`` float32, shared by every layer
+        with these frequencies. Selection rotates a thousand gathered keys per step by their own
+        offsets; reading two table rows per key costs far less than ``sin``/``cos`` of each angle."""
+        key = (tuple(inv_freq.tolist()), str(device))
+        tab = self._trig.get(key)
+        if tab is None or tab[0].shape[0] < n:
+            cap = max(n, 2 * (0 if tab is None else tab[0].shape[0]), 4096)
+            # float64 angles: p * f at p ~ 1e5 loses ~1e-2 rad in float32
+            ang = torch.arange(cap, dtype=torch.float64)[:, None] * inv_freq.to(torch.float64)[None]
+            tab = (ang.cos().to(torch.float32).to(device), ang.sin().to(torch.float32).to(device))
+            self._trig[key] = tab
+        return tab
 
     def reset_stats(self) -> None:
         for s in self.layers.values():
@@ -241,10 +256,12 @@ def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
             new[:, :, :st.n_seen] = st.kbuf[:, :, :st.n_seen]
         st.kbuf = new
     # blocks of keys, so a 32K prefill does not hold four full-size float32 temporaries of the rotation
+    if n > st.n_seen:
+        cos_t, sin_t = st.runtime.trig(st.inv_freq, n, key.device)
     for lo in range(st.n_seen, n, ROTATE_BLOCK):
         hi = min(n, lo + ROTATE_BLOCK)
-        pos = -torch.arange(lo, hi, device=key.device)
-        st.kbuf[:, :, lo:hi] = K.rotate(key[:, :, lo:hi], pos, st.inv_freq.to(key.device))
+        # rotate by -p (cos(-a) = cos(a), sin(-a) = -sin(a)) in float32, whatever the cache holds
+        K.rotate_into(st.kbuf[:, :, lo:hi], key[:, :, lo:hi].to(torch.float32), cos_t[lo:hi], -sin_t[lo:hi])
     st.n_seen = max(st.n_seen, n)
     return st.kbuf
 
@@ -389,9 +406,13 @@ def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, sc
         st.sel_k[:, :, :n_i], st.sel_v[:, :, :n_i] = init_k, init_v
         # the cached key at position p moves to compact position n_i + j by one rotation of n_i + j - p;
         # it is read from the cache itself, so a low-precision scoring buffer never reaches attention
-        delta = torch.arange(n_i, n_i + m, device=q.device) - mid  # [B, H, m]
-        ang = delta.to(torch.float32)[..., None] * st.inv_freq.to(q.device)
-        K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), ang.cos().to(dt), ang.sin().to(dt))
+        # angle of n_i + j - p from the position table: cos(a - b) = cos a cos b + sin a sin b, etc.
+        cos_t, sin_t = st.runtime.trig(st.inv_freq, nk, q.device)
+        cp = cos_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)  # [B, H, m, d/2]
+        sp = sin_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)
+        cc, sc = cos_t[n_i:n_i + m], sin_t[n_i:n_i + m]
+        cos_d, sin_d = torch.addcmul(cc * cp, sc, sp), torch.addcmul(sc * cp, cc, sp, value=-1.0)
+        K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), cos_d.to(dt), sin_d.to(dt))
         st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
     ang = (s - nk) * st.inv_freq.to(q.device, torch.float32)
     cos, sin = ang.cos().to(dt), ang.sin().to(dt)
