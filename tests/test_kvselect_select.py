@@ -121,7 +121,7 @@ def test_decode_selection_equals_brute_force(hq, hkv, n):
     assert torch.allclose(out[0, 0], want, atol=1e-4)
 
 
-@pytest.mark.parametrize("score_dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("score_dtype", ["bfloat16", "float16", "int8"])
 def test_low_precision_scoring_only_changes_the_selection(score_dtype):
     n = 400
     cfg = TokenSelectConfig(n_init=3, k=40, n_local=10, chunk_size=8, cache_threshold=None, record=True,
@@ -251,3 +251,18 @@ def test_split_chunk_attention_equals_masked_attention(hq, hkv, c, s, dtype):
     assert torch.allclose(got.float(), ref, atol=tol)
     # attend() takes this path for prefill chunks on the CPU; the masked SDPA path stays as the reference
     assert torch.equal(K.attend(q, k, v, 0.3)[0], got)
+
+
+@pytest.mark.parametrize("hq,hkv,c", [(4, 2, 1), (6, 3, 5), (4, 1, 16)])
+def test_int8_scoring_logits_track_float_logits(hq, hkv, c):
+    """int8 keys (per-key scale) times int8 query rows (per-row scale) ~ the float product."""
+    g = torch.Generator().manual_seed(hq + c)
+    q = torch.randn(1, hq, c, D, generator=g)
+    k = torch.randn(1, hkv, 300, D, generator=g)
+    ki, ks = K.quantize_rows(k)
+    got = K.head_logits(q, ki, 0.25, ks)
+    want = K.head_logits(q, k, 0.25)
+    assert got.shape == want.shape == (1, hq * c, 300)
+    assert (got - want).abs().max() < 0.02 * want.abs().max()
+    with pytest.raises(ValueError, match="scales"):
+        K.head_logits(q, ki, 0.25)

@@ -43,6 +43,7 @@ class LayerState:
     inv_freq: torch.Tensor
     runtime: "TokenSelectRuntime"
     kbuf: torch.Tensor | None = None  # [B, Hkv, cap, d] un-rotated keys (score_dtype), contiguous per head
+    kscale: torch.Tensor | None = None  # [B, Hkv, cap] per-key scales when kbuf is int8
     n_seen: int = 0
     cached_q: torch.Tensor | None = None
     cached_mid: torch.Tensor | None = None
@@ -252,16 +253,24 @@ def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
     cap = 0 if st.kbuf is None else st.kbuf.shape[2]
     if cap < n:
         new = torch.empty(b, n_kv, max(n, 2 * cap, 1024), d, dtype=dtype, device=key.device)
+        scale = torch.empty(new.shape[:3], device=key.device) if dtype == torch.int8 else None
         if st.n_seen:
             new[:, :, :st.n_seen] = st.kbuf[:, :, :st.n_seen]
-        st.kbuf = new
+            if scale is not None:
+                scale[:, :, :st.n_seen] = st.kscale[:, :, :st.n_seen]
+        st.kbuf, st.kscale = new, scale
     # blocks of keys, so a 32K prefill does not hold four full-size float32 temporaries of the rotation
     if n > st.n_seen:
         cos_t, sin_t = st.runtime.trig(st.inv_freq, n, key.device)
     for lo in range(st.n_seen, n, ROTATE_BLOCK):
         hi = min(n, lo + ROTATE_BLOCK)
         # rotate by -p (cos(-a) = cos(a), sin(-a) = -sin(a)) in float32, whatever the cache holds
-        K.rotate_into(st.kbuf[:, :, lo:hi], key[:, :, lo:hi].to(torch.float32), cos_t[lo:hi], -sin_t[lo:hi])
+        x = key[:, :, lo:hi].to(torch.float32)
+        if st.kscale is None:
+            K.rotate_into(st.kbuf[:, :, lo:hi], x, cos_t[lo:hi], -sin_t[lo:hi])
+        else:
+            st.kbuf[:, :, lo:hi], st.kscale[:, :, lo:hi] = K.quantize_rows(
+                K.rotate_into(torch.empty_like(x), x, cos_t[lo:hi], -sin_t[lo:hi]))
     st.n_seen = max(st.n_seen, n)
     return st.kbuf
 
@@ -364,7 +373,8 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
             st.hits += 1
             _share(st, nk, q0, c, st.cached_mid)
             return st.cached_mid
-    score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling), cfg.pool_kernel)
+    ks = st.kscale[:, :, lo:hi] if st.kscale is not None else None
+    score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling, ks), cfg.pool_kernel)
     mid = K.topk_middle(score, cfg.k, lo)[:, None]
     if decode:
         st.cached_q, st.cached_mid = q_un.reshape(b, -1).float(), mid

@@ -47,9 +47,10 @@ class TokenSelectConfig(Config):
     score_layers: Optional[list[int]] = Field(None, description=(
         "Layers that score and select; every other selecting layer reuses the selection of the nearest "
         "scoring layer before it (same chunk). null: every layer scores its own."))
-    score_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field(None, description=(
+    score_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]] = Field(None, description=(
         "dtype of the un-rotated key copy that scoring reads; null: the KV cache's dtype. bfloat16 halves "
-        "the bytes each selection reads (the attended keys stay in the cache's dtype)."))
+        "the bytes each selection reads; int8 (one scale per key and head, queries quantized per row, integer "
+        "product) quarters them. The attended keys always stay in the cache's dtype."))
     page_size: int = Field(16, ge=1, description="Quest page size (tokens per min/max page).")
     seed: int = Field(0, description="Seed of the random selector's torch.Generator.")
     record: bool = Field(False, description="Keep each layer's selected indices of the last selection (for plots).")

@@ -46,17 +46,38 @@ def group_view(q: torch.Tensor, n_kv: int) -> torch.Tensor:
     return q.reshape(b, n_kv, hq // n_kv, *q.shape[2:])
 
 
-def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of the last dim: ``x ~ q * scale[..., None]``."""
+    scale = x.abs().amax(-1).clamp_min(1e-12) / 127.0
+    return torch.round(x / scale[..., None]).to(torch.int8), scale
+
+
+def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float,
+                key_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of fingerprint queries against every key, one row per (query head, query).
 
     ``q_fp [B, Hq, d]`` (one fingerprint per head) or ``[B, Hq, C, d]`` (C voting queries per
     head), ``keys [B, Hkv, M, d]`` -> ``[B, Hq, M]`` or ``[B, Hq * C, M]``; one pass over the keys.
+    int8 ``keys`` need ``key_scale [B, Hkv, M]``; the query rows are quantized per row and the
+    product runs on integers.
     """
     b, hq = q_fp.shape[:2]
     d = q_fp.shape[-1]
     n_kv = keys.shape[1]
     # the scale goes on the few query rows, not on the [Hq, M] logits (one pass over them fewer)
-    qg = (group_view(q_fp, n_kv) * scaling).to(keys.dtype).reshape(b, n_kv, -1, d)  # [B, Hkv, G (* C), d]
+    qg = (group_view(q_fp, n_kv) * scaling).to(torch.float32).reshape(b, n_kv, -1, d)  # [B, Hkv, G (* C), d]
+    if keys.dtype == torch.int8:
+        if key_scale is None:
+            raise ValueError("int8 keys need their per-key scales")
+        qi, qs = quantize_rows(qg)
+        logits = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], device=keys.device)
+        for i in range(b):
+            for h in range(n_kv):
+                # [M, d] x [d, R]: the long side first, as the int8 GEMM wants it
+                acc = torch._int_mm(keys[i, h], qi[i, h].T.contiguous())  # [M, R] int32
+                torch.mul(acc.T.to(torch.float32) * qs[i, h, :, None], key_scale[i, h], out=logits[i, h])
+        return logits.reshape(b, -1, keys.shape[2])
+    qg = qg.to(keys.dtype)
     if keys.dtype == torch.float32 or keys.device.type != "cpu":
         logits = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G (* C), M]
     else:
