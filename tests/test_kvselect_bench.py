@@ -152,8 +152,9 @@ def test_cached_case_keys_ignore_scoring_fields_for_other_methods():
     assert _case_budget(base, "quest") == _case_budget({**base, "pool_kernel": 1}, "quest")
 
 
-@pytest.mark.parametrize("score_dtype, other", [(None, "bf16"), ("bfloat16", "fp32")])
-def test_timing_rows_put_the_other_scoring_precision_next_to_the_headline(score_dtype, other):
+@pytest.mark.parametrize("score_dtype, others", [(None, {"bf16", "int8"}), ("bfloat16", {"fp32", "int8"}),
+                                                 ("int8", {"fp32", "bf16"})])
+def test_timing_rows_put_the_other_scoring_precisions_next_to_the_headline(score_dtype, others):
     from slimguard.bench.kvselect import KVSelectBenchConfig, timing_part
 
     bc = KVSelectBenchConfig(timing_lengths=[2048], prefill_repeats=1, score_dtype=score_dtype)
@@ -161,8 +162,9 @@ def test_timing_rows_put_the_other_scoring_precision_next_to_the_headline(score_
     out = timing_part(bc, 0.5, rows, {})
     decode = {r["method"] for r in rows if r["part"] == "decode_attention"}
     assert {"dense", "tokenselect_miss", "tokenselect_hit", "tokenselect@h"} <= decode
-    assert f"tokenselect_miss_{other}_scoring" in decode and f"decode_speedup_{other}_scoring_2048" in out
-    assert len([m for m in decode if m.startswith("tokenselect_miss_")]) == 1
+    for other in others:
+        assert f"tokenselect_miss_{other}_scoring" in decode and f"decode_speedup_{other}_scoring_2048" in out
+    assert len([m for m in decode if m.startswith("tokenselect_miss_")]) == len(others)
     assert [r["cold_cache"] for r in rows if r["method"] in ("dense", "tokenselect_miss")
             and r["part"] == "decode_attention"] == [True, True]
     assert out["prefill_s_2048"]["dense"] > 0 and out["decode_bound_2048"] > 0

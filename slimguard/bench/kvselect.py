@@ -43,7 +43,7 @@ class KVSelectBenchConfig(Config):
     pool_kernel: int = Field(1, ge=1, description="Accuracy-part TokenSelect max-pool width over neighbouring scores.")
     score_layers: Optional[list[int]] = Field(None, description=(
         "Accuracy part: TokenSelect scores only on these layers; later selecting layers reuse the selection."))
-    score_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field("bfloat16", description=(
+    score_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]] = Field("bfloat16", description=(
         "TokenSelect's scoring-key dtype in the accuracy part and the headline timing (null: the KV cache's; "
         "bfloat16 is what defaults_for gives every model)."))
     model_defaults: bool = Field(False, description=(
@@ -78,7 +78,11 @@ def _budget(bc: KVSelectBenchConfig) -> dict:
     return base
 
 
-DTYPE_TAG = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DTYPE_TAG = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "int8": "int8"}
+# bytes per scoring-key element at d=64 (int8 adds one float32 scale per key)
+SCORING_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1 + 4 / 64}
+# scoring precisions timed next to the headline one
+TIMED_SCORING = ("float32", "bfloat16", "int8")
 
 # fields that change only how TokenSelect scores; other methods' cached cases do not depend on them
 SCORING_ONLY = ("pool_kernel", "score_layers", "score_dtype")
@@ -135,10 +139,11 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
     variants = [("dense", TokenSelectConfig(method="dense")),
                 ("tokenselect_miss", ts_cfg.model_copy(update={"cache_threshold": None})),
                 ("tokenselect_hit", ts_cfg.model_copy(update={"cache_threshold": 1e-6}))]
-    # the other scoring precision next to the headline: what half-width scoring keys buy (or cost)
-    other = "float32" if bc.score_dtype == "bfloat16" else "bfloat16"
-    alt = f"_{DTYPE_TAG[other]}_scoring"
-    variants.append((f"tokenselect_miss{alt}", ts_cfg.model_copy(update={"cache_threshold": None, "score_dtype": other})))
+    # the other scoring precisions next to the headline: what narrower scoring keys buy (or cost)
+    alts = {f"_{DTYPE_TAG[o]}_scoring": o for o in TIMED_SCORING if o != (bc.score_dtype or "float32")}
+    for alt, other in alts.items():
+        variants.append((f"tokenselect_miss{alt}",
+                         ts_cfg.model_copy(update={"cache_threshold": None, "score_dtype": other})))
     for n in bc.timing_lengths:
         k = torch.randn(1, hkv, n, d, generator=g)
         v = torch.randn(1, hkv, n, d, generator=g)
@@ -161,12 +166,17 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                          "value": t.median_s * 1e3, "n": len(t.times_s), "cold_cache": bc.cold_cache})
         bound = 2 / (1 - hit_rate + 2 * s_budget / n)
         out[f"decode_bound_{n}"] = bound
-        for miss, suffix in [("tokenselect_miss", ""), (f"tokenselect_miss{alt}", alt)]:
+        for miss, suffix, sdt in [("tokenselect_miss", "", bc.score_dtype)] + \
+                [(f"tokenselect_miss{alt}", alt, o) for alt, o in alts.items()]:
             ts_dec = hit_rate * res["tokenselect_hit"] + (1 - hit_rate) * res[miss]
             out[f"decode_speedup{suffix}_{n}"] = res["dense"] / ts_dec
+            # the same bound when a miss reads narrower scoring keys than the float32 cache holds
+            # (docs/kvselect.md, cost model): 2 / (r (1 - h) + 2S/N), r = scoring bytes / cache bytes per key
+            r = SCORING_BYTES[sdt or "float32"] / 4
             rows.append({"part": "decode_attention", "method": f"tokenselect@h{suffix}", "context": n,
                          "metric": "ms_per_token", "value": ts_dec * 1e3, "hit_rate": hit_rate,
-                         "speedup": res["dense"] / ts_dec, "bound_2/(1-h+2S/N)": bound})
+                         "speedup": res["dense"] / ts_dec, "bound_2/(1-h+2S/N)": bound,
+                         "bound_narrow_scoring": 2 / (r * (1 - hit_rate) + 2 * s_budget / n)})
         qp = torch.randn(1, hq, n, d, generator=g)
         pre = {}
         for name, cfg in [("dense", TokenSelectConfig(method="dense")), ("tokenselect", ts_cfg)]:
@@ -377,7 +387,7 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
                         "model would (warm single-layer repeats flatter both sides, TokenSelect more)."
                         if bc.cold_cache else "; decode steps repeat one layer with its KV warm in the CPU caches.")
                      + f" TokenSelect scores with {bc.score_dtype or 'float32'} keys; the *_scoring rows with the "
-                     "other precision.")
+                     "other precisions (float32, bfloat16, int8).")
     if "accuracy" in ran:
         budget = "each model's scaled defaults (defaults_for)" if bc.model_defaults else \
             f"n_init={bc.n_init}, k={bc.k}, n_local={bc.n_local}, TokenSelect max-pool {bc.pool_kernel}"
