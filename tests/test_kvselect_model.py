@@ -185,7 +185,7 @@ def test_defaults_scale_with_trained_window(trained, want):
     cfg = TokenSelectConfig(**defaults_for(SimpleNamespace(max_position_embeddings=trained)))
     assert {k: getattr(cfg, k) for k in want} == want and cfg.budget <= (trained or 8192) // 5 + 64
     assert cfg.score_layers is None  # every layer global: each scores its own
-    assert cfg.score_dtype == "bfloat16"
+    assert cfg.score_dtype == "int8"
 
 
 def test_defaults_share_the_first_global_layers_selection_on_interleaved_models(tiny_gemma3):

@@ -43,9 +43,9 @@ class KVSelectBenchConfig(Config):
     pool_kernel: int = Field(1, ge=1, description="Accuracy-part TokenSelect max-pool width over neighbouring scores.")
     score_layers: Optional[list[int]] = Field(None, description=(
         "Accuracy part: TokenSelect scores only on these layers; later selecting layers reuse the selection."))
-    score_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]] = Field("bfloat16", description=(
+    score_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]] = Field("int8", description=(
         "TokenSelect's scoring-key dtype in the accuracy part and the headline timing (null: the KV cache's; "
-        "bfloat16 is what defaults_for gives every model)."))
+        "int8 is what defaults_for gives every model)."))
     model_defaults: bool = Field(False, description=(
         "Accuracy part: each model uses its own scaled budget (defaults_for: n_init, k, n_local, pool_kernel) "
         "instead of the fields above."))
