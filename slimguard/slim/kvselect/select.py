@@ -73,9 +73,10 @@ def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float,
         logits = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], device=keys.device)
         for i in range(b):
             for h in range(n_kv):
-                # [M, d] x [d, R]: the long side first, as the int8 GEMM wants it
-                acc = torch._int_mm(keys[i, h], qi[i, h].T.contiguous())  # [M, R] int32
-                torch.mul(acc.T.to(torch.float32) * qs[i, h, :, None], key_scale[i, h], out=logits[i, h])
+                # [R, d] x [d, M] straight into the logits' row layout (the GEMM reads the keys' rows as
+                # they lie; the [M, d] x [d, R] order was slower once its output had to be transposed)
+                acc = torch._int_mm(qi[i, h].contiguous(), keys[i, h].T)  # [R, M] int32
+                logits[i, h].copy_(acc).mul_(qs[i, h, :, None]).mul_(key_scale[i, h])
         return logits.reshape(b, -1, keys.shape[2])
     qg = qg.to(keys.dtype)
     if keys.dtype == torch.float32 or keys.device.type != "cpu":
