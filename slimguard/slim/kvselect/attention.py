@@ -98,10 +98,14 @@ class TokenSelectRuntime:
         tab = self._trig.get(key)
         if tab is None or tab[0].shape[0] < n:
             cap = max(n, 2 * (0 if tab is None else tab[0].shape[0]), 4096)
-            # float64 angles: p * f at p ~ 1e5 loses ~1e-2 rad in float32
-            ang = torch.arange(cap, dtype=torch.float64)[:, None] * inv_freq.to(torch.float64)[None]
-            tab = (ang.cos().to(torch.float32).to(device), ang.sin().to(torch.float32).to(device))
-            self._trig[key] = tab
+            f = inv_freq.to(torch.float64)[None]
+            cos, sin = (torch.empty(cap, f.shape[1], device=device) for _ in range(2))
+            # float64 angles (p * f at p ~ 1e5 loses ~1e-2 rad in float32), a block at a time so the
+            # float64 temporaries stay small next to a long prefill's peak
+            for lo in range(0, cap, 8192):
+                ang = torch.arange(lo, min(cap, lo + 8192), dtype=torch.float64)[:, None] * f
+                cos[lo:lo + ang.shape[0]], sin[lo:lo + ang.shape[0]] = ang.cos(), ang.sin()
+            tab = self._trig[key] = (cos, sin)
         return tab
 
     def reset_stats(self) -> None:
@@ -360,7 +364,9 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
                 st.hits += 1  # same indices as this layer's last step: its compacted rows are reused
             st.cached_mid = got
             return got
-    q_un = K.rotate(q, -torch.arange(q0, q0 + c, device=q.device), inv)  # [B, Hq, c, d]
+    cos_t, sin_t = st.runtime.trig(st.inv_freq, q0 + c, q.device)
+    q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
+                         -sin_t[q0:q0 + c]).to(q.dtype)  # [B, Hq, c, d], rotated back by its positions
     # A short chunk (the question, a decode step) votes with every query: the mean of a
     # question's queries points at no needle in particular. Long prefill chunks keep the mean
     # fingerprint so scoring stays one read of the keys per chunk.
