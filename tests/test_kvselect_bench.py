@@ -89,6 +89,9 @@ def test_accuracy_cases_resume_without_recomputing(tmp_path, fake_accuracy):
     assert len(calls) - first == 1
     assert acc1 == acc2 and [r["value"] for r in rows1] == [r["value"] for r in rows2]
     assert (tmp_path / "runs" / "bench-kv-test" / "cases.json").exists()
+    # a named result keeps its own selection plot instead of replacing the default run's
+    plots = sorted(p.name for p in tmp_path.glob("*_selection_*.png"))
+    assert plots and all(p.startswith("kv-test_selection_") for p in plots)
 
 
 @pytest.mark.parametrize("dense_max, expected", [(0, {(64, "dense"), (96, "dense"), (64, "tokenselect"), (96, "tokenselect")}),

@@ -318,7 +318,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                 secs += done[key]["seconds"]
                 atomic_write_json(cache_path, done)
             if record and rt.selected():
-                _selection_plot(rt, samples[-1], model_name, plot_dir)
+                _selection_plot(rt, samples[-1], model_name, plot_dir, bc.result)
             disable_token_select(lm.model)
             ms = mean_std(hits)
             acc[(model_name, task, L, method)] = ms["value"]
@@ -399,7 +399,9 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
     return " ".join(parts)
 
 
-def _selection_plot(rt, sample, model_name: str, plot_dir: Path) -> None:
+def _selection_plot(rt, sample, model_name: str, plot_dir: Path, result: str = "kvselect") -> None:
+    """Which tokens each layer selected at the last decode step; a named result keeps its own file
+    (``<result>_selection_<model>.png``), so a partial run at another length leaves the default plot alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -417,7 +419,7 @@ def _selection_plot(rt, sample, model_name: str, plot_dir: Path) -> None:
     ax.set_title(f"TokenSelect selection per layer, {model_name}, {sample.n_tokens}-token passkey (last decode step)")
     ax.legend(loc="upper right")
     plot_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot_dir / f"kvselect_selection_{model_name}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(plot_dir / f"{result}_selection_{model_name}.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
