@@ -44,6 +44,7 @@ class LayerState:
     runtime: "TokenSelectRuntime"
     kbuf: torch.Tensor | None = None  # [B, Hkv, cap, d] un-rotated keys (score_dtype), contiguous per head
     kscale: torch.Tensor | None = None  # [B, Hkv, cap] per-key scales when kbuf is int8
+    freq_key: tuple | None = None  # inv_freq as a hashable key of the shared position table
     n_seen: int = 0
     cached_q: torch.Tensor | None = None
     cached_mid: torch.Tensor | None = None
@@ -90,15 +91,17 @@ class TokenSelectRuntime:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self._trig: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def trig(self, inv_freq: torch.Tensor, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def trig(self, st: "LayerState", n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos/sin(p * inv_freq)`` for positions ``p < n``, ``[>= n, d/2]`` float32, shared by every layer
         with these frequencies. Selection rotates a thousand gathered keys per step by their own
         offsets; reading two table rows per key costs far less than ``sin``/``cos`` of each angle."""
-        key = (tuple(inv_freq.tolist()), str(device))
+        if st.freq_key is None:  # once per layer, not on every step
+            st.freq_key = tuple(st.inv_freq.tolist())
+        key = (st.freq_key, str(device))
         tab = self._trig.get(key)
         if tab is None or tab[0].shape[0] < n:
             cap = max(n, 2 * (0 if tab is None else tab[0].shape[0]), 4096)
-            f = inv_freq.to(torch.float64)[None]
+            f = st.inv_freq.to(torch.float64)[None]
             cos, sin = (torch.empty(cap, f.shape[1], device=device) for _ in range(2))
             # float64 angles (p * f at p ~ 1e5 loses ~1e-2 rad in float32), a block at a time so the
             # float64 temporaries stay small next to a long prefill's peak
@@ -265,7 +268,7 @@ def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
         st.kbuf, st.kscale = new, scale
     # blocks of keys, so a 32K prefill does not hold four full-size float32 temporaries of the rotation
     if n > st.n_seen:
-        cos_t, sin_t = st.runtime.trig(st.inv_freq, n, key.device)
+        cos_t, sin_t = st.runtime.trig(st, n, key.device)
     for lo in range(st.n_seen, n, ROTATE_BLOCK):
         hi = min(n, lo + ROTATE_BLOCK)
         # rotate by -p (cos(-a) = cos(a), sin(-a) = -sin(a)) in float32, whatever the cache holds
@@ -364,7 +367,7 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
                 st.hits += 1  # same indices as this layer's last step: its compacted rows are reused
             st.cached_mid = got
             return got
-    cos_t, sin_t = st.runtime.trig(st.inv_freq, q0 + c, q.device)
+    cos_t, sin_t = st.runtime.trig(st, q0 + c, q.device)
     q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
                          -sin_t[q0:q0 + c]).to(q.dtype)  # [B, Hq, c, d], rotated back by its positions
     # A short chunk (the question, a decode step) votes with every query: the mean of a
@@ -423,7 +426,7 @@ def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, sc
         # the cached key at position p moves to compact position n_i + j by one rotation of n_i + j - p;
         # it is read from the cache itself, so a low-precision scoring buffer never reaches attention
         # angle of n_i + j - p from the position table: cos(a - b) = cos a cos b + sin a sin b, etc.
-        cos_t, sin_t = st.runtime.trig(st.inv_freq, nk, q.device)
+        cos_t, sin_t = st.runtime.trig(st, nk, q.device)
         cp = cos_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)  # [B, H, m, d/2]
         sp = sin_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)
         cc, sc = cos_t[n_i:n_i + m], sin_t[n_i:n_i + m]
