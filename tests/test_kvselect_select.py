@@ -266,3 +266,53 @@ def test_int8_scoring_logits_track_float_logits(hq, hkv, c):
     assert (got - want).abs().max() < 0.02 * want.abs().max()
     with pytest.raises(ValueError, match="scales"):
         K.head_logits(q, ki, 0.25)
+
+
+@pytest.mark.parametrize("plateau", [False, True])
+def test_topk_sorted_is_the_top_k_in_cache_order(plateau):
+    g = torch.Generator().manual_seed(5)
+    score = torch.rand(1, 500, generator=g)
+    if plateau:  # max-pooled scores: runs of equal values straddle the k-th
+        score = torch.nn.functional.max_pool1d(score[:, None], 31, stride=1, padding=15)[:, 0]
+    got = K.topk_sorted(score, 37, 10)[0]
+    assert got.tolist() == sorted(set(got.tolist())) and len(got) == 37
+    want = torch.topk(score[0], 37).values
+    assert torch.equal(torch.sort(score[0, got - 10]).values, torch.sort(want).values)
+
+
+@pytest.mark.parametrize("hq,hk1,hk2", [(4, 2, 2), (6, 6, 3), (3, 1, 3)])
+def test_attend_frames_is_attention_over_the_concatenation(hq, hk1, hk2):
+    g = torch.Generator().manual_seed(hq + hk1)
+    q = torch.randn(1, hq, 1, D, generator=g)
+    k1, v1 = torch.randn(1, hk1, 30, D, generator=g), torch.randn(1, hk1, 30, D, generator=g)
+    k2, v2 = torch.randn(1, hk2, 12, D, generator=g), torch.randn(1, hk2, 12, D, generator=g)
+    out, p = K.attend_frames([(q, k1, v1), (q, k2, v2)], 0.3, need_weights=True)
+
+    def per_head(x):  # both blocks as Hq heads, so they can be concatenated
+        return x.repeat_interleave(hq // x.shape[1], 1)
+
+    kk, vv = torch.cat((per_head(k1), per_head(k2)), 2), torch.cat((per_head(v1), per_head(v2)), 2)
+    want, pw = K.attend(q, kk, vv, 0.3, need_weights=True)
+    assert torch.allclose(out, want, atol=1e-5) and torch.allclose(p, pw, atol=1e-6)
+
+
+def test_rolled_back_cache_truncates_the_scoring_buffer_and_hits_skip_it():
+    q, k, v, *_ = _qkv(1, 4, 2, 1, 300, seed=11)
+    cfg = TokenSelectConfig(n_init=4, k=40, n_local=16, chunk_size=16, cache_threshold=None)
+    m, st = _module(cfg, 2)
+    first = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)[0]
+    assert st.n_seen == 300
+    # the same step again: the cache lost its last key and got it back (a re-decoded step)
+    again = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)[0]
+    assert torch.equal(first, again) and st.n_seen == 300
+    # a different last key must be re-synced, not read from the stale buffer
+    k2 = k.clone()
+    k2[:, :, -1] *= -1
+    fresh_m, _ = _module(cfg, 2)
+    assert torch.equal(token_select_attention(m, q, k2, v, None, scaling=D ** -0.5)[0],
+                       token_select_attention(fresh_m, q, k2, v, None, scaling=D ** -0.5)[0])
+    # a Selection Cache hit scores nothing, so it leaves the new keys for the next miss to sync
+    hm, hst = _module(cfg.model_copy(update={"cache_threshold": 1e-6}), 2)
+    token_select_attention(hm, q, k[:, :, :299], v[:, :, :299], None, scaling=D ** -0.5)
+    token_select_attention(hm, q, k, v, None, scaling=D ** -0.5)
+    assert hst.hits == 1 and hst.n_seen == 299

@@ -153,9 +153,10 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
             m, st = standalone_layer(cfg, inv, hq // hkv)
             token_select_attention(m, q1, k[:, :, :n - 1], v[:, :, :n - 1], None, scaling=d ** -0.5)
 
-            def step(m=m, st=st):
+            def step(m=m):
+                # the same step again: the layer sees its cache rolled back by one key, so each call
+                # syncs one new key into the scoring buffer, as in decoding
                 token_select_attention(m, q1, k, v, None, scaling=d ** -0.5)
-                st.n_seen = n - 1  # the same step again: one new key per call, as in decoding
 
             steps[name] = step
         timed = time_interleaved(steps, repeats=bc.decode_repeats, warmup=2,
@@ -239,8 +240,6 @@ def cache_part(bc: KVSelectBenchConfig, rows: list) -> dict:
             for st in rt.layers.values():
                 st.cached_q = st.cached_mid = None
             cache = copy.deepcopy(pre.past_key_values)
-            for st in rt.layers.values():
-                st.n_seen = min(st.n_seen, ids.shape[1] - 1)
             t0 = time.perf_counter()
             toks = _decode(lm.model, cache, ids[:, -1:], bc.decode_tokens)
             dt = time.perf_counter() - t0

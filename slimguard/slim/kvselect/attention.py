@@ -45,9 +45,11 @@ class LayerState:
     kbuf: torch.Tensor | None = None  # [B, Hkv, cap, d] un-rotated keys (score_dtype), contiguous per head
     kscale: torch.Tensor | None = None  # [B, Hkv, cap] per-key scales when kbuf is int8
     freq_key: tuple | None = None  # inv_freq as a hashable key of the shared position table
-    n_seen: int = 0
+    n_seen: int = 0  # keys already un-rotated into kbuf (synced lazily, only when this layer scores)
+    n_keys: int = 0  # cache length at the last call (a shorter cache later means it was rolled back)
     cached_q: torch.Tensor | None = None
     cached_mid: torch.Tensor | None = None
+    cached_hi: int = 0  # every cached_mid index is below this
     h2o_acc: torch.Tensor | None = None
     h2o_kept: torch.Tensor | None = None
     h2o_hi: int = 0
@@ -60,7 +62,7 @@ class LayerState:
     dense: int = 0
 
     def reset(self) -> None:
-        self.n_seen = 0
+        self.n_seen = self.n_keys = self.cached_hi = 0
         self.cached_q = self.cached_mid = self.h2o_acc = self.h2o_kept = None
         self.sel_k = self.sel_v = None
         self.h2o_hi = 0
@@ -300,14 +302,20 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
     cfg = st.runtime.cfg
     b, hq, L, d = query.shape
     n = key.shape[2]
-    if L == n or n - L < st.n_seen:  # a fresh sequence (or a rolled-back cache): forget the old one
+    if L == n:  # a fresh sequence: forget the old one
         st.reset()
+    elif n - L < st.n_keys:
+        # a rolled-back cache (a step decoded again, speculative decoding): its first n - L keys are the
+        # same prefix, so the scoring buffer is truncated, not rebuilt; H2O's running scores are not
+        st.n_seen = min(st.n_seen, n - L)
+        st.h2o_acc = st.h2o_kept = None
+        st.h2o_hi = 0
+    st.n_keys = n
     if cfg.method == "dense" or n <= cfg.budget:
         st.dense += 1
         # HF only skips the mask when causality is top-left == bottom-right (L == n or L == 1)
         mask = _causal_mask(L, n, query.device)[None, None] if 1 < L < n else None
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
-    kbuf = _sync_buffer(st, key)
     past = n - L
     if cfg.score_layers is not None and st.layer_idx in cfg.score_layers:
         st.runtime.shared[st.layer_idx] = {}
@@ -329,12 +337,12 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
                 query[:, :, s:e], kk, vv, attn_mask=_causal_mask(e - s, nk, query.device), scale=scaling)
             out[:, s:e] = o.transpose(1, 2)
         else:
-            out[:, s:e] = _select_and_attend(st, query[:, :, s:e], key, value, kbuf, nk, past + s, scaling,
+            out[:, s:e] = _select_and_attend(st, query[:, :, s:e], key, value, nk, past + s, scaling,
                                              decode=L == 1)
     return out, None
 
 
-def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tensor, nk: int, q0: int,
+def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int,
             scaling: float, decode: bool) -> torch.Tensor:
     """Indices of the selected middle tokens, ``[B, H, k]`` (H = 1 shared, Hkv or Hq per head)."""
     cfg = st.runtime.cfg
@@ -378,15 +386,18 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, kbuf: torch.Tens
         q_un = K.rotate(q_un, torch.tensor([cfg.score_distance], device=q.device), inv)
     if decode and cfg.cache_threshold is not None and st.cached_q is not None:
         cos = torch.nn.functional.cosine_similarity(q_un.reshape(b, -1).float(), st.cached_q, dim=-1)
-        if bool((cos >= cfg.cache_threshold).all()) and int(st.cached_mid.max()) < hi:
+        if bool((cos >= cfg.cache_threshold).all()) and st.cached_hi <= hi:
             st.hits += 1
             _share(st, nk, q0, c, st.cached_mid)
             return st.cached_mid
+    # keys reach the scoring buffer only here: a Selection Cache hit, or a layer reusing another
+    # layer's selection, never reads it (nor pays to fill it)
+    kbuf = _sync_buffer(st, key)
     ks = st.kscale[:, :, lo:hi] if st.kscale is not None else None
     score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling, ks), cfg.pool_kernel)
-    mid = K.topk_middle(score, cfg.k, lo)[:, None]
+    mid = K.topk_sorted(score, cfg.k, lo)[:, None]
     if decode:
-        st.cached_q, st.cached_mid = q_un.reshape(b, -1).float(), mid
+        st.cached_q, st.cached_mid, st.cached_hi = q_un.reshape(b, -1).float(), mid, hi
     _share(st, nk, q0, c, mid)
     return mid
 
@@ -397,26 +408,28 @@ def _share(st: LayerState, nk: int, q0: int, c: int, mid: torch.Tensor) -> None:
         st.runtime.shared.setdefault(st.layer_idx, {})[(nk, q0, c)] = mid
 
 
-def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, scaling: float, decode: bool):
+def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling: float, decode: bool):
     """Build the compacted K/V (init | middle | local) and attend; positions are 0..S-1.
 
     Init keys already sit at their compact positions; the local block (and the chunk's
     queries) move by one constant offset ``S - nk``; only the middle is gathered from the
     cache and rotated by its own offset. On a Selection Cache hit the init + middle rows of the
-    previous step are reused as they are, so a hit costs one local-window copy.
+    previous step are reused as they are; a decode step reads the local window in place, so a
+    hit copies nothing.
     """
     cfg = st.runtime.cfg
     b, hq, c, d = q.shape
     n_kv = key.shape[1]
     st.selections += 1
     hits = st.hits
-    mid, _ = torch.sort(_middle(st, q, key, kbuf, nk, q0, scaling, decode), dim=-1)
-    hit = st.hits > hits
+    mid = _middle(st, q, key, nk, q0, scaling, decode)
     n_i, m, n_l = cfg.n_init, mid.shape[-1], cfg.n_local
     s = n_i + m + n_l
     heads = n_kv if mid.shape[1] in (1, n_kv) else hq
     dt = key.dtype if key.dtype == torch.float32 else torch.float32
-    if not (hit and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
+    if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
+        if cfg.method != "tokenselect":  # compact positions follow cache order; TokenSelect's come sorted
+            mid, _ = torch.sort(mid, dim=-1)
         st.sel_k = torch.empty(b, heads, s, d, dtype=key.dtype, device=key.device)
         st.sel_v = torch.empty_like(st.sel_k)
         init_k, init_v = key[:, :, :n_i], value[:, :, :n_i]
@@ -433,15 +446,25 @@ def _select_and_attend(st: LayerState, q, key, value, kbuf, nk: int, q0: int, sc
         cos_d, sin_d = torch.addcmul(cc * cp, sc, sp), torch.addcmul(sc * cp, cc, sp, value=-1.0)
         K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), cos_d.to(dt), sin_d.to(dt))
         st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
-    ang = (s - nk) * st.inv_freq.to(q.device, torch.float32)
-    cos, sin = ang.cos().to(dt), ang.sin().to(dt)
-    loc_k, loc_v = key[:, :, nk - n_l:nk], value[:, :, nk - n_l:nk]
-    if heads != n_kv:
-        loc_k, loc_v = loc_k.repeat_interleave(hq // n_kv, 1), loc_v.repeat_interleave(hq // n_kv, 1)
-    K.rotate_into(st.sel_k[:, :, n_i + m:], loc_k.to(dt), cos, sin)
-    st.sel_v[:, :, n_i + m:] = loc_v
+    # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
+    cos_t, sin_t = st.runtime.trig(st, nk, q.device)
+    cos, sin = cos_t[nk - s].to(dt), -sin_t[nk - s].to(dt)
     q_c = K.rotate_into(torch.empty_like(q), q, cos.to(q.dtype), sin.to(q.dtype))
-    out, p = K.attend(q_c, st.sel_k, st.sel_v, scaling, need_weights=cfg.method == "h2o")
+    h2o = cfg.method == "h2o"
+    loc_k, loc_v = key[:, :, nk - n_l:nk], value[:, :, nk - n_l:nk]
+    if c == 1:
+        # decode: the local window is read where it lies in the cache, by the query at its own
+        # position (same distances as in the compact frame), so neither a hit nor a miss copies
+        # or rotates it; only init + middle are read in the compact frame, by the rotated query
+        head = n_i + m
+        out, p = K.attend_frames([(q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head]), (q, loc_k, loc_v)],
+                                 scaling, need_weights=h2o)
+    else:
+        if heads != n_kv:
+            loc_k, loc_v = loc_k.repeat_interleave(hq // n_kv, 1), loc_v.repeat_interleave(hq // n_kv, 1)
+        K.rotate_into(st.sel_k[:, :, n_i + m:], loc_k.to(dt), cos, sin)
+        st.sel_v[:, :, n_i + m:] = loc_v
+        out, p = K.attend(q_c, st.sel_k, st.sel_v, scaling, need_weights=h2o)
     idx = None
     if p is not None or cfg.record:
         idx = K.frame(mid, n_i, nk - n_l, nk)

@@ -70,13 +70,14 @@ def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float,
         if key_scale is None:
             raise ValueError("int8 keys need their per-key scales")
         qi, qs = quantize_rows(qg)
-        logits = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], device=keys.device)
+        acc = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], dtype=torch.int32, device=keys.device)
         for i in range(b):
             for h in range(n_kv):
                 # [R, d] x [d, M] straight into the logits' row layout (the GEMM reads the keys' rows as
                 # they lie; the [M, d] x [d, R] order was slower once its output had to be transposed)
-                acc = torch._int_mm(qi[i, h].contiguous(), keys[i, h].T)  # [R, M] int32
-                logits[i, h].copy_(acc).mul_(qs[i, h, :, None]).mul_(key_scale[i, h])
+                torch._int_mm(qi[i, h], keys[i, h].T, out=acc[i, h])
+        # two passes over the logits for all heads at once: a decode step is dominated by op count
+        logits = (acc * qs[..., None]).mul_(key_scale[:, :, None])
         return logits.reshape(b, -1, keys.shape[2])
     qg = qg.to(keys.dtype)
     if keys.dtype == torch.float32 or keys.device.type != "cpu":
@@ -108,6 +109,15 @@ def frame(middle: torch.Tensor, n_init: int, n_local_start: int, n_keys: int) ->
     local = torch.arange(n_local_start, n_keys, device=dev).expand(b, h, n_keys - n_local_start)
     mid, _ = torch.sort(middle, dim=-1)
     return torch.cat((init, mid, local), dim=-1)
+
+
+def topk_sorted(score: torch.Tensor, k: int, offset: int) -> torch.Tensor:
+    """:func:`topk_middle` in ascending position order (the compact frame's order), ``[B, k]``.
+
+    (A k-th-value selection plus ``nonzero`` would give cache order without the sort, but at
+    32K on a cold cache ``kthvalue`` copies the row and measured slower than top-k + sort.)
+    """
+    return torch.sort(topk_middle(score, k, offset), dim=-1).values
 
 
 def topk_middle(score: torch.Tensor, k: int, offset: int) -> torch.Tensor:
@@ -223,6 +233,36 @@ def attend(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, scaling: f
     p = torch.softmax(logits, dim=-1)
     out = torch.matmul(p.to(vv.dtype), vv)
     return out.transpose(1, 2), p
+
+
+def attend_frames(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], scaling: float,
+                  need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One decode query over key blocks that each sit in their own RoPE frame.
+
+    ``parts``: ``(q [B, Hq, 1, d], k [B, H, S_i, d], v)`` with the query already rotated into
+    that block's frame (H in {Hkv, Hq}; a group's query heads read their shared KV head).
+    RoPE logits depend only on the distance between query and key, so a block whose keys
+    keep their cached positions (the local window) can be read in place by the unrotated
+    query, and only the gathered blocks need their own frame. One softmax runs over all
+    blocks' logits, so this is exactly attention over their concatenation, in float32.
+    Returns ``[B, 1, Hq, d]`` and, when asked, the weights ``[B, Hq, 1, sum S_i]``.
+    """
+    b, hq, _, d = parts[0][0].shape
+    logits = []
+    for q, k, _v in parts:
+        h = k.shape[1]
+        qg = q.reshape(b, h, hq // h, d).to(torch.float32) * scaling
+        logits.append(torch.matmul(qg, k.to(torch.float32).transpose(-1, -2)).reshape(b, hq, -1))
+    p = torch.softmax(torch.cat(logits, dim=-1), dim=-1)  # [B, Hq, sum S_i]
+    out, lo = None, 0
+    for q, k, v in parts:
+        h, n = k.shape[1], k.shape[2]
+        pg = p[:, :, lo:lo + n].reshape(b, h, hq // h, n)
+        part = torch.matmul(pg, v.to(torch.float32)).reshape(b, hq, -1)  # [B, H, G, d] -> [B, Hq, d]
+        out = part if out is None else out.add_(part)
+        lo += n
+    out = out[:, None].to(parts[0][0].dtype)
+    return out, (p[:, :, None] if need_weights else None)
 
 
 # CPU flash attention that also returns each query's log-sum-exp (part of torch, not of its public API;
