@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...core.errors import SlimguardError
+from . import kernels as KN
 from . import select as K
 from .config import TokenSelectConfig
 
@@ -394,12 +395,28 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int
     # layer's selection, never reads it (nor pays to fill it)
     kbuf = _sync_buffer(st, key)
     ks = st.kscale[:, :, lo:hi] if st.kscale is not None else None
-    score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling, ks), cfg.pool_kernel)
-    mid = K.topk_sorted(score, cfg.k, lo)[:, None]
+    lib = _kernels(cfg) if ks is not None and KN.usable(kbuf, q_un) else None
+    if lib is not None:  # fused vote + pool + top-k over the integer logits
+        acc, qs = K.int8_logits(K.score_rows(q_un, kbuf.shape[1], scaling), kbuf[:, :, lo:hi])
+        mid = KN.vote_topk(lib, acc[0], qs[0], ks[0], cfg.k, lo, cfg.pool_kernel)[:, None]
+    else:
+        score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling, ks), cfg.pool_kernel)
+        mid = K.topk_sorted(score, cfg.k, lo)[:, None]
     if decode:
         st.cached_q, st.cached_mid, st.cached_hi = q_un.reshape(b, -1).float(), mid, hi
     _share(st, nk, q0, c, mid)
     return mid
+
+
+def _kernels(cfg: TokenSelectConfig):
+    """The fused kernel library when the config allows it (None: the PyTorch path)."""
+    return None if cfg.kernel == "torch" else KN.library(required=cfg.kernel == "cpp")
+
+
+def _fused_rows(lib, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether a float32 batch-1 cache can go to the fused kernels (rows of d contiguous floats)."""
+    return (lib is not None and key.dtype == torch.float32 and value.dtype == torch.float32
+            and KN.usable(key, value) and key.stride() == value.stride() and key.stride(2) == key.shape[3])
 
 
 def _share(st: LayerState, nk: int, q0: int, c: int, mid: torch.Tensor) -> None:
@@ -427,6 +444,8 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     s = n_i + m + n_l
     heads = n_kv if mid.shape[1] in (1, n_kv) else hq
     dt = key.dtype if key.dtype == torch.float32 else torch.float32
+    lib = _kernels(cfg) if c == 1 else None  # prefill chunks are few and large: plain PyTorch is fine
+    fused = _fused_rows(lib, key, value)
     if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
         if cfg.method != "tokenselect":  # compact positions follow cache order; TokenSelect's come sorted
             mid, _ = torch.sort(mid, dim=-1)
@@ -440,12 +459,16 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
         # it is read from the cache itself, so a low-precision scoring buffer never reaches attention
         # angle of n_i + j - p from the position table: cos(a - b) = cos a cos b + sin a sin b, etc.
         cos_t, sin_t = st.runtime.trig(st, nk, q.device)
-        cp = cos_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)  # [B, H, m, d/2]
-        sp = sin_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)
-        cc, sc = cos_t[n_i:n_i + m], sin_t[n_i:n_i + m]
-        cos_d, sin_d = torch.addcmul(cc * cp, sc, sp), torch.addcmul(sc * cp, cc, sp, value=-1.0)
-        K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), cos_d.to(dt), sin_d.to(dt))
-        st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
+        if fused and mid.shape[1] == 1:  # one index set for every KV head (TokenSelect, StreamingLLM, random)
+            KN.gather_rotate(lib, key, value, mid[0, 0], cos_t, sin_t, n_i, st.sel_k, st.sel_v)
+        else:
+            cp = cos_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)  # [B, H, m, d/2]
+            sp = sin_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)
+            cc, sc = cos_t[n_i:n_i + m], sin_t[n_i:n_i + m]
+            cos_d, sin_d = torch.addcmul(cc * cp, sc, sp), torch.addcmul(sc * cp, cc, sp, value=-1.0)
+            K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), cos_d.to(dt),
+                          sin_d.to(dt))
+            st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
     # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
     cos_t, sin_t = st.runtime.trig(st, nk, q.device)
     cos, sin = cos_t[nk - s].to(dt), -sin_t[nk - s].to(dt)
@@ -457,8 +480,11 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
         # position (same distances as in the compact frame), so neither a hit nor a miss copies
         # or rotates it; only init + middle are read in the compact frame, by the rotated query
         head = n_i + m
-        out, p = K.attend_frames([(q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head]), (q, loc_k, loc_v)],
-                                 scaling, need_weights=h2o)
+        if fused and not h2o and q.dtype == torch.float32:
+            out, p = KN.attend2(lib, q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head], q, loc_k, loc_v, scaling), None
+        else:
+            out, p = K.attend_frames([(q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head]), (q, loc_k, loc_v)],
+                                     scaling, need_weights=h2o)
     else:
         if heads != n_kv:
             loc_k, loc_v = loc_k.repeat_interleave(hq // n_kv, 1), loc_v.repeat_interleave(hq // n_kv, 1)

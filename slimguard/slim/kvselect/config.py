@@ -51,6 +51,10 @@ class TokenSelectConfig(Config):
         "dtype of the un-rotated key copy that scoring reads; null: the KV cache's dtype. bfloat16 halves "
         "the bytes each selection reads; int8 (one scale per key and head, queries quantized per row, integer "
         "product) quarters them. The attended keys always stay in the cache's dtype."))
+    kernel: Literal["auto", "torch", "cpp"] = Field("auto", description=(
+        "Decode-step kernels: 'cpp' fuses the vote, top-k, gather-and-rotate and decode attention "
+        "(kernels.cpp, built once with the machine's C++ compiler; float32 batch-1 CPU caches), 'torch' "
+        "is the plain PyTorch reference, 'auto' uses cpp where it can be built and applies."))
     page_size: int = Field(16, ge=1, description="Quest page size (tokens per min/max page).")
     seed: int = Field(0, description="Seed of the random selector's torch.Generator.")
     record: bool = Field(False, description="Keep each layer's selected indices of the last selection (for plots).")

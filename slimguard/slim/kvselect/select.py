@@ -52,6 +52,13 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale[..., None]).to(torch.int8), scale
 
 
+def score_rows(q_fp: torch.Tensor, n_kv: int, scaling: float) -> torch.Tensor:
+    """Fingerprint queries ``[B, Hq, (C,) d]`` as scaled float32 rows per KV head ``[B, Hkv, G (* C), d]``
+    (the scale goes on the few query rows, not on the ``[Hq, M]`` logits: one pass over them fewer)."""
+    b, d = q_fp.shape[0], q_fp.shape[-1]
+    return (group_view(q_fp, n_kv) * scaling).to(torch.float32).reshape(b, n_kv, -1, d)
+
+
 def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float,
                 key_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of fingerprint queries against every key, one row per (query head, query).
@@ -61,21 +68,13 @@ def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float,
     int8 ``keys`` need ``key_scale [B, Hkv, M]``; the query rows are quantized per row and the
     product runs on integers.
     """
-    b, hq = q_fp.shape[:2]
-    d = q_fp.shape[-1]
+    b = q_fp.shape[0]
     n_kv = keys.shape[1]
-    # the scale goes on the few query rows, not on the [Hq, M] logits (one pass over them fewer)
-    qg = (group_view(q_fp, n_kv) * scaling).to(torch.float32).reshape(b, n_kv, -1, d)  # [B, Hkv, G (* C), d]
+    qg = score_rows(q_fp, n_kv, scaling)
     if keys.dtype == torch.int8:
         if key_scale is None:
             raise ValueError("int8 keys need their per-key scales")
-        qi, qs = quantize_rows(qg)
-        acc = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], dtype=torch.int32, device=keys.device)
-        for i in range(b):
-            for h in range(n_kv):
-                # [R, d] x [d, M] straight into the logits' row layout (the GEMM reads the keys' rows as
-                # they lie; the [M, d] x [d, R] order was slower once its output had to be transposed)
-                torch._int_mm(qi[i, h], keys[i, h].T, out=acc[i, h])
+        acc, qs = int8_logits(qg, keys)
         # two passes over the logits for all heads at once: a decode step is dominated by op count
         logits = (acc * qs[..., None]).mul_(key_scale[:, :, None])
         return logits.reshape(b, -1, keys.shape[2])
@@ -90,6 +89,21 @@ def head_logits(q_fp: torch.Tensor, keys: torch.Tensor, scaling: float,
             for h in range(n_kv):
                 torch.mm(qg[i, h], keys[i, h].T, out=logits[i, h])
     return logits.reshape(b, -1, keys.shape[2]).to(torch.float32)
+
+
+def int8_logits(qg: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer logits of query rows ``qg [B, Hkv, R, d]`` (float, scaled) against int8 ``keys
+    [B, Hkv, M, d]``: ``acc [B, Hkv, R, M]`` int32 and the rows' scales ``[B, Hkv, R]`` (the
+    keys' own scales still to be applied)."""
+    b, n_kv = qg.shape[:2]
+    qi, qs = quantize_rows(qg)
+    acc = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], dtype=torch.int32, device=keys.device)
+    for i in range(b):
+        for h in range(n_kv):
+            # [R, d] x [d, M] straight into the logits' row layout (the GEMM reads the keys' rows as
+            # they lie; the [M, d] x [d, R] order was slower once its output had to be transposed)
+            torch._int_mm(qi[i, h], keys[i, h].T, out=acc[i, h])
+    return acc, qs
 
 
 def soft_vote(logits: torch.Tensor, pool_kernel: int = 1) -> torch.Tensor:

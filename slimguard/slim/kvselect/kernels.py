@@ -1,0 +1,131 @@
+"""Fused CPU kernels for TokenSelect decode steps (``kernels.cpp``), built on first use.
+
+A decode step at 32K does about a millisecond of real work (one read of the int8 scoring
+keys, a top-k, a gather of ~1K rows, attention over ~1.6K keys). In PyTorch that is ~100
+ATen calls, and on a cold cache (the other layers ran in between) their dispatch costs as
+much as the work. ``kernels.cpp`` does the vote, the top-k, the gather-and-rotate and the
+two-frame decode attention in four calls. It is plain C++ with a C ABI, compiled once per
+machine with ``$CXX`` (default ``g++``) into ``$SLIMGUARD_HOME/kernels/`` and loaded with
+ctypes; no torch headers, so the build takes seconds. Without a compiler, or for anything
+but float32 batch-1 CPU tensors, the PyTorch path in ``select.py`` runs; it is also the
+reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ...core.errors import SlimguardError
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC"]
+_I64, _F32, _P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+_SIGS = {
+    "sg_vote_int8": [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P],
+    "sg_pool_topk": [_P, _I64, _I64, _I64, _I64, _P, _P],
+    "sg_gather_rotate": [_P, _P, _I64, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64],
+    "sg_attend2": [_P, _P, _P, _I64, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, _P, _P],
+}
+_state: dict[str, object] = {}
+
+
+def _build() -> Path:
+    from ...core.assets import home
+
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise SlimguardError(f"no C++ compiler '{cxx}' on PATH (set CXX)")
+    src = SOURCE.read_bytes()
+    tag = hashlib.sha256(src + " ".join([cxx, *FLAGS, platform.machine(), platform.node()]).encode()).hexdigest()[:16]
+    out = home() / "kernels" / f"kvselect-{tag}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise SlimguardError(f"building {SOURCE.name} failed: {res.stderr.strip().splitlines()[-1:]}")
+        os.replace(tmp, out)  # atomic: a concurrent build or a killed one never leaves a half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def library(required: bool = False):
+    """The loaded kernel library, or None if it cannot be built (``required`` raises instead)."""
+    if "lib" not in _state:
+        try:
+            lib = ctypes.CDLL(str(_build()))
+            for name, args in _SIGS.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, None
+            _state["lib"], _state["error"] = lib, None
+        except (SlimguardError, OSError, subprocess.SubprocessError) as e:
+            _state["lib"], _state["error"] = None, str(e)
+            if not required:
+                warnings.warn(f"TokenSelect C++ kernels unavailable, using the PyTorch path: {e}", stacklevel=2)
+    if required and _state["lib"] is None:
+        raise SlimguardError(f"TokenSelect kernel='cpp' but the kernels could not be built: {_state['error']}")
+    return _state["lib"]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the fused kernels apply: float32 (or the int8 scoring buffer) CPU tensors, batch 1,
+    rows of contiguous elements."""
+    return all(t.device.type == "cpu" and t.shape[0] == 1 and t.stride(-1) == 1 for t in tensors)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def vote_topk(lib, acc: torch.Tensor, qs: torch.Tensor, ks: torch.Tensor, k: int, offset: int,
+              pool: int) -> torch.Tensor:
+    """Soft vote over int8 logits ``acc [Hkv, G, M]`` (int32) with scales ``qs [Hkv, G]`` and
+    ``ks [Hkv, M]`` (rows at any stride), max-pool, top-k: ``[1, k]`` positions in ascending order."""
+    n_kv, g, m = acc.shape
+    acc, qs = acc.contiguous(), qs.contiguous().to(torch.float32)
+    work = torch.empty(2 * m)
+    score = torch.empty(m)
+    lib.sg_vote_int8(_ptr(acc), _ptr(qs), _ptr(ks), ks.stride(0), n_kv, g, m, _ptr(work), _ptr(score))
+    k = min(k, m)
+    out = torch.empty(1, k, dtype=torch.int64)
+    lib.sg_pool_topk(_ptr(score), m, pool, k, offset, _ptr(work), _ptr(out))
+    return out
+
+
+def gather_rotate(lib, key: torch.Tensor, value: torch.Tensor, idx: torch.Tensor, cos_t: torch.Tensor,
+                  sin_t: torch.Tensor, n_init: int, out_k: torch.Tensor, out_v: torch.Tensor) -> None:
+    """Rows ``idx [m]`` (ascending) of every KV head of ``key/value [1, Hkv, N, d]`` into
+    ``out_k/out_v [1, Hkv, S, d]`` at rows ``n_init + j``, keys rotated by ``n_init + j - idx[j]``."""
+    _, n_kv, _, d = key.shape
+    idx = idx.contiguous()
+    assert key.stride() == value.stride() and key.stride(2) == d and out_k.stride(2) == d
+    lib.sg_gather_rotate(_ptr(key), _ptr(value), key.stride(1), _ptr(idx), idx.numel(), n_kv, d,
+                         _ptr(cos_t), _ptr(sin_t), n_init, _ptr(out_k), _ptr(out_v), out_k.stride(1))
+
+
+def attend2(lib, q1: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, q2: torch.Tensor, k2: torch.Tensor,
+            v2: torch.Tensor, scaling: float) -> torch.Tensor:
+    """:func:`select.attend_frames` for two blocks, float32, batch 1: ``[1, 1, Hq, d]``."""
+    _, hq, _, d = q1.shape
+    q1, q2 = q1.contiguous(), q2.contiguous()
+    work = torch.empty(2 * hq * (k1.shape[2] + k2.shape[2]))
+    out = torch.empty(1, 1, hq, d)
+    lib.sg_attend2(_ptr(q1), _ptr(k1), _ptr(v1), k1.shape[1], k1.shape[2], k1.stride(1),
+                   _ptr(q2), _ptr(k2), _ptr(v2), k2.shape[1], k2.shape[2], k2.stride(1),
+                   hq, d, scaling, _ptr(work), _ptr(out))
+    return out

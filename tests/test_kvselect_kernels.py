@@ -1,0 +1,84 @@
+"""The fused C++ decode kernels against the PyTorch reference path (skipped without a compiler)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from slimguard.core.errors import SlimguardError
+from slimguard.slim.kvselect import kernels as KN
+from slimguard.slim.kvselect import select as K
+from slimguard.slim.kvselect.attention import standalone_layer, token_select_attention
+from slimguard.slim.kvselect.config import TokenSelectConfig
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+D = 16
+INV = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return KN.library(required=True)
+
+
+@pytest.mark.parametrize("groups,pool", [(1, 1), (3, 1), (2, 5)])
+def test_vote_topk_matches_torch(lib, groups, pool):
+    g = torch.Generator().manual_seed(groups + pool)
+    keys = torch.randn(1, 2, 300, D, generator=g)
+    kq, ks = K.quantize_rows(keys)
+    q = torch.randn(1, 2 * groups, D, generator=g)
+    acc, qs = K.int8_logits(K.score_rows(q, 2, 0.25), kq)
+    got = KN.vote_topk(lib, acc[0], qs[0], ks[0], 25, 7, pool)
+    score = K.soft_vote(K.head_logits(q, kq, 0.25, ks), pool)
+    if pool == 1:
+        assert torch.equal(got, K.topk_sorted(score, 25, 7))
+    else:  # plateaus: the same top values, whichever tied positions were taken
+        assert got[0].tolist() == sorted(set(got[0].tolist()))
+        assert torch.allclose(torch.sort(score[0, got[0] - 7]).values, torch.sort(torch.topk(score[0], 25).values).values)
+
+
+def test_gather_rotate_and_attend2_match_torch(lib):
+    g = torch.Generator().manual_seed(0)
+    key, value = torch.randn(1, 2, 200, D, generator=g), torch.randn(1, 2, 200, D, generator=g)
+    idx = torch.sort(torch.randperm(150, generator=g)[:20] + 10).values
+    rt = standalone_layer(TokenSelectConfig(), INV, 2)[1].runtime
+    cos_t, sin_t = rt.trig(rt.layers[0], 200, "cpu")
+    sk, sv = torch.zeros(1, 2, 30, D), torch.zeros(1, 2, 30, D)
+    KN.gather_rotate(lib, key, value, idx, cos_t, sin_t, 4, sk, sv)
+    want = K.rotate(key[:, :, idx], torch.arange(4, 24) - idx, INV)
+    assert torch.allclose(sk[:, :, 4:24], want, atol=1e-5) and torch.equal(sv[:, :, 4:24], value[:, :, idx])
+    q1, q2 = torch.randn(1, 4, 1, D, generator=g), torch.randn(1, 4, 1, D, generator=g)
+    got = KN.attend2(lib, q1, sk[:, :, :24], sv[:, :, :24], q2, key[:, :, -12:], value[:, :, -12:], 0.3)
+    ref, _ = K.attend_frames([(q1, sk[:, :, :24], sv[:, :, :24]), (q2, key[:, :, -12:], value[:, :, -12:])], 0.3)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("score_dtype", [None, "int8"])
+def test_decode_steps_match_the_torch_path(score_dtype):
+    g = torch.Generator().manual_seed(4)
+    k, v = torch.randn(1, 2, 400, D, generator=g), torch.randn(1, 2, 400, D, generator=g)
+    outs = {}
+    for kernel in ("torch", "cpp"):
+        cfg = TokenSelectConfig(n_init=4, k=40, n_local=16, chunk_size=16, cache_threshold=0.5, kernel=kernel,
+                                score_dtype=score_dtype, record=True)
+        m, st = standalone_layer(cfg, INV, 2)
+        res = []
+        for t in range(380, 400):
+            q = torch.randn(1, 4, 1, D, generator=torch.Generator().manual_seed(t))
+            res.append(token_select_attention(m, q, k[:, :, :t + 1], v[:, :, :t + 1], None, scaling=D ** -0.5)[0])
+        outs[kernel] = (torch.cat(res), st.last_idx, st.hits)
+    assert torch.allclose(outs["torch"][0], outs["cpp"][0], atol=1e-5)
+    assert torch.equal(outs["torch"][1], outs["cpp"][1]) and outs["torch"][2] == outs["cpp"][2]
+
+
+def test_required_kernels_without_a_compiler_is_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("SLIMGUARD_HOME", str(tmp_path))
+    monkeypatch.setattr(KN, "_state", {})
+    with pytest.raises(SlimguardError, match="no C\\+\\+ compiler"):
+        KN.library(required=True)
+    monkeypatch.setattr(KN, "_state", {})
+    with pytest.warns(UserWarning, match="PyTorch path"):
+        assert KN.library() is None
