@@ -446,6 +446,7 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     dt = key.dtype if key.dtype == torch.float32 else torch.float32
     lib = _kernels(cfg) if c == 1 else None  # prefill chunks are few and large: plain PyTorch is fine
     fused = _fused_rows(lib, key, value)
+    cos_t, sin_t = st.runtime.trig(st, nk, q.device)
     if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
         if cfg.method != "tokenselect":  # compact positions follow cache order; TokenSelect's come sorted
             mid, _ = torch.sort(mid, dim=-1)
@@ -458,7 +459,6 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
         # the cached key at position p moves to compact position n_i + j by one rotation of n_i + j - p;
         # it is read from the cache itself, so a low-precision scoring buffer never reaches attention
         # angle of n_i + j - p from the position table: cos(a - b) = cos a cos b + sin a sin b, etc.
-        cos_t, sin_t = st.runtime.trig(st, nk, q.device)
         if fused and mid.shape[1] == 1:  # one index set for every KV head (TokenSelect, StreamingLLM, random)
             KN.gather_rotate(lib, key, value, mid[0, 0], cos_t, sin_t, n_i, st.sel_k, st.sel_v)
         else:
@@ -470,7 +470,6 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
                           sin_d.to(dt))
             st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
     # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
-    cos_t, sin_t = st.runtime.trig(st, nk, q.device)
     cos, sin = cos_t[nk - s].to(dt), -sin_t[nk - s].to(dt)
     q_c = K.rotate_into(torch.empty_like(q), q, cos.to(q.dtype), sin.to(q.dtype))
     h2o = cfg.method == "h2o"

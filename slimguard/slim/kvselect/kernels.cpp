@@ -42,8 +42,6 @@ constexpr int64_t kAhead = 8;  // rows prefetched ahead in gathers
 
 extern "C" {
 
-int sg_abi_version() { return 1; }
-
 // Softmax numerators of one row: e[j] = exp(l[j] - mx), returns their sum. Separate in/out
 // buffers: the in-place form of this loop is left scalar by gcc.
 float exp_row(const float* __restrict l, float* __restrict e, int64_t m, float mx) {
