@@ -39,6 +39,33 @@ def test_vote_topk_matches_torch(lib, groups, pool):
         assert torch.allclose(torch.sort(score[0, got[0] - 7]).values, torch.sort(torch.topk(score[0], 25).values).values)
 
 
+@pytest.mark.parametrize("d,m,groups", [(16, 300, 3), (64, 7, 1), (64, 300, 3), (128, 1000, 2)])
+def test_score_int8_matches_int_mm(lib, d, m, groups):
+    # d % 64 == 0 takes the 16-keys-at-a-time VNNI path where the CPU has it; m % 16 != 0 its tail
+    g = torch.Generator().manual_seed(d + m)
+    kq, _ = K.quantize_rows(torch.randn(1, 3, m + 5, d, generator=g))
+    rows = K.score_rows(torch.randn(1, 3 * groups, d, generator=g) * 4, 3, 0.125)
+    window = kq[:, :, 5:]  # a window of the buffer: heads at the buffer's stride, as in decoding
+    acc, qs = KN.score_int8(lib, rows, window)
+    ref_acc, ref_qs = K.int8_logits(rows, window)
+    assert torch.equal(acc, ref_acc[0]) and torch.equal(qs, ref_qs[0])
+
+
+@pytest.mark.parametrize("d", [16, 64])
+def test_sync_int8_matches_the_torch_buffer(lib, d):
+    g = torch.Generator().manual_seed(d)
+    key = torch.randn(1, 2, 90, d, generator=g) * 3
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    rt = standalone_layer(TokenSelectConfig(), inv, 2)[1].runtime
+    cos_t, sin_t = rt.trig(rt.layers[0], 90, "cpu")
+    kbuf, kscale = torch.zeros(1, 2, 128, d, dtype=torch.int8), torch.zeros(1, 2, 128)
+    KN.sync_int8(lib, key, 30, 90, cos_t, sin_t, kbuf, kscale)
+    x = key[:, :, 30:90]
+    want, want_s = K.quantize_rows(K.rotate_into(torch.empty_like(x), x, cos_t[30:90], -sin_t[30:90]))
+    assert torch.equal(kbuf[:, :, 30:90], want) and torch.equal(kscale[:, :, 30:90], want_s)
+    assert not kbuf[:, :, :30].any() and not kbuf[:, :, 90:].any()  # nothing outside [lo, hi) written
+
+
 def test_gather_rotate_and_attend2_match_torch(lib):
     g = torch.Generator().manual_seed(0)
     key, value = torch.randn(1, 2, 200, D, generator=g), torch.randn(1, 2, 200, D, generator=g)

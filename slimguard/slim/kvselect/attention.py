@@ -269,9 +269,14 @@ def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
             if scale is not None:
                 scale[:, :, :st.n_seen] = st.kscale[:, :, :st.n_seen]
         st.kbuf, st.kscale = new, scale
-    # blocks of keys, so a 32K prefill does not hold four full-size float32 temporaries of the rotation
     if n > st.n_seen:
         cos_t, sin_t = st.runtime.trig(st, n, key.device)
+        lib = _kernels(st.runtime.cfg) if st.kscale is not None and key.dtype == torch.float32 \
+            and KN.usable(key) and key.stride(2) == d else None
+        if lib is not None:  # one call instead of ~15 small ops per decoded key
+            KN.sync_int8(lib, key, st.n_seen, n, cos_t, sin_t, st.kbuf, st.kscale)
+            st.n_seen = n
+    # blocks of keys, so a 32K prefill does not hold four full-size float32 temporaries of the rotation
     for lo in range(st.n_seen, n, ROTATE_BLOCK):
         hi = min(n, lo + ROTATE_BLOCK)
         # rotate by -p (cos(-a) = cos(a), sin(-a) = -sin(a)) in float32, whatever the cache holds
@@ -377,12 +382,16 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int
             st.cached_mid = got
             return got
     cos_t, sin_t = st.runtime.trig(st, q0 + c, q.device)
-    q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
-                         -sin_t[q0:q0 + c]).to(q.dtype)  # [B, Hq, c, d], rotated back by its positions
-    # A short chunk (the question, a decode step) votes with every query: the mean of a
-    # question's queries points at no needle in particular. Long prefill chunks keep the mean
-    # fingerprint so scoring stays one read of the keys per chunk.
-    q_un = q_un if 1 < c <= cfg.vote_queries else q_un.mean(2)
+    lib = _kernels(cfg) if c == 1 and q.dtype == torch.float32 and KN.usable(q) else None
+    if lib is not None:  # a decode query: one call instead of ~10 small ops
+        q_un = KN.unrotate(lib, q, cos_t, sin_t, q0)[:, :, 0]
+    else:
+        q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
+                             -sin_t[q0:q0 + c]).to(q.dtype)  # [B, Hq, c, d], rotated back by its positions
+        # A short chunk (the question, a decode step) votes with every query: the mean of a
+        # question's queries points at no needle in particular. Long prefill chunks keep the mean
+        # fingerprint so scoring stays one read of the keys per chunk.
+        q_un = q_un if 1 < c <= cfg.vote_queries else q_un[:, :, 0] if c == 1 else q_un.mean(2)
     if cfg.score_distance:
         q_un = K.rotate(q_un, torch.tensor([cfg.score_distance], device=q.device), inv)
     if decode and cfg.cache_threshold is not None and st.cached_q is not None:
@@ -395,10 +404,10 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int
     # layer's selection, never reads it (nor pays to fill it)
     kbuf = _sync_buffer(st, key)
     ks = st.kscale[:, :, lo:hi] if st.kscale is not None else None
-    lib = _kernels(cfg) if ks is not None and KN.usable(kbuf, q_un) else None
-    if lib is not None:  # fused vote + pool + top-k over the integer logits
-        acc, qs = K.int8_logits(K.score_rows(q_un, kbuf.shape[1], scaling), kbuf[:, :, lo:hi])
-        mid = KN.vote_topk(lib, acc[0], qs[0], ks[0], cfg.k, lo, cfg.pool_kernel)[:, None]
+    lib = _kernels(cfg) if ks is not None and q_un.dim() == 3 and q_un.dtype == torch.float32 \
+        and KN.usable(kbuf, q_un) else None
+    if lib is not None:  # integer scoring, vote, pool and top-k in one call
+        mid = KN.select_int8(lib, q_un, scaling, kbuf[:, :, lo:hi], ks[0], cfg.k, lo, cfg.pool_kernel)[:, None]
     else:
         score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling, ks), cfg.pool_kernel)
         mid = K.topk_sorted(score, cfg.k, lo)[:, None]
@@ -469,10 +478,13 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
             K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), cos_d.to(dt),
                           sin_d.to(dt))
             st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
-    # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
-    cos, sin = cos_t[nk - s].to(dt), -sin_t[nk - s].to(dt)
-    q_c = K.rotate_into(torch.empty_like(q), q, cos.to(q.dtype), sin.to(q.dtype))
     h2o = cfg.method == "h2o"
+    # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
+    if fused and not h2o and q.dtype == torch.float32:
+        q_c = KN.unrotate(lib, q, cos_t, sin_t, nk - s)
+    else:
+        cos, sin = cos_t[nk - s].to(dt), -sin_t[nk - s].to(dt)
+        q_c = K.rotate_into(torch.empty_like(q), q, cos.to(q.dtype), sin.to(q.dtype))
     loc_k, loc_v = key[:, :, nk - n_l:nk], value[:, :, nk - n_l:nk]
     if c == 1:
         # decode: the local window is read where it lies in the cache, by the query at its own

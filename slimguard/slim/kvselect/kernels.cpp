@@ -13,6 +13,11 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define SG_VNNI 1
+#endif
+
 namespace {
 
 // e^x for x <= 0 (Cephes-style 2^f polynomial, |f| <= 0.5; relative error ~2e-7).
@@ -37,6 +42,67 @@ inline float exp_nonpos(float x) {
 }
 
 constexpr int64_t kAhead = 8;  // rows prefetched ahead in gathers
+
+// Symmetric int8 of one row, as select.quantize_rows: scale = max(max|x|, 1e-12) / 127,
+// q = round-half-even(x / scale). Returns the scale.
+inline float quantize_row(const float* __restrict x, int64_t d, int8_t* __restrict q) {
+    float mx = 0.0f;
+    for (int64_t t = 0; t < d; ++t) mx = std::max(mx, std::fabs(x[t]));
+    const float scale = std::max(mx, 1e-12f) / 127.0f;
+    for (int64_t t = 0; t < d; ++t) q[t] = static_cast<int8_t>(std::nearbyint(x[t] / scale));
+    return scale;
+}
+
+// Order-preserving unsigned key of a float (larger float, larger key).
+inline uint32_t order_key(float x) {
+    uint32_t b;
+    std::memcpy(&b, &x, sizeof b);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The k-th largest of s[0, m) (1 <= k <= m) by radix selection on order_key: three histogram
+// passes of 11/11/10 bits over the values still matching the prefix found so far (a copy plus
+// nth_element cost ~3x more at 32K). *ties: how many values equal to it belong to the top k.
+inline float kth_largest(const float* s, int64_t m, int64_t k, int64_t* ties) {
+    static constexpr int kShift[3] = {21, 10, 0}, kBits[3] = {11, 11, 10};
+    uint32_t prefix = 0, mask = 0;
+    std::vector<int64_t> hist(1 << 11);
+    for (int pass = 0; pass < 3; ++pass) {
+        const int sh = kShift[pass];
+        const uint32_t bins = (1u << kBits[pass]) - 1;
+        std::fill(hist.begin(), hist.end(), 0);
+        for (int64_t j = 0; j < m; ++j) {
+            const uint32_t u = order_key(s[j]);
+            if ((u & mask) == prefix) ++hist[(u >> sh) & bins];
+        }
+        uint32_t b = bins;
+        while (k > hist[b]) k -= hist[b--];
+        prefix |= b << sh;
+        mask |= bins << sh;
+    }
+    *ties = k;
+    const uint32_t bits = (prefix & 0x80000000u) ? (prefix & 0x7FFFFFFFu) : ~prefix;
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+#ifdef SG_VNNI
+// Lane sums of 16 vectors: out[i] = sum of the 16 int32 lanes of v[i] (a transpose-and-add
+// tree, ~3 instructions per sum instead of a full horizontal reduction each).
+inline __m512i sum16(const __m512i* v) {
+    __m512i x[8], y[4];
+    for (int i = 0; i < 8; ++i)
+        x[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i)
+        y[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(x[2 * i], x[2 * i + 1]),
+                                _mm512_unpackhi_epi64(x[2 * i], x[2 * i + 1]));
+    const __m512i z0 = _mm512_add_epi32(_mm512_shuffle_i32x4(y[0], y[1], 0x44), _mm512_shuffle_i32x4(y[0], y[1], 0xEE));
+    const __m512i z1 = _mm512_add_epi32(_mm512_shuffle_i32x4(y[2], y[3], 0x44), _mm512_shuffle_i32x4(y[2], y[3], 0xEE));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(z0, z1, 0x88), _mm512_shuffle_i32x4(z0, z1, 0xDD));
+}
+#endif
 
 }  // namespace
 
@@ -80,6 +146,84 @@ void sg_vote_int8(const int32_t* acc, const float* qs, const float* ks, int64_t 
     }
 }
 
+// Integer logits of the scoring rows against int8 keys, as select.int8_logits: q [n_kv * G, d]
+// float rows (row r reads KV head r / G) are quantized per row (scales into qs), and
+// acc[r, j] = sum_t qi[r, t] * key[h(r), j, t] for the m key rows of each head (rows of d int8
+// at head stride head_stride). With AVX512-VNNI and d % 64 == 0, 16 keys at a time: the
+// unsigned-by-signed dot product reads key ^ 0x80 = key + 128, so 128 * sum(qi) comes off.
+void sg_score_int8(const float* q, const int8_t* keys, int64_t head_stride, int64_t n_kv, int64_t groups,
+                   int64_t m, int64_t d, float* qs, int32_t* acc) {
+    std::vector<int8_t> qi(n_kv * groups * d);
+    for (int64_t r = 0; r < n_kv * groups; ++r) qs[r] = quantize_row(q + r * d, d, qi.data() + r * d);
+    for (int64_t h = 0; h < n_kv; ++h) {
+        const int8_t* kh = keys + h * head_stride;
+        int64_t j0 = 0;
+#ifdef SG_VNNI
+        if (d % 64 == 0 && groups <= 8) {
+            // key tiles outer, query rows inner: each head's keys stream from memory once
+            const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+            __m512i corr[8];
+            for (int64_t g = 0; g < groups; ++g) {
+                const int8_t* qr = qi.data() + (h * groups + g) * d;
+                int32_t qsum = 0;
+                for (int64_t t = 0; t < d; ++t) qsum += qr[t];
+                corr[g] = _mm512_set1_epi32(128 * qsum);
+            }
+            for (j0 = 0; j0 + 16 <= m; j0 += 16) {
+                const int8_t* tile = kh + j0 * d;
+                for (int64_t b = 0; b < 16 * d; b += 64) __builtin_prefetch(tile + 4 * 16 * d + b);
+                for (int64_t g = 0; g < groups; ++g) {
+                    const int8_t* qr = qi.data() + (h * groups + g) * d;
+                    __m512i v[16];
+                    for (int i = 0; i < 16; ++i) {
+                        const int8_t* kr = tile + i * d;
+                        __m512i a = _mm512_setzero_si512();
+                        for (int64_t c = 0; c < d; c += 64)
+                            a = _mm512_dpbusd_epi32(a, _mm512_xor_si512(_mm512_loadu_si512(kr + c), flip),
+                                                    _mm512_loadu_si512(qr + c));
+                        v[i] = a;
+                    }
+                    _mm512_storeu_si512(acc + (h * groups + g) * m + j0, _mm512_sub_epi32(sum16(v), corr[g]));
+                }
+            }
+        }
+#endif
+        for (int64_t r = h * groups; r < (h + 1) * groups; ++r) {
+            const int8_t* qr = qi.data() + r * d;
+            for (int64_t j = j0; j < m; ++j) {
+                const int8_t* kr = kh + j * d;
+                int32_t a = 0;
+                for (int64_t t = 0; t < d; ++t) a += static_cast<int32_t>(qr[t]) * kr[t];
+                acc[r * m + j] = a;
+            }
+        }
+    }
+}
+
+// New keys into the int8 scoring buffer, as attention._sync_buffer: key rows p in [lo, hi) of
+// every KV head rotated back by -p (cos_t / sin_t: [>= hi, d/2] position tables), then quantized
+// per row into kbuf (row p at head stride kb_stride) with their scales into kscale. No fused
+// multiply-add here: the buffer is bit-identical to the PyTorch path's.
+__attribute__((optimize("fp-contract=off"))) void sg_sync_int8(const float* key, int64_t key_head_stride, int64_t n_kv, int64_t lo, int64_t hi, int64_t d,
+                  const float* cos_t, const float* sin_t, int8_t* kbuf, int64_t kb_stride, float* kscale,
+                  int64_t ks_stride) {
+    const int64_t h2 = d / 2;
+    std::vector<float> y(d);
+    for (int64_t h = 0; h < n_kv; ++h) {
+        for (int64_t p = lo; p < hi; ++p) {
+            const float* x = key + h * key_head_stride + p * d;
+            const float* c = cos_t + p * h2;
+            const float* sn = sin_t + p * h2;
+            for (int64_t f = 0; f < h2; ++f) {
+                const float x1 = x[f], x2 = x[f + h2], cf = c[f], sf = -sn[f];
+                y[f] = x1 * cf - x2 * sf;
+                y[f + h2] = x2 * cf + x1 * sf;
+            }
+            kscale[h * ks_stride + p] = quantize_row(y.data(), d, kbuf + h * kb_stride + p * d);
+        }
+    }
+}
+
 // Max-pool (odd width, stride 1, same padding) of score into work when pool > 1, then the
 // indices of the k largest values in ascending order (plus offset) into out. Ties at the
 // k-th value are taken in index order. work holds 2 * m floats.
@@ -98,14 +242,48 @@ void sg_pool_topk(const float* score, int64_t m, int64_t pool, int64_t k, int64_
     }
     k = std::min(k, m);
     if (k <= 0) return;
-    std::copy(s, s + m, work);
-    std::nth_element(work, work + (k - 1), work + m, std::greater<float>());
-    const float kth = work[k - 1];
-    int64_t above = 0;
-    for (int64_t j = 0; j < m; ++j) above += s[j] > kth;
-    int64_t ties = k - above, n = 0;
+    int64_t ties = 0;
+    const float kth = kth_largest(s, m, k, &ties);
+    int64_t n = 0;
     for (int64_t j = 0; j < m && n < k; ++j) {
         if (s[j] > kth || (s[j] == kth && ties-- > 0)) out[n++] = j + offset;
+    }
+}
+
+// The whole decode-step selection from the int8 scoring buffer in one call: sg_score_int8 of the
+// query rows q (scaled by scaling first, as select.score_rows), sg_vote_int8, sg_pool_topk.
+// work: 4 * (R * m + 3 * m + R) bytes, R = n_kv * groups.
+void sg_select_int8(const float* q, float scaling, const int8_t* keys, int64_t head_stride, int64_t n_kv,
+                    int64_t groups, int64_t m, int64_t d, const float* ks, int64_t ks_stride, int64_t k,
+                    int64_t offset, int64_t pool, void* work, int64_t* out) {
+    const int64_t r = n_kv * groups;
+    int32_t* acc = static_cast<int32_t*>(work);
+    float* qs = reinterpret_cast<float*>(acc + r * m);
+    float* tmp = qs + r;
+    float* score = tmp + 2 * m;
+    std::vector<float> rows(r * d);
+    for (int64_t i = 0; i < r * d; ++i) rows[i] = q[i] * scaling;
+    sg_score_int8(rows.data(), keys, head_stride, n_kv, groups, m, d, qs, acc);
+    sg_vote_int8(acc, qs, ks, ks_stride, n_kv, groups, m, tmp, score);
+    sg_pool_topk(score, m, pool, k, offset, tmp, out);
+}
+
+// Rows of x [rows, d] (row i at x + i * row_stride) rotated back by position pos (out = R(-pos) x,
+// the rotate-half convention), contiguous into out. No fused multiply-add: bit-identical to the
+// PyTorch path.
+__attribute__((optimize("fp-contract=off"))) void sg_unrotate_rows(const float* x, int64_t rows,
+        int64_t row_stride, int64_t d, const float* cos_t, const float* sin_t, int64_t pos, float* out) {
+    const int64_t h2 = d / 2;
+    const float* c = cos_t + pos * h2;
+    const float* sn = sin_t + pos * h2;
+    for (int64_t i = 0; i < rows; ++i) {
+        const float* xr = x + i * row_stride;
+        float* y = out + i * d;
+        for (int64_t f = 0; f < h2; ++f) {
+            const float x1 = xr[f], x2 = xr[f + h2], cf = c[f], sf = -sn[f];
+            y[f] = x1 * cf - x2 * sf;
+            y[f + h2] = x2 * cf + x1 * sf;
+        }
     }
 }
 

@@ -31,7 +31,11 @@ SOURCE = Path(__file__).with_name("kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC"]
 _I64, _F32, _P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 _SIGS = {
+    "sg_score_int8": [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P],
+    "sg_sync_int8": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _I64],
     "sg_vote_int8": [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P],
+    "sg_select_int8": [_P, _F32, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P, _P],
+    "sg_unrotate_rows": [_P, _I64, _I64, _I64, _P, _P, _I64, _P],
     "sg_pool_topk": [_P, _I64, _I64, _I64, _I64, _P, _P],
     "sg_gather_rotate": [_P, _P, _I64, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64],
     "sg_attend2": [_P, _P, _P, _I64, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, _P, _P],
@@ -92,6 +96,29 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def score_int8(lib, rows: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`select.int8_logits` for batch 1: float scoring rows ``[1, Hkv, G, d]`` against int8 keys
+    ``[1, Hkv, M, d]`` (rows contiguous, heads at any stride) -> ``acc [Hkv, G, M]`` int32, ``qs [Hkv, G]``."""
+    _, n_kv, g, d = rows.shape
+    m = keys.shape[2]
+    assert keys.dtype == torch.int8 and keys.stride(2) == d
+    rows = rows.contiguous().to(torch.float32)
+    acc = torch.empty(n_kv, g, m, dtype=torch.int32)
+    qs = torch.empty(n_kv, g)
+    lib.sg_score_int8(_ptr(rows), _ptr(keys), keys.stride(1), n_kv, g, m, d, _ptr(qs), _ptr(acc))
+    return acc, qs
+
+
+def sync_int8(lib, key: torch.Tensor, lo: int, hi: int, cos_t: torch.Tensor, sin_t: torch.Tensor,
+              kbuf: torch.Tensor, kscale: torch.Tensor) -> None:
+    """Keys ``[lo, hi)`` of a float32 batch-1 cache ``[1, Hkv, N, d]``, rotated back by their positions
+    and quantized per row, into the int8 scoring buffer ``kbuf [1, Hkv, cap, d]`` and ``kscale [1, Hkv, cap]``."""
+    _, n_kv, _, d = key.shape
+    assert key.dtype == torch.float32 and key.stride(2) == d and kbuf.stride(2) == d and kscale.stride(2) == 1
+    lib.sg_sync_int8(_ptr(key), key.stride(1), n_kv, lo, hi, d, _ptr(cos_t), _ptr(sin_t),
+                     _ptr(kbuf), kbuf.stride(1), _ptr(kscale), kscale.stride(1))
+
+
 def vote_topk(lib, acc: torch.Tensor, qs: torch.Tensor, ks: torch.Tensor, k: int, offset: int,
               pool: int) -> torch.Tensor:
     """Soft vote over int8 logits ``acc [Hkv, G, M]`` (int32) with scales ``qs [Hkv, G]`` and
@@ -104,6 +131,33 @@ def vote_topk(lib, acc: torch.Tensor, qs: torch.Tensor, ks: torch.Tensor, k: int
     k = min(k, m)
     out = torch.empty(1, k, dtype=torch.int64)
     lib.sg_pool_topk(_ptr(score), m, pool, k, offset, _ptr(work), _ptr(out))
+    return out
+
+
+def select_int8(lib, q: torch.Tensor, scaling: float, keys: torch.Tensor, ks: torch.Tensor, k: int, offset: int,
+                pool: int) -> torch.Tensor:
+    """A decode step's whole selection in one call: fingerprint rows ``q [1, Hq, d]`` (un-rotated,
+    float32) scaled by ``scaling`` and scored against the int8 keys ``[1, Hkv, M, d]`` with scales
+    ``ks [Hkv, M]``, soft vote, max-pool, top-k: ``[1, k]`` positions (+ offset), ascending."""
+    _, hq, d = q.shape
+    _, n_kv, m, _ = keys.shape
+    assert keys.dtype == torch.int8 and keys.stride(2) == d and q.dtype == torch.float32
+    q = q.contiguous()
+    work = torch.empty(hq * m + 3 * m + hq, dtype=torch.int32)
+    k = min(k, m)
+    out = torch.empty(1, k, dtype=torch.int64)
+    lib.sg_select_int8(_ptr(q), scaling, _ptr(keys), keys.stride(1), n_kv, hq // n_kv, m, d, _ptr(ks), ks.stride(0),
+                       k, offset, pool, _ptr(work), _ptr(out))
+    return out
+
+
+def unrotate(lib, x: torch.Tensor, cos_t: torch.Tensor, sin_t: torch.Tensor, pos: int) -> torch.Tensor:
+    """One decode query ``x [1, H, 1, d]`` (float32, rows of d contiguous floats) rotated back by
+    ``pos`` (``R(-pos) x``), contiguous ``[1, H, 1, d]``; ``select.rotate_into`` with the table rows."""
+    _, h, _, d = x.shape
+    assert x.dtype == torch.float32 and x.stride(3) == 1
+    out = torch.empty(1, h, 1, d)
+    lib.sg_unrotate_rows(_ptr(x), h, x.stride(1), d, _ptr(cos_t), _ptr(sin_t), pos, _ptr(out))
     return out
 
 
