@@ -39,6 +39,25 @@ def test_vote_topk_matches_torch(lib, groups, pool):
         assert torch.allclose(torch.sort(score[0, got[0] - 7]).values, torch.sort(torch.topk(score[0], 25).values).values)
 
 
+@pytest.mark.parametrize("m,k,pool,ties", [(300, 25, 1, False), (300, 25, 31, False), (5000, 300, 1, False),
+                                             (32000, 1024, 31, False), (32000, 1024, 1, True), (9000, 2000, 7, True)])
+def test_pool_topk_matches_torch(lib, m, k, pool, ties):
+    # large m takes the sampled-threshold path, small m (or k > m / 8) the radix selection; max-pool
+    # plateaus and rounded scores make many ties at the k-th value, taken in index order
+    g = torch.Generator().manual_seed(m + k)
+    score = torch.rand(1, m, generator=g) ** 4
+    if ties:
+        score = torch.round(score * 50) / 50
+    work, out = torch.empty(2 * m), torch.empty(1, k, dtype=torch.int64)
+    lib.sg_pool_topk(score.data_ptr(), m, pool, k, 3, work.data_ptr(), out.data_ptr())
+    pooled = torch.nn.functional.max_pool1d(score[:, None], pool, stride=1, padding=pool // 2)[:, 0] if pool > 1 else score
+    assert torch.equal(work[m:], pooled[0]) or pool == 1
+    kth = torch.topk(pooled[0], k).values[-1]
+    above = torch.nonzero(pooled[0] > kth)[:, 0]
+    tied = torch.nonzero(pooled[0] == kth)[:, 0][:k - above.numel()]
+    assert out[0].tolist() == (torch.sort(torch.cat((above, tied))).values + 3).tolist()
+
+
 @pytest.mark.parametrize("d,m,groups", [(16, 300, 3), (64, 7, 1), (64, 300, 3), (128, 1000, 2)])
 def test_score_int8_matches_int_mm(lib, d, m, groups):
     # d % 64 == 0 takes the 16-keys-at-a-time VNNI path where the CPU has it; m % 16 != 0 its tail

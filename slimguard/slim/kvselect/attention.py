@@ -459,12 +459,16 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
         if cfg.method != "tokenselect":  # compact positions follow cache order; TokenSelect's come sorted
             mid, _ = torch.sort(mid, dim=-1)
-        st.sel_k = torch.empty(b, heads, s, d, dtype=key.dtype, device=key.device)
-        st.sel_v = torch.empty_like(st.sel_k)
-        init_k, init_v = key[:, :, :n_i], value[:, :, :n_i]
-        if heads != n_kv:
-            init_k, init_v = init_k.repeat_interleave(hq // n_kv, 1), init_v.repeat_interleave(hq // n_kv, 1)
-        st.sel_k[:, :, :n_i], st.sel_v[:, :, :n_i] = init_k, init_v
+        if st.sel_k is None or st.sel_k.shape != (b, heads, s, d) or st.sel_k.dtype != key.dtype \
+                or st.sel_k.device != key.device:
+            # a miss rewrites the rows in place: a fresh megabyte per step costs page faults, and the
+            # init rows (the first keys of this sequence; a new one resets the state) stay as they are
+            st.sel_k = torch.empty(b, heads, s, d, dtype=key.dtype, device=key.device)
+            st.sel_v = torch.empty_like(st.sel_k)
+            init_k, init_v = key[:, :, :n_i], value[:, :, :n_i]
+            if heads != n_kv:
+                init_k, init_v = init_k.repeat_interleave(hq // n_kv, 1), init_v.repeat_interleave(hq // n_kv, 1)
+            st.sel_k[:, :, :n_i], st.sel_v[:, :, :n_i] = init_k, init_v
         # the cached key at position p moves to compact position n_i + j by one rotation of n_i + j - p;
         # it is read from the cache itself, so a low-precision scoring buffer never reaches attention
         # angle of n_i + j - p from the position table: cos(a - b) = cos a cos b + sin a sin b, etc.

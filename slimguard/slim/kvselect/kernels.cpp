@@ -224,30 +224,79 @@ __attribute__((optimize("fp-contract=off"))) void sg_sync_int8(const float* key,
     }
 }
 
-// Max-pool (odd width, stride 1, same padding) of score into work when pool > 1, then the
-// indices of the k largest values in ascending order (plus offset) into out. Ties at the
-// k-th value are taken in index order. work holds 2 * m floats.
+// Max-pool (odd width, stride 1, same padding) of s into out: out[j] = max s[j - r .. j + r]
+// clipped to [0, m), by doubling windows (log2(pool) + 1 passes instead of pool - 1).
+static void max_pool(const float* s, int64_t m, int64_t pool, float* out) {
+    const int64_t r = pool / 2, len = m + 2 * r;
+    thread_local std::vector<float> e;
+    e.assign(len, -INFINITY);
+    std::copy(s, s + m, e.begin() + r);
+    float* x = e.data();
+    int64_t w = 1;
+    while (2 * w <= pool) {  // x[i] = max e[i, i + 2w) (clipped at len, where e would be -inf anyway)
+        for (int64_t i = 0; i + w < len; ++i) x[i] = std::max(x[i], x[i + w]);
+        w *= 2;
+    }
+    for (int64_t j = 0; j < m; ++j) out[j] = std::max(x[j], x[j + pool - w]);  // [j, j + w) U [j + pool - w, j + pool)
+}
+
+// Indices of the k largest of s[0, m) in ascending order (plus offset) into out; ties at the
+// k-th value are taken in index order. A threshold from a 1-in-32 sample keeps ~1.5k
+// candidates in one branchless pass, and the exact k-th value is found among them; if the
+// sample misjudged (fewer than k candidates), radix selection over all m.
+static void top_k(const float* s, int64_t m, int64_t k, int64_t offset, int64_t* out) {
+    constexpr int64_t kStride = 32;
+    thread_local std::vector<float> vals;
+    thread_local std::vector<int32_t> cand;
+    if (m >= 64 * kStride && 8 * k <= m) {
+        vals.clear();
+        for (int64_t j = 0; j < m; j += kStride) vals.push_back(s[j]);
+        const int64_t ns = static_cast<int64_t>(vals.size());
+        const double expect = static_cast<double>(k) * ns / m;
+        const int64_t rank = static_cast<int64_t>(expect + 3.0 * std::sqrt(expect) + 4.0);
+        if (rank < ns) {
+            std::nth_element(vals.begin(), vals.begin() + rank, vals.end(), std::greater<float>());
+            const float t = vals[rank];
+            cand.resize(m);
+            int64_t n = 0;
+            for (int64_t j = 0; j < m; ++j) {
+                cand[n] = static_cast<int32_t>(j);
+                n += s[j] >= t;
+            }
+            if (n >= k) {  // every value >= the k-th largest is a candidate
+                vals.resize(n);
+                for (int64_t i = 0; i < n; ++i) vals[i] = s[cand[i]];
+                std::nth_element(vals.begin(), vals.begin() + (k - 1), vals.end(), std::greater<float>());
+                const float kth = vals[k - 1];
+                int64_t ties = k;
+                for (int64_t i = 0; i < n; ++i) ties -= s[cand[i]] > kth;
+                int64_t o = 0;
+                for (int64_t i = 0; i < n && o < k; ++i) {
+                    const float v = s[cand[i]];
+                    if (v > kth || (v == kth && ties-- > 0)) out[o++] = cand[i] + offset;
+                }
+                return;
+            }
+        }
+    }
+    int64_t ties = 0;
+    const float kth = kth_largest(s, m, k, &ties);
+    int64_t o = 0;
+    for (int64_t j = 0; j < m && o < k; ++j) {
+        if (s[j] > kth || (s[j] == kth && ties-- > 0)) out[o++] = j + offset;
+    }
+}
+
+// Max-pool when pool > 1 (into work), then top_k. work holds 2 * m floats.
 void sg_pool_topk(const float* score, int64_t m, int64_t pool, int64_t k, int64_t offset, float* work,
                   int64_t* out) {
     const float* s = score;
     if (pool > 1) {
-        float* p = work + m;
-        const int64_t r = pool / 2;
-        std::copy(score, score + m, p);
-        for (int64_t o = 1; o <= r; ++o) {
-            for (int64_t j = 0; j + o < m; ++j) p[j] = std::max(p[j], score[j + o]);
-            for (int64_t j = o; j < m; ++j) p[j] = std::max(p[j], score[j - o]);
-        }
-        s = p;
+        max_pool(score, m, pool, work + m);
+        s = work + m;
     }
     k = std::min(k, m);
-    if (k <= 0) return;
-    int64_t ties = 0;
-    const float kth = kth_largest(s, m, k, &ties);
-    int64_t n = 0;
-    for (int64_t j = 0; j < m && n < k; ++j) {
-        if (s[j] > kth || (s[j] == kth && ties-- > 0)) out[n++] = j + offset;
-    }
+    if (k > 0) top_k(s, m, k, offset, out);
 }
 
 // The whole decode-step selection from the int8 scoring buffer in one call: sg_score_int8 of the
@@ -294,33 +343,32 @@ void sg_gather_rotate(const float* key, const float* value, int64_t kv_head_stri
                       int64_t m, int64_t n_kv, int64_t d, const float* cos_t, const float* sin_t, int64_t n_init,
                       float* out_k, float* out_v, int64_t out_head_stride) {
     const int64_t h2 = d / 2;
-    for (int64_t h = 0; h < n_kv; ++h) {
-        const float* kh = key + h * kv_head_stride;
-        const float* vh = value + h * kv_head_stride;
-        float* ok = out_k + h * out_head_stride + n_init * d;
-        float* ov = out_v + h * out_head_stride + n_init * d;
-        for (int64_t j = 0; j < m; ++j) {
-            if (j + kAhead < m) {  // scattered rows: ask for the ones a few steps ahead while rotating this one
-                const int64_t pa = idx[j + kAhead];
+    for (int64_t j = 0; j < m; ++j) {
+        if (j + kAhead < m) {  // scattered rows: ask for the ones a few steps ahead (all heads) while rotating these
+            const int64_t pa = idx[j + kAhead];
+            for (int64_t h = 0; h < n_kv; ++h) {
                 for (int64_t b = 0; b < d * 4; b += 64) {
-                    __builtin_prefetch(reinterpret_cast<const char*>(kh + pa * d) + b);
-                    __builtin_prefetch(reinterpret_cast<const char*>(vh + pa * d) + b);
+                    __builtin_prefetch(reinterpret_cast<const char*>(key + h * kv_head_stride + pa * d) + b);
+                    __builtin_prefetch(reinterpret_cast<const char*>(value + h * kv_head_stride + pa * d) + b);
                 }
             }
-            const int64_t p = idx[j];
-            const int64_t o = n_init + j - p;
-            const int64_t a = o < 0 ? -o : o;
-            const float sg = o < 0 ? -1.0f : 1.0f;
-            const float* c = cos_t + a * h2;
-            const float* sn = sin_t + a * h2;
-            const float* x = kh + p * d;
-            float* y = ok + j * d;
+        }
+        const int64_t p = idx[j];
+        const int64_t o = n_init + j - p;
+        const int64_t a = o < 0 ? -o : o;
+        const float sg = o < 0 ? -1.0f : 1.0f;
+        const float* c = cos_t + a * h2;
+        const float* sn = sin_t + a * h2;
+        for (int64_t h = 0; h < n_kv; ++h) {
+            const float* x = key + h * kv_head_stride + p * d;
+            float* y = out_k + h * out_head_stride + (n_init + j) * d;
             for (int64_t f = 0; f < h2; ++f) {
                 const float x1 = x[f], x2 = x[f + h2], cf = c[f], sf = sg * sn[f];
                 y[f] = x1 * cf - x2 * sf;
                 y[f + h2] = x2 * cf + x1 * sf;
             }
-            std::memcpy(ov + j * d, vh + p * d, d * sizeof(float));
+            std::memcpy(out_v + h * out_head_stride + (n_init + j) * d, value + h * kv_head_stride + p * d,
+                        d * sizeof(float));
         }
     }
 }

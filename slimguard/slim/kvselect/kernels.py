@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -41,6 +42,7 @@ _SIGS = {
     "sg_attend2": [_P, _P, _P, _I64, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, _P, _P],
 }
 _state: dict[str, object] = {}
+_local = threading.local()
 
 
 def _build() -> Path:
@@ -96,6 +98,15 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _work(n: int) -> torch.Tensor:
+    """Scratch of ``n`` 4-byte words, reused across calls on this thread (a fresh megabyte per decode
+    step costs page faults); only valid until the next kernel call."""
+    buf = getattr(_local, "work", None)
+    if buf is None or buf.numel() < n:
+        buf = _local.work = torch.empty(max(n, 1 << 16), dtype=torch.int32)
+    return buf
+
+
 def score_int8(lib, rows: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`select.int8_logits` for batch 1: float scoring rows ``[1, Hkv, G, d]`` against int8 keys
     ``[1, Hkv, M, d]`` (rows contiguous, heads at any stride) -> ``acc [Hkv, G, M]`` int32, ``qs [Hkv, G]``."""
@@ -143,7 +154,7 @@ def select_int8(lib, q: torch.Tensor, scaling: float, keys: torch.Tensor, ks: to
     _, n_kv, m, _ = keys.shape
     assert keys.dtype == torch.int8 and keys.stride(2) == d and q.dtype == torch.float32
     q = q.contiguous()
-    work = torch.empty(hq * m + 3 * m + hq, dtype=torch.int32)
+    work = _work(hq * m + 3 * m + hq)
     k = min(k, m)
     out = torch.empty(1, k, dtype=torch.int64)
     lib.sg_select_int8(_ptr(q), scaling, _ptr(keys), keys.stride(1), n_kv, hq // n_kv, m, d, _ptr(ks), ks.stride(0),
@@ -177,7 +188,7 @@ def attend2(lib, q1: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, q2: torch
     """:func:`select.attend_frames` for two blocks, float32, batch 1: ``[1, 1, Hq, d]``."""
     _, hq, _, d = q1.shape
     q1, q2 = q1.contiguous(), q2.contiguous()
-    work = torch.empty(2 * hq * (k1.shape[2] + k2.shape[2]))
+    work = _work(2 * hq * (k1.shape[2] + k2.shape[2]))
     out = torch.empty(1, 1, hq, d)
     lib.sg_attend2(_ptr(q1), _ptr(k1), _ptr(v1), k1.shape[1], k1.shape[2], k1.stride(1),
                    _ptr(q2), _ptr(k2), _ptr(v2), k2.shape[1], k2.shape[2], k2.stride(1),
