@@ -85,6 +85,18 @@ def test_sync_int8_matches_the_torch_buffer(lib, d):
     assert not kbuf[:, :, :30].any() and not kbuf[:, :, 90:].any()  # nothing outside [lo, hi) written
 
 
+def test_cosine_and_unrotate_match_torch(lib):
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(9 * 64, generator=g), torch.randn(9 * 64, generator=g)
+    assert KN.cosine(lib, a, a.clone()) == 1.0  # threshold 1.0 must mean "the same query"
+    assert abs(KN.cosine(lib, a, b) - float(torch.nn.functional.cosine_similarity(a, b, dim=0))) < 1e-6
+    q = torch.randn(1, 1, 4, D, generator=g).transpose(1, 2)  # HF's [B, H, L, d] view of [B, L, H, d]
+    rt = standalone_layer(TokenSelectConfig(), INV, 2)[1].runtime
+    cos_t, sin_t = rt.trig(rt.layers[0], 50, "cpu")
+    want = K.rotate_into(torch.empty(q.shape), q, cos_t[37], -sin_t[37])
+    assert torch.equal(KN.unrotate(lib, q, cos_t, sin_t, 37), want)
+
+
 def test_gather_rotate_and_attend2_match_torch(lib):
     g = torch.Generator().manual_seed(0)
     key, value = torch.randn(1, 2, 200, D, generator=g), torch.randn(1, 2, 200, D, generator=g)

@@ -395,8 +395,12 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int
     if cfg.score_distance:
         q_un = K.rotate(q_un, torch.tensor([cfg.score_distance], device=q.device), inv)
     if decode and cfg.cache_threshold is not None and st.cached_q is not None:
-        cos = torch.nn.functional.cosine_similarity(q_un.reshape(b, -1).float(), st.cached_q, dim=-1)
-        if bool((cos >= cfg.cache_threshold).all()) and st.cached_hi <= hi:
+        if lib is not None and q_un.is_contiguous() and q_un.numel() == st.cached_q.numel():
+            same = KN.cosine(lib, q_un, st.cached_q) >= cfg.cache_threshold  # one call, not ~15 ops
+        else:
+            cos = torch.nn.functional.cosine_similarity(q_un.reshape(b, -1).float(), st.cached_q, dim=-1)
+            same = bool((cos >= cfg.cache_threshold).all())
+        if same and st.cached_hi <= hi:
             st.hits += 1
             _share(st, nk, q0, c, st.cached_mid)
             return st.cached_mid

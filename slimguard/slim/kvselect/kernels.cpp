@@ -373,6 +373,18 @@ void sg_gather_rotate(const float* key, const float* value, int64_t kv_head_stri
     }
 }
 
+// Cosine similarity of two float vectors, accumulated in double; dot / sqrt(|a|^2 |b|^2) is exactly
+// 1 for identical vectors (sqrt(x * x) == x in IEEE arithmetic), so threshold 1.0 means "unchanged".
+double sg_cosine(const float* a, const float* b, int64_t n) {
+    double ab = 0.0, aa = 0.0, bb = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        ab += static_cast<double>(a[i]) * b[i];
+        aa += static_cast<double>(a[i]) * a[i];
+        bb += static_cast<double>(b[i]) * b[i];
+    }
+    return ab / std::max(std::sqrt(aa * bb), 1e-300);
+}
+
 // One decode query per head over two key blocks, each read by its own query (q1 / q2, [Hq, d]):
 // softmax over the concatenated logits, out [Hq, d]. Block i has h_i heads (query head hq
 // reads head hq / (Hq / h_i)), s_i rows of d floats, heads at stride hs_i. Each key and

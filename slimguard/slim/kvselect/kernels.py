@@ -40,7 +40,9 @@ _SIGS = {
     "sg_pool_topk": [_P, _I64, _I64, _I64, _I64, _P, _P],
     "sg_gather_rotate": [_P, _P, _I64, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64],
     "sg_attend2": [_P, _P, _P, _I64, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, _P, _P],
+    "sg_cosine": [_P, _P, _I64],
 }
+_RESTYPES = {"sg_cosine": ctypes.c_double}
 _state: dict[str, object] = {}
 _local = threading.local()
 
@@ -77,7 +79,7 @@ def library(required: bool = False):
             lib = ctypes.CDLL(str(_build()))
             for name, args in _SIGS.items():
                 fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, None
+                fn.argtypes, fn.restype = args, _RESTYPES.get(name)
             _state["lib"], _state["error"] = lib, None
         except (SlimguardError, OSError, subprocess.SubprocessError) as e:
             _state["lib"], _state["error"] = None, str(e)
@@ -160,6 +162,12 @@ def select_int8(lib, q: torch.Tensor, scaling: float, keys: torch.Tensor, ks: to
     lib.sg_select_int8(_ptr(q), scaling, _ptr(keys), keys.stride(1), n_kv, hq // n_kv, m, d, _ptr(ks), ks.stride(0),
                        k, offset, pool, _ptr(work), _ptr(out))
     return out
+
+
+def cosine(lib, a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two contiguous float32 tensors of the same size (float64 accumulation)."""
+    assert a.dtype == b.dtype == torch.float32 and a.is_contiguous() and b.is_contiguous() and a.numel() == b.numel()
+    return lib.sg_cosine(_ptr(a), _ptr(b), a.numel())
 
 
 def unrotate(lib, x: torch.Tensor, cos_t: torch.Tensor, sin_t: torch.Tensor, pos: int) -> torch.Tensor:
