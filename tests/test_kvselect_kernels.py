@@ -131,6 +131,21 @@ def test_decode_steps_match_the_torch_path(score_dtype):
     assert torch.equal(outs["torch"][1], outs["cpp"][1]) and outs["torch"][2] == outs["cpp"][2]
 
 
+@pytest.mark.parametrize("score_dtype", [None, "int8"])
+def test_chunked_prefill_matches_the_torch_path(score_dtype):
+    # prefill chunks use the kernels for the gather, the rotations and (int8) the chunk's selection
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, h, 300, D, generator=g) for h in (4, 2, 2))
+    outs = {}
+    for kernel in ("torch", "cpp"):
+        cfg = TokenSelectConfig(n_init=4, k=40, n_local=32, chunk_size=32, kernel=kernel, score_dtype=score_dtype,
+                                record=True)
+        m, st = standalone_layer(cfg, INV, 2)
+        outs[kernel] = (token_select_attention(m, q, k, v, None, scaling=D ** -0.5)[0], st.last_idx)
+    assert torch.allclose(outs["torch"][0], outs["cpp"][0], atol=1e-5)
+    assert torch.equal(outs["torch"][1], outs["cpp"][1])
+
+
 def test_required_kernels_without_a_compiler_is_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setenv("SLIMGUARD_HOME", str(tmp_path))

@@ -457,7 +457,7 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     s = n_i + m + n_l
     heads = n_kv if mid.shape[1] in (1, n_kv) else hq
     dt = key.dtype if key.dtype == torch.float32 else torch.float32
-    lib = _kernels(cfg) if c == 1 else None  # prefill chunks are few and large: plain PyTorch is fine
+    lib = _kernels(cfg)
     fused = _fused_rows(lib, key, value)
     cos_t, sin_t = st.runtime.trig(st, nk, q.device)
     if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
@@ -488,7 +488,8 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
             st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
     h2o = cfg.method == "h2o"
     # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
-    if fused and not h2o and q.dtype == torch.float32:
+    fast = fused and not h2o and q.dtype == torch.float32
+    if fast:  # one kernel call per rotation, not ~10 ops (and a contiguous query for the attention)
         q_c = KN.unrotate(lib, q, cos_t, sin_t, nk - s)
     else:
         cos, sin = cos_t[nk - s].to(dt), -sin_t[nk - s].to(dt)
@@ -499,7 +500,7 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
         # position (same distances as in the compact frame), so neither a hit nor a miss copies
         # or rotates it; only init + middle are read in the compact frame, by the rotated query
         head = n_i + m
-        if fused and not h2o and q.dtype == torch.float32:
+        if fast:
             out, p = KN.attend2(lib, q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head], q, loc_k, loc_v, scaling), None
         else:
             out, p = K.attend_frames([(q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head]), (q, loc_k, loc_v)],
@@ -507,7 +508,10 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     else:
         if heads != n_kv:
             loc_k, loc_v = loc_k.repeat_interleave(hq // n_kv, 1), loc_v.repeat_interleave(hq // n_kv, 1)
-        K.rotate_into(st.sel_k[:, :, n_i + m:], loc_k.to(dt), cos, sin)
+        if fast:
+            KN.unrotate(lib, loc_k, cos_t, sin_t, nk - s, out=st.sel_k[:, :, n_i + m:])
+        else:
+            K.rotate_into(st.sel_k[:, :, n_i + m:], loc_k.to(dt), cos, sin)
         st.sel_v[:, :, n_i + m:] = loc_v
         out, p = K.attend(q_c, st.sel_k, st.sel_v, scaling, need_weights=h2o)
     idx = None

@@ -317,21 +317,24 @@ void sg_select_int8(const float* q, float scaling, const int8_t* keys, int64_t h
     sg_pool_topk(score, m, pool, k, offset, tmp, out);
 }
 
-// Rows of x [rows, d] (row i at x + i * row_stride) rotated back by position pos (out = R(-pos) x,
-// the rotate-half convention), contiguous into out. No fused multiply-add: bit-identical to the
-// PyTorch path.
-__attribute__((optimize("fp-contract=off"))) void sg_unrotate_rows(const float* x, int64_t rows,
-        int64_t row_stride, int64_t d, const float* cos_t, const float* sin_t, int64_t pos, float* out) {
+// Rows of x rotated back by one position pos (out = R(-pos) x, the rotate-half convention):
+// heads x rows rows of d floats, row (h, i) at x + h * x_hs + i * x_rs, written to
+// out + h * o_hs + i * o_rs. No fused multiply-add: bit-identical to the PyTorch path.
+__attribute__((optimize("fp-contract=off"))) void sg_unrotate_rows(const float* x, int64_t heads, int64_t x_hs,
+        int64_t rows, int64_t x_rs, int64_t d, const float* cos_t, const float* sin_t, int64_t pos, float* out,
+        int64_t o_hs, int64_t o_rs) {
     const int64_t h2 = d / 2;
     const float* c = cos_t + pos * h2;
     const float* sn = sin_t + pos * h2;
-    for (int64_t i = 0; i < rows; ++i) {
-        const float* xr = x + i * row_stride;
-        float* y = out + i * d;
-        for (int64_t f = 0; f < h2; ++f) {
-            const float x1 = xr[f], x2 = xr[f + h2], cf = c[f], sf = -sn[f];
-            y[f] = x1 * cf - x2 * sf;
-            y[f + h2] = x2 * cf + x1 * sf;
+    for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t i = 0; i < rows; ++i) {
+            const float* xr = x + h * x_hs + i * x_rs;
+            float* y = out + h * o_hs + i * o_rs;
+            for (int64_t f = 0; f < h2; ++f) {
+                const float x1 = xr[f], x2 = xr[f + h2], cf = c[f], sf = -sn[f];
+                y[f] = x1 * cf - x2 * sf;
+                y[f + h2] = x2 * cf + x1 * sf;
+            }
         }
     }
 }

@@ -36,7 +36,7 @@ _SIGS = {
     "sg_sync_int8": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _I64],
     "sg_vote_int8": [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P],
     "sg_select_int8": [_P, _F32, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P, _P],
-    "sg_unrotate_rows": [_P, _I64, _I64, _I64, _P, _P, _I64, _P],
+    "sg_unrotate_rows": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _I64, _P, _I64, _I64],
     "sg_pool_topk": [_P, _I64, _I64, _I64, _I64, _P, _P],
     "sg_gather_rotate": [_P, _P, _I64, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64],
     "sg_attend2": [_P, _P, _P, _I64, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, _P, _P],
@@ -170,13 +170,16 @@ def cosine(lib, a: torch.Tensor, b: torch.Tensor) -> float:
     return lib.sg_cosine(_ptr(a), _ptr(b), a.numel())
 
 
-def unrotate(lib, x: torch.Tensor, cos_t: torch.Tensor, sin_t: torch.Tensor, pos: int) -> torch.Tensor:
-    """One decode query ``x [1, H, 1, d]`` (float32, rows of d contiguous floats) rotated back by
-    ``pos`` (``R(-pos) x``), contiguous ``[1, H, 1, d]``; ``select.rotate_into`` with the table rows."""
-    _, h, _, d = x.shape
-    assert x.dtype == torch.float32 and x.stride(3) == 1
-    out = torch.empty(1, h, 1, d)
-    lib.sg_unrotate_rows(_ptr(x), h, x.stride(1), d, _ptr(cos_t), _ptr(sin_t), pos, _ptr(out))
+def unrotate(lib, x: torch.Tensor, cos_t: torch.Tensor, sin_t: torch.Tensor, pos: int,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [1, H, L, d]`` (float32, rows of d contiguous floats, any head/row strides) rotated back by
+    ``pos`` (``R(-pos) x``): :func:`select.rotate_into` with one table row; into ``out`` (same
+    layout rules) or a new contiguous ``[1, H, L, d]``."""
+    _, h, n, d = x.shape
+    out = torch.empty(1, h, n, d) if out is None else out
+    assert x.dtype == out.dtype == torch.float32 and x.stride(3) == 1 and out.stride(3) == 1
+    lib.sg_unrotate_rows(_ptr(x), h, x.stride(1), n, x.stride(2), d, _ptr(cos_t), _ptr(sin_t), pos,
+                         _ptr(out), out.stride(1), out.stride(2))
     return out
 
 

@@ -303,9 +303,16 @@ def _attend_split(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, sca
     g, p = hq // hk, s - c
     oa, la = _FLASH_LSE(q.reshape(b, hk, g * c, d), k_sel[:, :, :p], v_sel[:, :, :p], 0.0, False, scale=scaling)
     kk, vv = k_sel[:, :, p:], v_sel[:, :, p:]
-    if g > 1:
-        kk, vv = kk.repeat_interleave(g, 1), vv.repeat_interleave(g, 1)
-    ob, lb = _FLASH_LSE(q, kk, vv, 0.0, True, scale=scaling)
+    if g > 1 and b == 1 and q.is_contiguous():
+        # batch 1: the KV heads become the batch and each group's queries its heads, so the
+        # shared keys broadcast (stride 0) instead of being copied g times
+        ob, lb = _FLASH_LSE(q.view(hk, g, c, d), kk.transpose(0, 1).expand(hk, g, c, d),
+                            vv.transpose(0, 1).expand(hk, g, c, d), 0.0, True, scale=scaling)
+        ob = ob.reshape(b, hq, c, d)
+    else:
+        if g > 1:
+            kk, vv = kk.repeat_interleave(g, 1), vv.repeat_interleave(g, 1)
+        ob, lb = _FLASH_LSE(q, kk, vv, 0.0, True, scale=scaling)
     # the prefix's share of each query's softmax mass: exp(la) / (exp(la) + exp(lb))
     w = torch.sigmoid(la.reshape(b, hq, c, 1) - lb.reshape(b, hq, c, 1))
     out = torch.lerp(ob.float(), oa.reshape(b, hq, c, d).float(), w)  # float32 merge, one fused op
