@@ -95,6 +95,9 @@ def test_cosine_and_unrotate_match_torch(lib):
     cos_t, sin_t = rt.trig(rt.layers[0], 50, "cpu")
     want = K.rotate_into(torch.empty(q.shape), q, cos_t[37], -sin_t[37])
     assert torch.equal(KN.unrotate(lib, q, cos_t, sin_t, 37), want)
+    chunk = torch.randn(1, 30, 7, 2, D, generator=g)[:, :, :, 1].transpose(1, 2)  # [1, 7, 30, D], strided
+    ref = K.rotate_into(torch.empty(chunk.shape), chunk, cos_t[12:42], -sin_t[12:42]).mean(2)
+    assert torch.allclose(KN.unrotate_mean(lib, chunk, cos_t, sin_t, 12), ref, atol=1e-6)
 
 
 def test_gather_rotate_and_attend2_match_torch(lib):

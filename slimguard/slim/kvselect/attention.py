@@ -382,16 +382,17 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int
             st.cached_mid = got
             return got
     cos_t, sin_t = st.runtime.trig(st, q0 + c, q.device)
-    lib = _kernels(cfg) if c == 1 and q.dtype == torch.float32 and KN.usable(q) else None
-    if lib is not None:  # a decode query: one call instead of ~10 small ops
-        q_un = KN.unrotate(lib, q, cos_t, sin_t, q0)[:, :, 0]
+    vote = 1 < c <= cfg.vote_queries
+    lib = _kernels(cfg) if not vote and q.dtype == torch.float32 and KN.usable(q) else None
+    if lib is not None:  # one call instead of ~10 small ops (and, for a chunk, its [Hq, c, d] temporaries)
+        q_un = KN.unrotate(lib, q, cos_t, sin_t, q0)[:, :, 0] if c == 1 else KN.unrotate_mean(lib, q, cos_t, sin_t, q0)
     else:
         q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
                              -sin_t[q0:q0 + c]).to(q.dtype)  # [B, Hq, c, d], rotated back by its positions
         # A short chunk (the question, a decode step) votes with every query: the mean of a
         # question's queries points at no needle in particular. Long prefill chunks keep the mean
         # fingerprint so scoring stays one read of the keys per chunk.
-        q_un = q_un if 1 < c <= cfg.vote_queries else q_un[:, :, 0] if c == 1 else q_un.mean(2)
+        q_un = q_un if vote else q_un[:, :, 0] if c == 1 else q_un.mean(2)
     if cfg.score_distance:
         q_un = K.rotate(q_un, torch.tensor([cfg.score_distance], device=q.device), inv)
     if decode and cfg.cache_threshold is not None and st.cached_q is not None:

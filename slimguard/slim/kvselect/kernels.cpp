@@ -339,6 +339,28 @@ __attribute__((optimize("fp-contract=off"))) void sg_unrotate_rows(const float* 
     }
 }
 
+// Prefill chunk fingerprint: out[h] = mean over i of R(-(pos0 + i)) x[h, i] (each query rotated
+// back by its own position), accumulated in double; rows as in sg_unrotate_rows, out [heads, d].
+void sg_unrotate_mean(const float* x, int64_t heads, int64_t x_hs, int64_t rows, int64_t x_rs, int64_t d,
+                      const float* cos_t, const float* sin_t, int64_t pos0, float* out) {
+    const int64_t h2 = d / 2;
+    std::vector<double> acc(d);
+    for (int64_t h = 0; h < heads; ++h) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t i = 0; i < rows; ++i) {
+            const float* xr = x + h * x_hs + i * x_rs;
+            const float* c = cos_t + (pos0 + i) * h2;
+            const float* sn = sin_t + (pos0 + i) * h2;
+            for (int64_t f = 0; f < h2; ++f) {
+                const float x1 = xr[f], x2 = xr[f + h2], cf = c[f], sf = -sn[f];
+                acc[f] += x1 * cf - x2 * sf;
+                acc[f + h2] += x2 * cf + x1 * sf;
+            }
+        }
+        for (int64_t t = 0; t < d; ++t) out[h * d + t] = static_cast<float>(acc[t] / rows);
+    }
+}
+
 // The selected middle keys moved to compact positions n_init + j: key row p = idx[j] of
 // every KV head rotated by (n_init + j - p), value row copied. cos_t / sin_t: [>= max|o|, d/2]
 // tables of cos/sin(o * inv_freq). Rows are d contiguous floats; heads at the given strides.

@@ -41,6 +41,7 @@ _SIGS = {
     "sg_gather_rotate": [_P, _P, _I64, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64],
     "sg_attend2": [_P, _P, _P, _I64, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, _P, _P],
     "sg_cosine": [_P, _P, _I64],
+    "sg_unrotate_mean": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _I64, _P],
 }
 _RESTYPES = {"sg_cosine": ctypes.c_double}
 _state: dict[str, object] = {}
@@ -180,6 +181,16 @@ def unrotate(lib, x: torch.Tensor, cos_t: torch.Tensor, sin_t: torch.Tensor, pos
     assert x.dtype == out.dtype == torch.float32 and x.stride(3) == 1 and out.stride(3) == 1
     lib.sg_unrotate_rows(_ptr(x), h, x.stride(1), n, x.stride(2), d, _ptr(cos_t), _ptr(sin_t), pos,
                          _ptr(out), out.stride(1), out.stride(2))
+    return out
+
+
+def unrotate_mean(lib, x: torch.Tensor, cos_t: torch.Tensor, sin_t: torch.Tensor, pos0: int) -> torch.Tensor:
+    """Fingerprint of a chunk ``x [1, H, L, d]`` (float32, rows of d contiguous floats) at positions
+    ``pos0 ..``: the mean of its queries rotated back by their own positions, ``[1, H, d]``."""
+    _, h, n, d = x.shape
+    assert x.dtype == torch.float32 and x.stride(3) == 1
+    out = torch.empty(1, h, d)
+    lib.sg_unrotate_mean(_ptr(x), h, x.stride(1), n, x.stride(2), d, _ptr(cos_t), _ptr(sin_t), pos0, _ptr(out))
     return out
 
 
