@@ -234,23 +234,28 @@ def test_short_chunk_votes_per_query(vote_queries, per_query):
         assert got != _vote_reference(q_un[:, :, 1:], k_un, 3, 20, 10, D ** -0.5, False)
 
 
-@pytest.mark.parametrize("hq,hkv,c,s,dtype", [
-    (4, 2, 16, 40, torch.float32), (6, 3, 1 + 2, 9, torch.float32), (4, 4, 33, 70, torch.float32),
-    (4, 1, 64, 200, torch.float32), (4, 2, 16, 40, torch.bfloat16),
+@pytest.mark.parametrize("b,hq,hkv,c,s,dtype", [
+    (2, 4, 2, 16, 40, torch.float32), (2, 6, 3, 1 + 2, 9, torch.float32), (2, 4, 4, 33, 70, torch.float32),
+    (2, 4, 1, 64, 200, torch.float32), (2, 4, 2, 16, 40, torch.bfloat16),
+    # batch 1 (KV heads as the batch, broadcast keys); chunks longer than SQUARE go block by block
+    (1, 6, 3, 16, 40, torch.float32), (1, 6, 2, K.SQUARE + 44, K.SQUARE + 300, torch.float32),
+    (2, 4, 2, 2 * K.SQUARE, 2 * K.SQUARE + 10, torch.float32), (1, 4, 2, K.SQUARE + 3, K.SQUARE + 50, torch.bfloat16),
 ])
-def test_split_chunk_attention_equals_masked_attention(hq, hkv, c, s, dtype):
+def test_split_chunk_attention_equals_masked_attention(b, hq, hkv, c, s, dtype):
     """The prefix + causal-square split (merged by log-sum-exp) is the bottom-right causal attention."""
     if K._FLASH_LSE is None:
         pytest.skip("this torch build has no CPU flash attention with log-sum-exp")
     g = torch.Generator().manual_seed(c + s)
-    q, k, v = (torch.randn(2, h, n, D, generator=g).to(dtype) for h, n in [(hq, c), (hkv, s), (hkv, s)])
+    q, k, v = (torch.randn(b, h, n, D, generator=g).to(dtype) for h, n in [(hq, c), (hkv, s), (hkv, s)])
     got = K._attend_split(q, k, v, 0.3)
     ref = _dense(q.float(), k.float(), v.float(), 0.3)
-    assert got.shape == ref.shape == (2, c, hq, D) and got.dtype == dtype
+    assert got.shape == ref.shape == (b, c, hq, D) and got.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     assert torch.allclose(got.float(), ref, atol=tol)
     # attend() takes this path for prefill chunks on the CPU; the masked SDPA path stays as the reference
     assert torch.equal(K.attend(q, k, v, 0.3)[0], got)
+    hf = q.transpose(1, 2).contiguous().transpose(1, 2)  # transformers' [B, H, L, d] view of [B, L, H, d]
+    assert torch.allclose(K._attend_split(hf, k, v, 0.3).float(), got.float(), atol=tol)
 
 
 @pytest.mark.parametrize("hq,hkv,c", [(4, 2, 1), (6, 3, 5), (4, 1, 16)])

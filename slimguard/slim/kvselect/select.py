@@ -289,31 +289,42 @@ def _split_ok(q: torch.Tensor, k_sel: torch.Tensor, prefix: int) -> bool:
             and q.dtype in (torch.float32, torch.bfloat16, torch.float16))
 
 
+# Query rows per causal square in :func:`_attend_split`. CPU flash attention reads keys in blocks
+# of up to 512, so a 512 x 512 causal square costs a full one; two 256-row halves (the second
+# also reading the first half's keys unmasked) skip a quarter of the square's work.
+SQUARE = 256
+
+
 def _attend_split(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, scaling: float) -> torch.Tensor:
     """:func:`attend` for a chunk as two flash-attention calls merged by their log-sum-exp.
 
     A bottom-right causal mask over ``S`` keys is the ``S - C`` prefix every query sees plus
-    a ``C x C`` causal square. Unmasked, the prefix needs no mask at all, and a group's query
-    heads stack into one long query over their shared KV head (no repeated K/V); the square
-    is ordinary ``is_causal`` attention, whose kernel skips the blocks above the diagonal.
-    With an explicit mask SDPA computes every block and reads the mask as well.
+    a ``C x C`` causal square. Unmasked, the prefix needs no mask at all; the square is
+    ordinary ``is_causal`` attention, whose kernel skips the blocks above the diagonal. With an
+    explicit mask SDPA computes every block and reads the mask as well. A group's query heads
+    read their shared KV head without copying it (batch 1: KV heads as the batch, stride-0
+    keys; otherwise stacked queries for the prefix and repeated keys for the square).
     """
     b, hq, c, d = q.shape
     hk, s = k_sel.shape[1], k_sel.shape[2]
     g, p = hq // hk, s - c
-    oa, la = _FLASH_LSE(q.reshape(b, hk, g * c, d), k_sel[:, :, :p], v_sel[:, :, :p], 0.0, False, scale=scaling)
+    if c > SQUARE:  # the same split per block of queries: less of each causal square is computed
+        return torch.cat([_attend_split(q[:, :, a:a + SQUARE], k_sel[:, :, :p + min(c, a + SQUARE)],
+                                        v_sel[:, :, :p + min(c, a + SQUARE)], scaling)
+                          for a in range(0, c, SQUARE)], dim=1)
     kk, vv = k_sel[:, :, p:], v_sel[:, :, p:]
-    if g > 1 and b == 1 and q.is_contiguous():
-        # batch 1: the KV heads become the batch and each group's queries its heads, so the
-        # shared keys broadcast (stride 0) instead of being copied g times
-        ob, lb = _FLASH_LSE(q.view(hk, g, c, d), kk.transpose(0, 1).expand(hk, g, c, d),
-                            vv.transpose(0, 1).expand(hk, g, c, d), 0.0, True, scale=scaling)
-        ob = ob.reshape(b, hq, c, d)
+    if b == 1:
+        qb = q.view(hk, g, c, d)
+        oa, la = _FLASH_LSE(qb, k_sel[0, :, :p, None].expand(hk, p, g, d).transpose(1, 2),
+                            v_sel[0, :, :p, None].expand(hk, p, g, d).transpose(1, 2), 0.0, False, scale=scaling)
+        ob, lb = _FLASH_LSE(qb, kk[0, :, :, None].expand(hk, c, g, d).transpose(1, 2),
+                            vv[0, :, :, None].expand(hk, c, g, d).transpose(1, 2), 0.0, True, scale=scaling)
     else:
+        oa, la = _FLASH_LSE(q.reshape(b, hk, g * c, d), k_sel[:, :, :p], v_sel[:, :, :p], 0.0, False, scale=scaling)
         if g > 1:
             kk, vv = kk.repeat_interleave(g, 1), vv.repeat_interleave(g, 1)
         ob, lb = _FLASH_LSE(q, kk, vv, 0.0, True, scale=scaling)
     # the prefix's share of each query's softmax mass: exp(la) / (exp(la) + exp(lb))
     w = torch.sigmoid(la.reshape(b, hq, c, 1) - lb.reshape(b, hq, c, 1))
-    out = torch.lerp(ob.float(), oa.reshape(b, hq, c, d).float(), w)  # float32 merge, one fused op
+    out = torch.lerp(ob.reshape(b, hq, c, d).float(), oa.reshape(b, hq, c, d).float(), w)  # float32 merge, one op
     return out.to(q.dtype).transpose(1, 2)  # [B, C, Hq, d] as attend() returns
