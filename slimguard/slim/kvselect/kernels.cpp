@@ -1,4 +1,4 @@
-// Fused CPU kernels for one TokenSelect decode step (float32, batch 1).
+// Fused CPU kernels for TokenSelect decode steps and prefill chunks (float32, batch 1).
 //
 // The PyTorch path (select.py) is the reference; these do the same arithmetic in a few
 // passes instead of ~100 small ATen calls. At 32K a decode step's real work is about a
@@ -6,6 +6,8 @@
 // microseconds of dispatch, which is what these remove. Built on first use by kernels.py
 // with the machine's own compiler; plain C ABI, called through ctypes, no torch headers.
 // Built with -fno-trapping-math: without it gcc leaves the exp loops scalar (6x slower).
+// Where the result must match PyTorch bit for bit (the int8 scoring buffer, rotations),
+// the function is built without fused multiply-add.
 
 #include <algorithm>
 #include <cmath>

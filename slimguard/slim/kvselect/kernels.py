@@ -1,14 +1,17 @@
-"""Fused CPU kernels for TokenSelect decode steps (``kernels.cpp``), built on first use.
+"""Fused CPU kernels for TokenSelect (``kernels.cpp``), built on first use.
 
 A decode step at 32K does about a millisecond of real work (one read of the int8 scoring
 keys, a top-k, a gather of ~1K rows, attention over ~1.6K keys). In PyTorch that is ~100
 ATen calls, and on a cold cache (the other layers ran in between) their dispatch costs as
-much as the work. ``kernels.cpp`` does the vote, the top-k, the gather-and-rotate and the
-two-frame decode attention in four calls. It is plain C++ with a C ABI, compiled once per
-machine with ``$CXX`` (default ``g++``) into ``$SLIMGUARD_HOME/kernels/`` and loaded with
-ctypes; no torch headers, so the build takes seconds. Without a compiler, or for anything
-but float32 batch-1 CPU tensors, the PyTorch path in ``select.py`` runs; it is also the
-reference the tests compare against.
+much as the work. Here a decode miss is six calls: sync the new key into the int8 scoring
+buffer, un-rotate the query, select (VNNI integer scoring, vote, pool, top-k), gather and
+rotate the middle rows, rotate the query into the compact frame, attend over the two
+frames; a Selection Cache check is one more (the cosine). Prefill chunks use the gather,
+the rotations and the fingerprint. Plain C++ with a C ABI, compiled once per machine with
+``$CXX`` (default ``g++``) into ``$SLIMGUARD_HOME/kernels/`` and loaded with ctypes; no torch
+headers, so the build takes seconds. Without a compiler, or for anything but float32
+batch-1 CPU tensors, the PyTorch path in ``select.py`` runs; it is also the reference the
+tests compare against.
 """
 
 from __future__ import annotations
