@@ -55,6 +55,17 @@ inline float quantize_row(const float* __restrict x, int64_t d, int8_t* __restri
     return scale;
 }
 
+// y = R(-a) x for one row (rotate-half convention) from the table rows c = cos(a), sn = sin(a).
+// No fused multiply-add: the same bits as select.rotate_into with (cos, -sin).
+__attribute__((optimize("fp-contract=off"))) void rotate_back(const float* __restrict x, const float* c,
+                                                              const float* sn, int64_t h2, float* __restrict y) {
+    for (int64_t f = 0; f < h2; ++f) {
+        const float x1 = x[f], x2 = x[f + h2], cf = c[f], sf = -sn[f];
+        y[f] = x1 * cf - x2 * sf;
+        y[f + h2] = x2 * cf + x1 * sf;
+    }
+}
+
 // Order-preserving unsigned key of a float (larger float, larger key).
 inline uint32_t order_key(float x) {
     uint32_t b;
@@ -204,23 +215,16 @@ void sg_score_int8(const float* q, const int8_t* keys, int64_t head_stride, int6
 
 // New keys into the int8 scoring buffer, as attention._sync_buffer: key rows p in [lo, hi) of
 // every KV head rotated back by -p (cos_t / sin_t: [>= hi, d/2] position tables), then quantized
-// per row into kbuf (row p at head stride kb_stride) with their scales into kscale. No fused
-// multiply-add here: the buffer is bit-identical to the PyTorch path's.
-__attribute__((optimize("fp-contract=off"))) void sg_sync_int8(const float* key, int64_t key_head_stride, int64_t n_kv, int64_t lo, int64_t hi, int64_t d,
+// per row into kbuf (row p at head stride kb_stride) with their scales into kscale; bit-identical
+// to the PyTorch path's buffer.
+void sg_sync_int8(const float* key, int64_t key_head_stride, int64_t n_kv, int64_t lo, int64_t hi, int64_t d,
                   const float* cos_t, const float* sin_t, int8_t* kbuf, int64_t kb_stride, float* kscale,
                   int64_t ks_stride) {
     const int64_t h2 = d / 2;
     std::vector<float> y(d);
     for (int64_t h = 0; h < n_kv; ++h) {
         for (int64_t p = lo; p < hi; ++p) {
-            const float* x = key + h * key_head_stride + p * d;
-            const float* c = cos_t + p * h2;
-            const float* sn = sin_t + p * h2;
-            for (int64_t f = 0; f < h2; ++f) {
-                const float x1 = x[f], x2 = x[f + h2], cf = c[f], sf = -sn[f];
-                y[f] = x1 * cf - x2 * sf;
-                y[f + h2] = x2 * cf + x1 * sf;
-            }
+            rotate_back(key + h * key_head_stride + p * d, cos_t + p * h2, sin_t + p * h2, h2, y.data());
             kscale[h * ks_stride + p] = quantize_row(y.data(), d, kbuf + h * kb_stride + p * d);
         }
     }
@@ -321,23 +325,15 @@ void sg_select_int8(const float* q, float scaling, const int8_t* keys, int64_t h
 
 // Rows of x rotated back by one position pos (out = R(-pos) x, the rotate-half convention):
 // heads x rows rows of d floats, row (h, i) at x + h * x_hs + i * x_rs, written to
-// out + h * o_hs + i * o_rs. No fused multiply-add: bit-identical to the PyTorch path.
-__attribute__((optimize("fp-contract=off"))) void sg_unrotate_rows(const float* x, int64_t heads, int64_t x_hs,
+// out + h * o_hs + i * o_rs. Bit-identical to the PyTorch path.
+void sg_unrotate_rows(const float* x, int64_t heads, int64_t x_hs,
         int64_t rows, int64_t x_rs, int64_t d, const float* cos_t, const float* sin_t, int64_t pos, float* out,
         int64_t o_hs, int64_t o_rs) {
     const int64_t h2 = d / 2;
     const float* c = cos_t + pos * h2;
     const float* sn = sin_t + pos * h2;
     for (int64_t h = 0; h < heads; ++h) {
-        for (int64_t i = 0; i < rows; ++i) {
-            const float* xr = x + h * x_hs + i * x_rs;
-            float* y = out + h * o_hs + i * o_rs;
-            for (int64_t f = 0; f < h2; ++f) {
-                const float x1 = xr[f], x2 = xr[f + h2], cf = c[f], sf = -sn[f];
-                y[f] = x1 * cf - x2 * sf;
-                y[f + h2] = x2 * cf + x1 * sf;
-            }
-        }
+        for (int64_t i = 0; i < rows; ++i) rotate_back(x + h * x_hs + i * x_rs, c, sn, h2, out + h * o_hs + i * o_rs);
     }
 }
 
@@ -347,17 +343,12 @@ void sg_unrotate_mean(const float* x, int64_t heads, int64_t x_hs, int64_t rows,
                       const float* cos_t, const float* sin_t, int64_t pos0, float* out) {
     const int64_t h2 = d / 2;
     std::vector<double> acc(d);
+    std::vector<float> y(d);
     for (int64_t h = 0; h < heads; ++h) {
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t i = 0; i < rows; ++i) {
-            const float* xr = x + h * x_hs + i * x_rs;
-            const float* c = cos_t + (pos0 + i) * h2;
-            const float* sn = sin_t + (pos0 + i) * h2;
-            for (int64_t f = 0; f < h2; ++f) {
-                const float x1 = xr[f], x2 = xr[f + h2], cf = c[f], sf = -sn[f];
-                acc[f] += x1 * cf - x2 * sf;
-                acc[f + h2] += x2 * cf + x1 * sf;
-            }
+            rotate_back(x + h * x_hs + i * x_rs, cos_t + (pos0 + i) * h2, sin_t + (pos0 + i) * h2, h2, y.data());
+            for (int64_t t = 0; t < d; ++t) acc[t] += y[t];
         }
         for (int64_t t = 0; t < d; ++t) out[h * d + t] = static_cast<float>(acc[t] / rows);
     }
