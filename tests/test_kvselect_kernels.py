@@ -24,13 +24,13 @@ def lib():
 
 
 @pytest.mark.parametrize("groups,pool", [(1, 1), (3, 1), (2, 5)])
-def test_vote_topk_matches_torch(lib, groups, pool):
+def test_select_int8_matches_torch(lib, groups, pool):
+    # scoring, vote, pool and top-k in one call against the PyTorch path's vote and top-k
     g = torch.Generator().manual_seed(groups + pool)
     keys = torch.randn(1, 2, 300, D, generator=g)
     kq, ks = K.quantize_rows(keys)
     q = torch.randn(1, 2 * groups, D, generator=g)
-    acc, qs = K.int8_logits(K.score_rows(q, 2, 0.25), kq)
-    got = KN.vote_topk(lib, acc[0], qs[0], ks[0], 25, 7, pool)
+    got = KN.select_int8(lib, q, 0.25, kq, ks[0], 25, 7, pool)
     score = K.soft_vote(K.head_logits(q, kq, 0.25, ks), pool)
     if pool == 1:
         assert torch.equal(got, K.topk_sorted(score, 25, 7))

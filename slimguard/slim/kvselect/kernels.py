@@ -37,7 +37,6 @@ _I64, _F32, _P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 _SIGS = {
     "sg_score_int8": [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P],
     "sg_sync_int8": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _I64, _P, _I64],
-    "sg_vote_int8": [_P, _P, _P, _I64, _I64, _I64, _I64, _P, _P],
     "sg_select_int8": [_P, _F32, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P, _P],
     "sg_unrotate_rows": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _I64, _P, _I64, _I64],
     "sg_pool_topk": [_P, _I64, _I64, _I64, _I64, _P, _P],
@@ -134,21 +133,6 @@ def sync_int8(lib, key: torch.Tensor, lo: int, hi: int, cos_t: torch.Tensor, sin
     assert key.dtype == torch.float32 and key.stride(2) == d and kbuf.stride(2) == d and kscale.stride(2) == 1
     lib.sg_sync_int8(_ptr(key), key.stride(1), n_kv, lo, hi, d, _ptr(cos_t), _ptr(sin_t),
                      _ptr(kbuf), kbuf.stride(1), _ptr(kscale), kscale.stride(1))
-
-
-def vote_topk(lib, acc: torch.Tensor, qs: torch.Tensor, ks: torch.Tensor, k: int, offset: int,
-              pool: int) -> torch.Tensor:
-    """Soft vote over int8 logits ``acc [Hkv, G, M]`` (int32) with scales ``qs [Hkv, G]`` and
-    ``ks [Hkv, M]`` (rows at any stride), max-pool, top-k: ``[1, k]`` positions in ascending order."""
-    n_kv, g, m = acc.shape
-    acc, qs = acc.contiguous(), qs.contiguous().to(torch.float32)
-    work = torch.empty(2 * m)
-    score = torch.empty(m)
-    lib.sg_vote_int8(_ptr(acc), _ptr(qs), _ptr(ks), ks.stride(0), n_kv, g, m, _ptr(work), _ptr(score))
-    k = min(k, m)
-    out = torch.empty(1, k, dtype=torch.int64)
-    lib.sg_pool_topk(_ptr(score), m, pool, k, offset, _ptr(work), _ptr(out))
-    return out
 
 
 def select_int8(lib, q: torch.Tensor, scaling: float, keys: torch.Tensor, ks: torch.Tensor, k: int, offset: int,

@@ -314,7 +314,7 @@ def _attend_split(q: torch.Tensor, k_sel: torch.Tensor, v_sel: torch.Tensor, sca
                           for a in range(0, c, SQUARE)], dim=1)
     kk, vv = k_sel[:, :, p:], v_sel[:, :, p:]
     if b == 1:
-        qb = q.view(hk, g, c, d)
+        qb = q.reshape(hk, g, c, d)  # a view for the layouts attention passes (contiguous, HF's, sliced)
         oa, la = _FLASH_LSE(qb, k_sel[0, :, :p, None].expand(hk, p, g, d).transpose(1, 2),
                             v_sel[0, :, :p, None].expand(hk, p, g, d).transpose(1, 2), 0.0, False, scale=scaling)
         ob, lb = _FLASH_LSE(qb, kk[0, :, :, None].expand(hk, c, g, d).transpose(1, 2),
