@@ -52,6 +52,27 @@ def test_gguf_dequantizes_to_fake_quant_weights(tiny_llama, tmp_path, w_bits, qt
     assert t["blk.0.attn_norm.weight"].tensor_type.name == "F32"
 
 
+@pytest.mark.parametrize("embed_type, qtype, bytes_per_32, max_rel_err",
+                         [("q8_0", "Q8_0", 34, 0.01), ("q4_0", "Q4_0", 18, 0.15), ("mxfp4", "MXFP4", 17, 0.25)])
+def test_gguf_embedding_types(tiny_llama, tmp_path, embed_type, qtype, bytes_per_32, max_rel_err):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from slimguard.slim.quant.export import write_gguf
+
+    prepare_qat(tiny_llama, QATConfig(w_bits=4, a_bits=8, kv_bits=4))
+    tiny_llama(input_ids=torch.randint(0, 128, (1, 8)))
+    convert(tiny_llama)
+    path = write_gguf(tiny_llama, tmp_path / "m.gguf", template=_template(tmp_path / "t.gguf"), embed_type=embed_type)
+    emb = {x.name: x for x in GGUFReader(str(path)).tensors}["token_embd.weight"]
+    want = tiny_llama.get_input_embeddings().weight.detach().numpy()
+    assert emb.tensor_type.name == qtype
+    assert emb.data.nbytes == want.size // 32 * bytes_per_32
+    deq = dequantize(emb.data, emb.tensor_type).reshape(want.shape)
+    # relative error of the whole matrix: rounding, not a layout mix-up (which would be ~1.4)
+    assert np.linalg.norm(deq - want) / np.linalg.norm(want) < max_rel_err
+
+
 def test_gguf_needs_converted_group32(tiny_llama, tmp_path):
     from slimguard.slim.quant.export import write_gguf
 

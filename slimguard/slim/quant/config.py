@@ -168,7 +168,8 @@ class ExportConfig(Config):
     """``slimguard quant export``: a trained run -> GGUF (llama.cpp) or packed int4 safetensors."""
 
     format: Literal["gguf", "safetensors"] = Field("gguf", description="Output format.")
-    embed_type: Literal["f32", "f16", "q8_0", "q4_0"] = Field(
-        "q8_0", description="GGUF type of the (full-precision-trained) token embedding, which is also the tied LM head.")
+    embed_type: Literal["f32", "f16", "q8_0", "q4_0", "mxfp4"] = Field(
+        "q8_0", description=("GGUF type of the (full-precision-trained) token embedding, which is also the tied LM head "
+                             "(mxfp4: 4.25 bits per weight, power-of-two block scales; the smallest file)."))
     template_gguf: Optional[str] = Field(
         None, description="GGUF whose tokenizer/metadata to copy (default: the asset's own GGUF for asset models).")

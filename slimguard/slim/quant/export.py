@@ -82,6 +82,7 @@ def write_gguf(model, path: str | Path, *, template: str | Path, weight_type: st
     from gguf import GGUFWriter
     from gguf.quants import quantize
 
+    qtypes = {"q8_0": T.Q8_0, "q4_0": T.Q4_0, "mxfp4": T.MXFP4}
     template = Path(template)
     if not template.is_file():
         raise SlimguardError(f"export: template GGUF {template} not found; pass template_gguf=<a GGUF of the same "
@@ -105,7 +106,7 @@ def write_gguf(model, path: str | Path, *, template: str | Path, weight_type: st
         elif kind == "f16":
             w.add_tensor(name, a.astype(np.float16))
         else:
-            qt = {"q8_0": T.Q8_0, "q4_0": T.Q4_0}[kind]
+            qt = qtypes[kind]
             w.add_tensor(name, quantize(a.astype(np.float32), qt), raw_dtype=qt)
 
     emb_kind = embed_type if weight_type == "learned" else weight_type
@@ -136,7 +137,7 @@ def write_gguf(model, path: str | Path, *, template: str | Path, weight_type: st
                 w.add_tensor(name, pack_q8_0(codes, scales), raw_dtype=T.Q8_0)
     floats("output_norm.weight", model.model.norm.weight, "f32")
     if not c.tie_word_embeddings:
-        floats("output.weight", model.lm_head.weight, emb_kind if emb_kind != "q4_0" else "q8_0")
+        floats("output.weight", model.lm_head.weight, emb_kind if emb_kind not in ("q4_0", "mxfp4") else "q8_0")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -22,7 +22,8 @@ KV_BYTES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 # (label, file key, KV cache type); the first quantized row is the headline W4A8KV4 export
 PLAN = [("f32", "f32", "f16"), ("f16", "f16", "f16"),
         ("edgeqat_q4_0", "edgeqat_q4_0", "q4_0"), ("edgeqat_q4_0", "edgeqat_q4_0", "q8_0"),
-        ("edgeqat_q4_0_embq4", "edgeqat_q4_0_embq4", "q4_0"), ("edgeqat_q4_0_embq4", "edgeqat_q4_0_embq4", "q8_0")]
+        ("edgeqat_q4_0_embq4", "edgeqat_q4_0_embq4", "q4_0"), ("edgeqat_q4_0_embq4", "edgeqat_q4_0_embq4", "q8_0"),
+        ("edgeqat_q4_0_embmxfp4", "edgeqat_q4_0_embmxfp4", "q4_0")]
 
 
 def _ggml_type(name: str) -> int:
@@ -145,7 +146,9 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
              "f16": write_gguf(fp, d / "fp16.gguf", template=tmpl, weight_type="f16"),
              "edgeqat_q4_0": write_gguf(trained, d / "edgeqat-q4_0.gguf", template=tmpl, embed_type="q8_0"),
              "edgeqat_q4_0_embq4": write_gguf(trained, d / "edgeqat-q4_0-embq4.gguf", template=tmpl,
-                                              embed_type="q4_0")}
+                                              embed_type="q4_0"),
+             "edgeqat_q4_0_embmxfp4": write_gguf(trained, d / "edgeqat-q4_0-embmxfp4.gguf", template=tmpl,
+                                                 embed_type="mxfp4")}
     rows, by = [], {}
     for label, key, kv in PLAN:
         r = time_gguf(files[key], kv=kv, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
@@ -166,6 +169,7 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
     f16 = by[("f16", "f16")]
     best = by[("edgeqat_q4_0", "q4_0")]
     all4 = by[("edgeqat_q4_0_embq4", "q4_0")]
+    mx = by[("edgeqat_q4_0_embmxfp4", "q4_0")]
     fastest = max((k for k in by if k[0] != "f32"), key=lambda k: by[k]["decode_tok_s"])
     summary = {"decode_speedup_vs_f16": best["decode_tok_s"] / f16["decode_tok_s"],
                "prefill_speedup_vs_f16": best["prefill_tok_s"] / f16["prefill_tok_s"],
@@ -173,6 +177,8 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
                "size_ratio_vs_f16": f16["bytes"] / best["bytes"],
                "size_ratio_vs_f16_all_q4_0": f16["bytes"] / all4["bytes"],
                "decode_speedup_vs_f16_all_q4_0": all4["decode_tok_s"] / f16["decode_tok_s"],
+               "size_ratio_vs_f16_emb_mxfp4": f16["bytes"] / mx["bytes"],
+               "decode_speedup_vs_f16_emb_mxfp4": mx["decode_tok_s"] / f16["decode_tok_s"],
                "fastest_quantized": f"{fastest[0]} kv {fastest[1]}",
                "decode_speedup_vs_f16_fastest": by[fastest]["decode_tok_s"] / f16["decode_tok_s"],
                "decode_speedup_vs_f16_at": {n: best["decode_tok_s_at"][n] / f16["decode_tok_s_at"][n]
