@@ -65,7 +65,11 @@ def test_score_int8_matches_int_mm(lib, d, m, groups):
     kq, _ = K.quantize_rows(torch.randn(1, 3, m + 5, d, generator=g))
     rows = K.score_rows(torch.randn(1, 3 * groups, d, generator=g) * 4, 3, 0.125)
     window = kq[:, :, 5:]  # a window of the buffer: heads at the buffer's stride, as in decoding
-    acc, qs = KN.score_int8(lib, rows, window)
+    # the integer scoring that sg_select_int8 runs first, called on its own
+    _, n_kv, g, dd = rows.shape
+    r = rows.contiguous().to(torch.float32)
+    acc, qs = torch.empty(n_kv, g, m, dtype=torch.int32), torch.empty(n_kv, g)
+    lib.sg_score_int8(r.data_ptr(), window.data_ptr(), window.stride(1), n_kv, g, m, dd, qs.data_ptr(), acc.data_ptr())
     ref_acc, ref_qs = K.int8_logits(rows, window)
     assert torch.equal(acc, ref_acc[0]) and torch.equal(qs, ref_qs[0])
 

@@ -112,19 +112,6 @@ def _work(n: int) -> torch.Tensor:
     return buf
 
 
-def score_int8(lib, rows: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`select.int8_logits` for batch 1: float scoring rows ``[1, Hkv, G, d]`` against int8 keys
-    ``[1, Hkv, M, d]`` (rows contiguous, heads at any stride) -> ``acc [Hkv, G, M]`` int32, ``qs [Hkv, G]``."""
-    _, n_kv, g, d = rows.shape
-    m = keys.shape[2]
-    assert keys.dtype == torch.int8 and keys.stride(2) == d
-    rows = rows.contiguous().to(torch.float32)
-    acc = torch.empty(n_kv, g, m, dtype=torch.int32)
-    qs = torch.empty(n_kv, g)
-    lib.sg_score_int8(_ptr(rows), _ptr(keys), keys.stride(1), n_kv, g, m, d, _ptr(qs), _ptr(acc))
-    return acc, qs
-
-
 def sync_int8(lib, key: torch.Tensor, lo: int, hi: int, cos_t: torch.Tensor, sin_t: torch.Tensor,
               kbuf: torch.Tensor, kscale: torch.Tensor) -> None:
     """Keys ``[lo, hi)`` of a float32 batch-1 cache ``[1, Hkv, N, d]``, rotated back by their positions
