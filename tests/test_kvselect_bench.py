@@ -155,6 +155,17 @@ def test_cached_case_keys_ignore_scoring_fields_for_other_methods():
     assert _case_budget(base, "quest") == _case_budget({**base, "pool_kernel": 1}, "quest")
 
 
+@pytest.mark.parametrize("positions", ["compact", "original", "auto"])
+def test_positions_key_cached_cases_only_when_not_the_default(positions):
+    """Cases cached before ``positions`` existed were compact: their keys must stay valid, and other position
+    modes must not be served from them."""
+    from slimguard.bench.kvselect import KVSelectBenchConfig, _budget, _case_budget
+
+    base = _budget(KVSelectBenchConfig(positions=positions))
+    assert ("positions" in base) is (positions != "compact")
+    assert ("positions" in _case_budget(base, "streaming")) is (positions != "compact")
+
+
 @pytest.mark.parametrize("score_dtype, others", [(None, {"bf16", "int8"}), ("bfloat16", {"fp32", "int8"}),
                                                  ("int8", {"fp32", "bf16"})])
 def test_timing_rows_put_the_other_scoring_precisions_next_to_the_headline(score_dtype, others):

@@ -321,3 +321,48 @@ def test_rolled_back_cache_truncates_the_scoring_buffer_and_hits_skip_it():
     token_select_attention(hm, q, k[:, :, :299], v[:, :, :299], None, scaling=D ** -0.5)
     token_select_attention(hm, q, k, v, None, scaling=D ** -0.5)
     assert hst.hits == 1 and hst.n_seen == 299
+
+
+def _masked_dense(q, k, v, idx, scaling):
+    """Dense attention of the last ``L`` queries restricted to the recorded index set (``[B, H, S]``,
+    H in {1, Hkv, Hq}), causal, every key at its cached position."""
+    b, hq, L, _ = q.shape
+    hkv, n = k.shape[1], k.shape[2]
+    g = hq // hkv
+    allowed = torch.zeros(b, hq, 1, n, dtype=torch.bool)
+    for h in range(hq):
+        row = idx[:, 0 if idx.shape[1] == 1 else h // g if idx.shape[1] == hkv else h]
+        allowed[:, h, 0].scatter_(1, row, True)
+    causal = torch.arange(n)[None] <= torch.arange(n - L, n)[:, None]
+    kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed & causal,
+                                                            scale=scaling).transpose(1, 2)
+
+
+@pytest.mark.parametrize("method,hq,hkv,L", [("tokenselect", 4, 2, 1), ("tokenselect", 4, 2, 24),
+                                              ("oracle", 6, 3, 1), ("oracle", 4, 1, 24), ("quest", 4, 2, 1),
+                                              ("h2o", 4, 2, 24), ("streaming", 4, 4, 1)])
+def test_original_positions_equal_dense_attention_over_the_selected_keys(method, hq, hkv, L):
+    cfg = TokenSelectConfig(method=method, n_init=3, k=32, n_local=24, chunk_size=24, tail_chunk=0,
+                            cache_threshold=None, record=True, positions="original")
+    m, st = _module(cfg, hq // hkv)
+    q, k, v, *_ = _qkv(1, hq, hkv, L, 200, seed=L + hq)
+    out, _ = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
+    want = _masked_dense(q, k, v, st.last_idx, D ** -0.5)
+    assert torch.allclose(out, want, atol=1e-5)
+    compact = TokenSelectConfig(**{**cfg.model_dump(), "positions": "compact"})
+    m2, _ = _module(compact, hq // hkv)
+    out2, _ = token_select_attention(m2, q, k, v, None, scaling=D ** -0.5)
+    assert not torch.allclose(out2, want, atol=1e-3)  # re-numbered positions read the same keys differently
+
+
+@pytest.mark.parametrize("max_positions,original", [(4096, True), (150, False)])
+def test_auto_positions_keep_cached_positions_only_inside_the_trained_window(max_positions, original):
+    cfg = TokenSelectConfig(n_init=3, k=32, n_local=24, chunk_size=24, cache_threshold=None, record=True,
+                            positions="auto")
+    m, st = _module(cfg, 2)
+    st.max_positions = max_positions
+    q, k, v, *_ = _qkv(1, 4, 2, 1, 200, seed=5)
+    out, _ = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
+    assert st.sel_original is original
+    assert torch.allclose(out, _masked_dense(q, k, v, st.last_idx, D ** -0.5), atol=1e-5) is original

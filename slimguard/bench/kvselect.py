@@ -46,6 +46,8 @@ class KVSelectBenchConfig(Config):
     score_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]] = Field("int8", description=(
         "TokenSelect's scoring-key dtype in the accuracy part and the headline timing (null: the KV cache's; "
         "int8 is what defaults_for gives every model)."))
+    positions: Literal["compact", "original", "auto"] = Field("compact", description=(
+        "Accuracy part: RoPE positions of the selected keys (TokenSelectConfig.positions) for every selector."))
     model_defaults: bool = Field(False, description=(
         "Accuracy part: each model uses its own scaled budget (defaults_for: n_init, k, n_local, pool_kernel) "
         "instead of the fields above."))
@@ -75,6 +77,8 @@ def _budget(bc: KVSelectBenchConfig) -> dict:
         base["score_layers"] = bc.score_layers
     if bc.score_dtype is not None:
         base["score_dtype"] = bc.score_dtype
+    if bc.positions != "compact":
+        base["positions"] = bc.positions
     return base
 
 
@@ -287,6 +291,8 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                 hay = Haystack(lm.tokenizer)
                 if bc.model_defaults:
                     base = {**defaults_for(lm.model.config), "chunk_size": bc.chunk_size}
+                    if bc.positions != "compact":
+                        base["positions"] = bc.positions
             samples = make_samples(hay, task, [L], bc.depths if method in ("dense", "tokenselect") else [0.5],
                                    bc.n_per_depth if method in ("dense", "tokenselect") else len(bc.depths),
                                    seed=bc.seed + L)
@@ -393,6 +399,7 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
         parts.append(f"Accuracy: models {bc.models} on {bc.device}, budget {budget}, chunk {bc.chunk_size}, "
                      f"at {bc.lengths} tokens"
                      + (f" (dense only up to {bc.dense_max})" if bc.dense_max else "")
+                     + (f", selected keys at their {bc.positions} positions" if bc.positions != "compact" else "")
                      + "; n per cell in the rows; targets at lengths not run stay null (not measured).")
     parts.append("SmolLM2 weights passed through GGUF Q4_1, Gemma-3 through Q4_K_M.")
     return " ".join(parts)

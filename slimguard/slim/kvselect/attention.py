@@ -57,6 +57,8 @@ class LayerState:
     last_idx: torch.Tensor | None = None
     sel_k: torch.Tensor | None = None  # compacted, rotated K of the last selection (reused on cache hits)
     sel_v: torch.Tensor | None = None
+    sel_original: bool = False  # sel_k holds keys at their cached positions (not re-numbered)
+    max_positions: int = 0  # the model's trained window (positions="auto")
     last_n_keys: int = 0
     selections: int = 0
     hits: int = 0
@@ -183,7 +185,8 @@ def enable_token_select(model, cfg: TokenSelectConfig | None = None) -> TokenSel
     runtime = TokenSelectRuntime(cfg, layers)
     for m in model.modules():
         if hasattr(m, "layer_idx") and hasattr(m, "q_proj") and hasattr(m, "k_proj"):
-            st = LayerState(m.layer_idx, _inv_freq(model, m), runtime)
+            st = LayerState(m.layer_idx, _inv_freq(model, m), runtime,
+                            max_positions=int(getattr(model.config, "max_position_embeddings", 0) or 0))
             setattr(m, ATTR, st)
             if getattr(m, "sliding_window", None) is None:
                 layers[m.layer_idx] = st
@@ -461,7 +464,11 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     lib = _kernels(cfg)
     fused = _fused_rows(lib, key, value)
     cos_t, sin_t = st.runtime.trig(st, nk, q.device)
-    if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)):
+    # inside the trained window the selected keys may keep the positions they were cached at: no
+    # rotation at all, and the question-to-needle distance the model reads is the true one
+    orig = cfg.positions == "original" or (cfg.positions == "auto" and 0 < nk <= st.max_positions)
+    if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)
+            and st.sel_original == orig):
         if cfg.method != "tokenselect":  # compact positions follow cache order; TokenSelect's come sorted
             mid, _ = torch.sort(mid, dim=-1)
         if st.sel_k is None or st.sel_k.shape != (b, heads, s, d) or st.sel_k.dtype != key.dtype \
@@ -477,7 +484,11 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
         # the cached key at position p moves to compact position n_i + j by one rotation of n_i + j - p;
         # it is read from the cache itself, so a low-precision scoring buffer never reaches attention
         # angle of n_i + j - p from the position table: cos(a - b) = cos a cos b + sin a sin b, etc.
-        if fused and mid.shape[1] == 1:  # one index set for every KV head (TokenSelect, StreamingLLM, random)
+        st.sel_original = orig
+        if orig:
+            st.sel_k[:, :, n_i:n_i + m] = K.gather_heads(key, mid)
+            st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
+        elif fused and mid.shape[1] == 1:  # one index set for every KV head (TokenSelect, StreamingLLM, random)
             KN.gather_rotate(lib, key, value, mid[0, 0], cos_t, sin_t, n_i, st.sel_k, st.sel_v)
         else:
             cp = cos_t.index_select(0, mid.reshape(-1)).reshape(*mid.shape, -1)  # [B, H, m, d/2]
@@ -490,7 +501,9 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     h2o = cfg.method == "h2o"
     # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
     fast = fused and not h2o and q.dtype == torch.float32
-    if fast:  # one kernel call per rotation, not ~10 ops (and a contiguous query for the attention)
+    if orig:
+        q_c = q.contiguous()
+    elif fast:  # one kernel call per rotation, not ~10 ops (and a contiguous query for the attention)
         q_c = KN.unrotate(lib, q, cos_t, sin_t, nk - s)
     else:
         cos, sin = cos_t[nk - s].to(dt), -sin_t[nk - s].to(dt)
@@ -509,7 +522,9 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     else:
         if heads != n_kv:
             loc_k, loc_v = loc_k.repeat_interleave(hq // n_kv, 1), loc_v.repeat_interleave(hq // n_kv, 1)
-        if fast:
+        if orig:
+            st.sel_k[:, :, n_i + m:] = loc_k
+        elif fast:
             KN.unrotate(lib, loc_k, cos_t, sin_t, nk - s, out=st.sel_k[:, :, n_i + m:])
         else:
             K.rotate_into(st.sel_k[:, :, n_i + m:], loc_k.to(dt), cos, sin)

@@ -55,6 +55,10 @@ class TokenSelectConfig(Config):
         "Decode-step kernels: 'cpp' fuses the vote, top-k, gather-and-rotate and decode attention "
         "(kernels.cpp, built once with the machine's C++ compiler; float32 batch-1 CPU caches), 'torch' "
         "is the plain PyTorch reference, 'auto' uses cpp where it can be built and applies."))
+    positions: Literal["compact", "original", "auto"] = Field("compact", description=(
+        "RoPE positions of the selected keys: 'compact' re-numbers them 0..S-1 (the paper: any context length "
+        "stays inside the trained window), 'original' keeps the positions they have in the context, 'auto' keeps "
+        "them while the context fits the model's trained window and compacts beyond it."))
     page_size: int = Field(16, ge=1, description="Quest page size (tokens per min/max page).")
     seed: int = Field(0, description="Seed of the random selector's torch.Generator.")
     record: bool = Field(False, description="Keep each layer's selected indices of the last selection (for plots).")
