@@ -144,3 +144,31 @@ def test_speed_cache_is_kept_per_result(tmp_path, monkeypatch):
     monkeypatch.setenv("SLIMGUARD_RUNS", str(tmp_path))
     assert speed_cache() == tmp_path / "bench-quant" / "speed.json"
     assert speed_cache("quant-steps40") == tmp_path / "bench-quant-steps40" / "speed.json"
+
+
+def test_gguf_timing_is_round_robin_over_loaded_files(monkeypatch):
+    """Every round times each GGUF once (load drift is shared), and each file decodes from the context it
+    was asked for, in its own KV state."""
+    from slimguard.slim.quant import speed
+
+    log = []
+
+    class FakeLlama:
+        def __init__(self, label):
+            self.label, self.n_tokens = label, 0
+
+        def reset(self):
+            self.n_tokens = 0
+
+        def eval(self, toks):
+            log.append((self.label, self.n_tokens, len(toks)))
+            self.n_tokens += len(toks)
+
+    monkeypatch.setattr(speed, "_load", lambda path, **kw: FakeLlama(str(path)))
+    out = speed.time_ggufs({"a": ("a.gguf", "f16"), "b": ("b.gguf", "q4_0")}, threads=1, prompt_tokens=8,
+                           decode_tokens=3, contexts=(20,), repeats=4)
+    assert set(out) == {"a", "b"} and set(out["a"]["decode_tok_s_at"]) == {8, 20}
+    steps = [(lb, n) for lb, n, k in log if k == 1]  # decode steps: (file, tokens already in its cache)
+    files = [lb for lb, _ in steps[::3]]  # one decode run = 3 steps
+    assert files == ["a.gguf", "b.gguf"] * (len(files) // 2)  # alternating, never two runs of one file in a row
+    assert {n for lb, n in steps[::3]} == {8, 20}  # every run starts from its prefilled context

@@ -237,6 +237,8 @@ def _speed_note(speed: dict | None) -> str:
             f"{sm.get('load_average', float('nan')):.1f}) on {speed.get('quantized_model_source')}"
             + (f"; taken from {speed['from_cache']} because llama-cpp-python was not importable in this process"
                if speed.get("from_cache") else "") + ". "
+            + ("All GGUFs stay loaded and are timed round-robin, one repeat of each per round. "
+               if speed.get("timing") == "round-robin" else "")
             + (f"Decode is timed after {speed['prompt_tokens']} prompt tokens (the headline) and after "
                f"{', '.join(map(str, speed['contexts']))} tokens; " if speed.get("contexts") else "")
             + (f"llama_cpp_ppl is each GGUF's perplexity inside llama.cpp on the same {sm['eval_tokens']} held-out "

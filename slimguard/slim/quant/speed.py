@@ -42,37 +42,49 @@ def _load(path: Path, *, kv: str, threads: int, n_ctx: int, n_batch: int, logits
                  verbose=False, seed=0)
 
 
-def time_gguf(path: Path, *, kv: str, threads: int, prompt_tokens: int, decode_tokens: int,
-              contexts: tuple[int, ...] = (), repeats: int = 5) -> dict:
-    """Prefill tokens/s at ``prompt_tokens`` and decode tokens/s after ``prompt_tokens`` and after
-    each of ``contexts`` tokens (medians of ``repeats`` after a warm-up)."""
-    from ...bench.harness import time_it
+def time_ggufs(runs: dict, *, threads: int, prompt_tokens: int, decode_tokens: int,
+               contexts: tuple[int, ...] = (), repeats: int = 5) -> dict:
+    """Prefill tokens/s at ``prompt_tokens`` and decode tokens/s after ``prompt_tokens`` and after each of
+    ``contexts`` tokens, for every ``label -> (path, kv)`` in ``runs`` (medians of ``repeats``).
+
+    All files stay loaded and are timed round-robin, one repeat of each per round: a small model's
+    decode speed swings with whatever else the machine runs (F16 SmolLM2 read 90 and 126 tok/s in two
+    runs on the same machine type), and timing the files one after another hands that drift to
+    whichever file happened to run then; round-robin spreads it over all of them, so the ratios hold.
+    """
+    from ...bench.harness import time_interleaved
 
     longest = max((prompt_tokens, *contexts))
-    llm = _load(path, kv=kv, threads=threads, n_ctx=longest + decode_tokens + 8, n_batch=min(512, longest))
     text = [(7 * i + 11) % 1000 + 100 for i in range(longest)]  # ids only: speed does not depend on meaning
+    llms = {label: _load(path, kv=kv, threads=threads, n_ctx=longest + decode_tokens + 8, n_batch=min(512, longest))
+            for label, (path, kv) in runs.items()}
 
-    def prefill():
-        llm.reset()
-        llm.eval(text[:prompt_tokens])
+    def prefill(llm):
+        def run():
+            llm.reset()
+            llm.eval(text[:prompt_tokens])
+        return run
 
-    def decode_after(n: int):
+    def decode_after(llm, n: int):
         def run():
             llm.n_tokens = n  # the next eval drops the KV entries past n, so every repeat decodes from n
             for i in range(decode_tokens):
                 llm.eval([text[i % 100]])
         return run
 
-    tp = time_it(prefill, repeats=repeats)
-    out = {"prefill_tok_s": prompt_tokens / tp.median_s, "prefill_s": tp.to_dict(), "decode_tok_s_at": {}}
+    tp = time_interleaved({lb: prefill(llm) for lb, llm in llms.items()}, repeats=repeats)
+    out = {lb: {"prefill_tok_s": prompt_tokens / tp[lb].median_s, "prefill_s": tp[lb].to_dict(), "decode_tok_s_at": {}}
+           for lb in llms}
     for n in dict.fromkeys((prompt_tokens, *contexts)):
-        llm.reset()
-        llm.eval(text[:n])
-        td = time_it(decode_after(n), repeats=repeats)
-        out["decode_tok_s_at"][n] = decode_tokens / td.median_s
-        if n == prompt_tokens:
-            out["decode_tok_s"], out["decode_s"] = decode_tokens / td.median_s, td.to_dict()
-    del llm
+        for llm in llms.values():
+            llm.reset()
+            llm.eval(text[:n])
+        td = time_interleaved({lb: decode_after(llm, n) for lb, llm in llms.items()}, repeats=repeats)
+        for lb in llms:
+            out[lb]["decode_tok_s_at"][n] = decode_tokens / td[lb].median_s
+            if n == prompt_tokens:
+                out[lb]["decode_tok_s"], out[lb]["decode_s"] = decode_tokens / td[lb].median_s, td[lb].to_dict()
+    llms.clear()
     return out
 
 
@@ -150,9 +162,10 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
              "edgeqat_q4_0_embmxfp4": write_gguf(trained, d / "edgeqat-q4_0-embmxfp4.gguf", template=tmpl,
                                                  embed_type="mxfp4")}
     rows, by = [], {}
+    timed = time_ggufs({(label, kv): (files[key], kv) for label, key, kv in PLAN}, threads=threads,
+                       prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, contexts=contexts)
     for label, key, kv in PLAN:
-        r = time_gguf(files[key], kv=kv, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                      contexts=contexts)
+        r = timed[(label, kv)]
         if eval_windows and key != "f32":  # F32 and F16 read the same
             r["ppl"] = gguf_perplexity(files[key], eval_windows, kv=kv, threads=threads)
         size = files[key].stat().st_size
@@ -192,7 +205,7 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
     from ...core.runs import atomic_write_json, now_iso
 
     out = {"rows": rows, "summary": summary, "files": {k: str(v) for k, v in files.items()},
-           "prompt_tokens": prompt_tokens, "contexts": list(contexts),
+           "prompt_tokens": prompt_tokens, "contexts": list(contexts), "timing": "round-robin",
            "quantized_model_source": source, "measured": now_iso()}
     atomic_write_json(speed_cache(result), out)
     for f in files.values():  # the F32 file alone is ~540 MB
