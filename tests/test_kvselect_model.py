@@ -194,3 +194,12 @@ def test_defaults_share_the_first_global_layers_selection_on_interleaved_models(
     d = defaults_for(tiny_gemma3.config)
     assert d["score_layers"] == [2]
     enable_token_select(tiny_gemma3, TokenSelectConfig(**d))  # a valid scoring layer for this model
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3"])
+def test_auto_positions_read_the_models_trained_window(fixture, request):
+    model = request.getfixturevalue(fixture)
+    rt = enable_token_select(model, TokenSelectConfig(positions="auto"))
+    want = model.config.get_text_config().max_position_embeddings
+    assert want > 0 and {st.max_positions for st in rt.layers.values()} == {want}
+    disable_token_select(model)

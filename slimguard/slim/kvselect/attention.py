@@ -183,10 +183,11 @@ def enable_token_select(model, cfg: TokenSelectConfig | None = None) -> TokenSel
     _register()
     layers: dict[int, LayerState] = {}
     runtime = TokenSelectRuntime(cfg, layers)
+    text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = int(getattr(text_cfg, "max_position_embeddings", 0) or 0)  # 0: unknown, positions="auto" compacts
     for m in model.modules():
         if hasattr(m, "layer_idx") and hasattr(m, "q_proj") and hasattr(m, "k_proj"):
-            st = LayerState(m.layer_idx, _inv_freq(model, m), runtime,
-                            max_positions=int(getattr(model.config, "max_position_embeddings", 0) or 0))
+            st = LayerState(m.layer_idx, _inv_freq(model, m), runtime, max_positions=window)
             setattr(m, ATTR, st)
             if getattr(m, "sliding_window", None) is None:
                 layers[m.layer_idx] = st
