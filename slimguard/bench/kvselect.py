@@ -290,9 +290,9 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                 lm = load_causal_lm(model_name, device=bc.device)
                 hay = Haystack(lm.tokenizer)
                 if bc.model_defaults:
-                    base = {**defaults_for(lm.model.config), "chunk_size": bc.chunk_size}
-                    if bc.positions != "compact":
-                        base["positions"] = bc.positions
+                    # the model's scaled budget; the chunk and the position mode still come from the bench
+                    base = {**defaults_for(lm.model.config),
+                            **{f: v for f, v in _budget(bc).items() if f in ("chunk_size", "positions")}}
             samples = make_samples(hay, task, [L], bc.depths if method in ("dense", "tokenselect") else [0.5],
                                    bc.n_per_depth if method in ("dense", "tokenselect") else len(bc.depths),
                                    seed=bc.seed + L)
