@@ -467,7 +467,7 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     cos_t, sin_t = st.runtime.trig(st, nk, q.device)
     # inside the trained window the selected keys may keep the positions they were cached at: no
     # rotation at all, and the question-to-needle distance the model reads is the true one
-    orig = cfg.positions == "original" or (cfg.positions == "auto" and 0 < nk <= st.max_positions)
+    orig = cfg.positions == "original" or (cfg.positions == "auto" and nk <= st.max_positions)
     if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)
             and st.sel_original == orig):
         if cfg.method != "tokenselect":  # compact positions follow cache order; TokenSelect's come sorted
