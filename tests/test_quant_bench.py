@@ -172,3 +172,15 @@ def test_gguf_timing_is_round_robin_over_loaded_files(monkeypatch):
     files = [lb for lb, _ in steps[::3]]  # one decode run = 3 steps
     assert files == ["a.gguf", "b.gguf"] * (len(files) // 2)  # alternating, never two runs of one file in a row
     assert {n for lb, n in steps[::3]} == {8, 20}  # every run starts from its prefilled context
+
+
+@pytest.mark.parametrize("same_bits, met", [(None, True), ({"ppl": 33.0, "kl": 0.50}, False)])
+def test_torchao_targets_use_the_same_bits_row_when_present(same_bits, met):
+    # torchao's own recipe leaves K/V in full precision; with the KV4 row present EdgeQAT is judged against it
+    res = {("edgeqat", "W4A8KV4"): {"ppl": 34.0, "kl": 0.46},
+           ("torchao_qat_w4a8", "W4A8KV4"): {"ppl": 42.7, "kl": 0.37}}
+    if same_bits:
+        res[("torchao_qat_w4a8kv4", "W4A8KV4")] = same_bits
+    t = _targets(QuantBenchConfig(), res, 49.7, None)
+    assert t["edgeqat_vs_torchao_qat_ppl_ratio"]["met"] is met
+    assert t["edgeqat_vs_torchao_qat_kl_ratio"]["met"] is (same_bits is not None)

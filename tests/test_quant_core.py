@@ -198,3 +198,25 @@ def test_a_collapsed_weight_step_keeps_gradients_finite(collapsed):
     assert torch.isfinite(out).all() and torch.isfinite(wp.grad).all() and torch.isfinite(q.step.grad).all()
     codes, scales = q.codes_and_scales(w)
     assert float(scales.float().min()) >= MIN_STEP
+
+
+@pytest.mark.parametrize("kv_bits, lo, hi", [(8, 1e-6, 0.05), (4, 1e-3, None)])
+def test_kv_only_quant_touches_nothing_else(tiny_llama, kv_bits, lo, hi):
+    """attach_kv_quant (the KV4 added to torchao's QAT for a same-bits baseline) quantizes K and V per token,
+    learns nothing and leaves the linears alone."""
+    from slimguard.slim.quant.prepare import attach_kv_quant
+
+    x = torch.randint(0, 128, (2, 16))
+    ref = tiny_llama(input_ids=x).logits
+    n_params = sum(p.numel() for p in tiny_llama.parameters() if p.requires_grad)
+    attach_kv_quant(tiny_llama, kv_bits)
+    assert _count(tiny_llama, "QLinear") == 0
+    assert sum(p.numel() for p in tiny_llama.parameters() if p.requires_grad) == n_params
+    ad = tiny_llama.model.layers[0].self_attn.sg_adapter
+    assert ad.inp is None and ad.q is None and ad.p is None and ad.k.hi.bits == kv_bits == ad.v.hi.bits
+    k = torch.randn(1, 2, 5, 16)
+    assert all(len(row.unique()) <= 2 ** kv_bits for row in ad.k(k).reshape(-1, 16))
+    d = (tiny_llama(input_ids=x).logits - ref).abs().max().item()
+    assert d > lo and (hi is None or d < hi)
+    with pytest.raises(SlimguardError, match="already prepared"):
+        attach_kv_quant(tiny_llama, kv_bits)

@@ -4,7 +4,9 @@ RTN is EdgeQAT's fake-quant graph with frozen absmax steps (no training). torcha
 applied through its public ``quantize_(model, QATConfig(..., step="prepare"))`` to the seven
 decoder linears (int4 group-32 symmetric weights, dynamic per-token int8 activations) and
 trained with the same data, optimizer and step budget as our variants. torchao has no KV
-cache quantization, so its numbers are W4A8 with full-precision K/V.
+cache quantization: on its own its numbers are W4A8 with full-precision K/V. With ``kv_bits``
+our fixed (unlearned) per-token q4_0-style K/V fake-quant is added and stays on during its
+training, which puts it at the same W4A8KV4 bits as EdgeQAT.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from .config import QATConfig, QuantTrainConfig
 from .data import TokenBlocks
 from .losses import next_token_ce
-from .prepare import prepare_qat
+from .prepare import attach_kv_quant, prepare_qat
 from .train import _lr_lambda
 
 
@@ -30,8 +32,10 @@ def rtn(model, qat: QATConfig, calib: torch.Tensor):
     return m
 
 
-def torchao_qat(model, cfg: QuantTrainConfig, blocks: TokenBlocks, *, w_bits: int = 4, a_bits: int | None = 8):
-    """torchao QAT (prepare step) + CE training with our budget; returns the fake-quant model."""
+def torchao_qat(model, cfg: QuantTrainConfig, blocks: TokenBlocks, *, w_bits: int = 4, a_bits: int | None = 8,
+                kv_bits: int | None = None):
+    """torchao QAT (prepare step) + CE training with our budget; returns the fake-quant model.
+    ``kv_bits`` adds fixed K/V fake-quant (``attach_kv_quant``), trained through like the rest."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import IntxFakeQuantizeConfig
     from torchao.quantization.qat import QATConfig as AOQATConfig
@@ -46,6 +50,8 @@ def torchao_qat(model, cfg: QuantTrainConfig, blocks: TokenBlocks, *, w_bits: in
         return isinstance(mod, torch.nn.Linear) and fqn.startswith("model.layers.")
 
     quantize_(m, AOQATConfig(activation_config=acfg, weight_config=wcfg, step="prepare"), filter_fn=in_decoder)
+    if kv_bits:
+        attach_kv_quant(m, kv_bits)
     m.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)

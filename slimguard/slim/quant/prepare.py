@@ -206,8 +206,8 @@ def _mlp_input_hook(aq: ActQuant, layer: int, state: QATState):
     return hook
 
 
-def _install(model, cfg: QATConfig | None) -> QATState:
-    _check_model(model, cfg)
+def _install(model, cfg: QATConfig | None, *, linears: bool = True) -> QATState:
+    _check_model(model, cfg if linears else None)
     _register_attention()
     device = next(model.parameters()).device  # new quantizers are built on the CPU; follow the model
     state = QATState(cfg)
@@ -217,7 +217,7 @@ def _install(model, cfg: QATConfig | None) -> QATState:
         ad = AttnAdapter(cfg, i, c.num_attention_heads, c.num_key_value_heads, _head_dim(c))
         object.__setattr__(ad, "state", state)
         attn.sg_adapter = ad
-        if cfg is None:
+        if cfg is None or not linears:
             continue
         low = cfg.adaptive_low_bits if cfg.token_adaptive else None
         dyn = 0 if cfg.act_granularity == "token" else None
@@ -261,6 +261,17 @@ def attach_recorder(model):
     """Route a full-precision model (the teacher) through the same attention adapter, no quantizers."""
     if getattr(model, "sg_state", None) is None:
         _install(model, None)
+    return model
+
+
+def attach_kv_quant(model, kv_bits: int = 4):
+    """Quantize only K (after RoPE) and V, per token and 32-wide block of head_dim, with no learned
+    parameters: exactly what llama.cpp's q4_0/q8_0 KV cache does at inference. Used to put another
+    toolkit's QAT (torchao's, which has no KV quantization) at the same W4A8KV4 bits as EdgeQAT."""
+    if getattr(model, "sg_state", None) is not None:
+        raise SlimguardError("quant: model is already prepared; attach_kv_quant a fresh model")
+    cfg = QATConfig(a_bits=None, kv_bits=kv_bits, prob_bits=None, qkv_granularity="token", learn_steps=False)
+    _install(model, cfg, linears=False)
     return model
 
 
