@@ -163,8 +163,8 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
             add(variant, bits, vals, kls)
         # torchao's own recipe (linears only), and at KV4 the same recipe with our fixed q4_0-style K/V fake-quant
         # trained through, so EdgeQAT is also compared at exactly its own bits
-        kv_options = ((None, 4) if bits == "W4A8KV4" else (None,)) if bits in ("W4A8KV4", "W4A8", "W8A8") else ()
-        for kv in kv_options if bc.torchao else ():
+        has_ao = bc.torchao and bits in ("W4A8KV4", "W4A8", "W8A8")
+        for kv in ((None, 4) if bits == "W4A8KV4" else (None,)) if has_ao else ():
             vals, kls = [], []
             for seed in bc.seeds:
                 cfg = _train_cfg(bc, bits, "lsq_ce", seed)

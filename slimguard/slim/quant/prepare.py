@@ -265,9 +265,9 @@ def attach_recorder(model):
 
 
 def attach_kv_quant(model, kv_bits: int = 4):
-    """Quantize only K (after RoPE) and V, per token and 32-wide block of head_dim, with no learned
-    parameters: exactly what llama.cpp's q4_0/q8_0 KV cache does at inference. Used to put another
-    toolkit's QAT (torchao's, which has no KV quantization) at the same W4A8KV4 bits as EdgeQAT."""
+    """Quantize only K (after RoPE) and V, with no learned parameters, in the layout of llama.cpp's
+    q4_0/q8_0 KV cache: per token, 32-wide blocks of head_dim, one absmax scale per block. Used to put
+    another toolkit's QAT (torchao's, which has no KV quantization) at the same W4A8KV4 bits as EdgeQAT."""
     if getattr(model, "sg_state", None) is not None:
         raise SlimguardError("quant: model is already prepared; attach_kv_quant a fresh model")
     cfg = QATConfig(a_bits=None, kv_bits=kv_bits, prob_bits=None, qkv_granularity="token", learn_steps=False)
