@@ -35,7 +35,8 @@ class QATConfig(Config):
                              "dynamic per-token absmax with a learned clip ratio (what integer runtimes do).")
     qkv_granularity: Literal["tensor", "channel", "token"] = Field(
         "token", description="Q, K, V quantizers: static LSQ+ per tensor or per (head, channel), or 'token' = dynamic "
-                             "per token and 32-wide block of head_dim (exactly llama.cpp's q4_0/q8_0 KV cache).")
+                             "per token and 32-wide block of head_dim (the block layout of llama.cpp's q4_0/q8_0 "
+                             "KV cache; its scale rule differs slightly).")
     weight_init: Literal["mse", "lsq", "absmax"] = Field(
         "mse", description="Weight step init: per-granule MSE-optimal clipping of max|W|/Qp (default; LSQ's "
                            "2*mean|W|/sqrt(Qp) is far too coarse for 32-wide groups), LSQ's, or round-to-nearest.")
