@@ -95,3 +95,32 @@ def test_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights()
         res, trained = train(cfg, model=model, blocks=tiny_blocks(), progress=False, do_eval=False)
     assert res.skipped_steps == 1 and [h.get("skipped", False) for h in res.history] == [False, True, False, False]
     assert all(torch.isfinite(p).all() for p in trained.parameters())
+
+
+@pytest.mark.parametrize("kind", ["weight", "lsq_plus"])
+def test_one_update_moves_a_step_by_the_same_fraction_at_4_and_8_bits(kind):
+    """Adam moves a parameter by ~lr whatever its gradient scale; the per-bit-width rate keeps an 8-bit step
+    (~18x smaller than a 4-bit one) from moving by more than its own size."""
+    from slimguard.slim.quant.quantizers import LSQPlus, WeightQuantizer
+    from slimguard.slim.quant.train import _quantizer_groups
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 64, generator=g) * 0.05
+    x = torch.randn(4, 64, generator=g)
+    moved = {}
+    for bits in (4, 8):
+        q = WeightQuantizer(w, bits, "group", 32, init="mse") if kind == "weight" else LSQPlus(bits)
+        if kind == "lsq_plus":
+            q.calibrate(x)
+        net = torch.nn.ModuleList([q])
+        before = q.step.detach().abs().mean().item()
+        opt = torch.optim.AdamW(_quantizer_groups(net, 1e-3), betas=(0.9, 0.95))
+        target = w.clone() * 0.9 if kind == "weight" else x * 0.9
+        loss = ((q(w if kind == "weight" else x) - target) ** 2).sum()
+        loss.backward()
+        opt.step()
+        moved[bits] = (q.step.detach().abs().mean().item() - before) / before
+    # the first Adam update has magnitude ~lr per element: relative change ~ lr_b / step_b, equal across bits
+    assert abs(moved[8]) == pytest.approx(abs(moved[4]), rel=0.6)
+    assert abs(moved[8]) < 0.5  # a single absolute rate moved the 8-bit step by well over its own size
+

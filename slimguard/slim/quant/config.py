@@ -143,7 +143,10 @@ class QuantTrainConfig(Config):
     batch_size: int = Field(4, description="Sequences per step (global: split across DDP ranks).")
     steps: int = Field(100, description="Optimizer steps.")
     lr: float = Field(2.5e-5, description="Peak learning rate for the weights (cosine schedule).")
-    quantizer_lr: float = Field(1e-3, description="Peak learning rate for quantizer steps and offsets.")
+    quantizer_lr: float = Field(1e-3, description="Peak learning rate for quantizer offsets and clip ratios, and for "
+                                                  "4-bit steps; a b-bit step uses it times the ratio of level counts "
+                                                  "(7/127 for an 8-bit weight step), because Adam moves every "
+                                                  "parameter by ~lr whatever its gradient scale.")
     warmup: int = Field(10, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, description="AdamW weight decay on linear weights (reference recipe: 0.1).")
     eval_batches: int = Field(8, description="Held-out sequences (x batch_size) for perplexity and KL.")

@@ -30,6 +30,7 @@ from .data import TokenBlocks, load_blocks
 from .evaluate import EvalResult, evaluate
 from .losses import edgeqat_loss
 from .prepare import attach_recorder, prepare_qat, quantizer_parameters, state_of
+from .quantizers import DynQuant, LSQPlus, WeightQuantizer, signed_range
 
 CKPT = "checkpoint.pt"
 MODEL_FILE = "qat_model.safetensors"
@@ -106,6 +107,38 @@ def _lr_lambda(cfg: QuantTrainConfig):
     return f
 
 
+def step_lr_scale(module) -> float:
+    """Learning-rate multiplier for a quantizer's step, relative to the same quantizer at 4 bits.
+
+    A step is about ``range / levels``, so an 8-bit step is ~18x smaller than a 4-bit one for the same
+    tensor. LSQ's gradient scale ``1/sqrt(N * Qp)`` evens that out for SGD, but Adam normalises the
+    gradient away and moves every parameter by ~lr per update, so one absolute rate that trains 4-bit
+    steps (1e-3 against steps of ~1e-2) moved 8-bit steps (~5e-4) by twice their size each update and
+    wrecked W8A8 (perplexity 48 -> 95 in 5 steps). Scaling the rate by the level count keeps the
+    per-update change a similar fraction of the step at every bit width and leaves 4-bit exactly as it was.
+    """
+    if isinstance(module, WeightQuantizer):
+        return signed_range(4)[1] / module.qp
+    if isinstance(module, LSQPlus):
+        return (2 ** 4 - 1) / (2 ** module.bits - 1)
+    return 1.0
+
+
+def _quantizer_groups(model, base_lr: float) -> list[dict]:
+    """Quantizer parameters grouped by learning rate: steps scaled by ``step_lr_scale``; LSQ+ offsets (in
+    activation units) and clip ratios (in [0.05, 1]) do not depend on the bit width and keep ``base_lr``."""
+    by_lr: dict[float, list] = {}
+    seen: set[int] = set()
+    for m in model.modules():
+        if not isinstance(m, (WeightQuantizer, LSQPlus, DynQuant)):
+            continue
+        for name, p in m.named_parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                by_lr.setdefault(base_lr * (step_lr_scale(m) if name == "step" else 1.0), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": 0.0} for lr, ps in sorted(by_lr.items())]
+
+
 def build_optimizer(model, cfg: QuantTrainConfig):
     qparams = quantizer_parameters(model)
     qids = {id(p) for p in qparams}
@@ -115,8 +148,11 @@ def build_optimizer(model, cfg: QuantTrainConfig):
     weights = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in qids and p.dim() == 2]
     others = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in qids and p.dim() != 2]
     groups = [{"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-              {"params": others, "lr": cfg.lr, "weight_decay": 0.0},
-              {"params": [p for p in qparams if p.requires_grad], "lr": cfg.quantizer_lr, "weight_decay": 0.0}]
+              {"params": others, "lr": cfg.lr, "weight_decay": 0.0}] + _quantizer_groups(model, cfg.quantizer_lr)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    missed = [p for p in qparams if p.requires_grad and id(p) not in grouped]
+    if missed:  # a quantizer type _quantizer_groups does not know: train it at the base rate rather than not at all
+        groups.append({"params": missed, "lr": cfg.quantizer_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     return opt, sched
@@ -265,7 +301,11 @@ def _load_checkpoint(path: Path | None, cfg, model, opt, sched, gen):
     missing, unexpected = model.load_state_dict(ck["model"], strict=False)
     if unexpected or any(k != "lm_head.weight" and "embed_tokens" not in k for k in missing):
         raise SlimguardError(f"--resume: checkpoint {path} does not match the prepared model")
-    opt.load_state_dict(ck["optimizer"])
+    try:
+        opt.load_state_dict(ck["optimizer"])
+    except ValueError as e:  # e.g. written before quantizer steps got per-bit-width learning rates
+        raise SlimguardError(f"--resume: checkpoint {path} has a different optimizer layout ({str(e).splitlines()[0]}); "
+                             "it was written by another slimguard version: start without --resume") from None
     sched.load_state_dict(ck["scheduler"])
     gen.set_state(ck["generator"])
     return ck["step"], list(ck["losses"]), list(ck["history"])
