@@ -56,6 +56,22 @@ def test_resume_rejects_other_config(tmp_path):
         _train(other, run=r, resume=True)
 
 
+def test_resume_rejects_a_checkpoint_with_another_optimizer_layout(tmp_path):
+    # e.g. one written before quantizer steps had per-bit-width learning rates: same config, other param groups
+    from slimguard.slim.quant.train import CKPT
+
+    cfg = tiny_config(steps=2, checkpoint_every=1)
+    r = Run.create("a", root=tmp_path, config=cfg)
+    _train(cfg, run=r, do_eval=False)
+    path = r.path / CKPT
+    ck = torch.load(path, weights_only=True)
+    groups = ck["optimizer"]["param_groups"]
+    groups[-2]["params"] += groups.pop()["params"]  # two quantizer groups merged into one, as the old layout had
+    torch.save(ck, path)
+    with pytest.raises(SlimguardError, match="different optimizer layout"):
+        _train(cfg, run=r, resume=True)
+
+
 def test_resume_without_checkpoint(tmp_path):
     cfg = tiny_config(steps=2)
     with pytest.raises(SlimguardError, match="no checkpoint"):
