@@ -194,3 +194,16 @@ def test_torchao_targets_use_the_same_bits_row_when_present(same_bits, met):
     t = _targets(QuantBenchConfig(), res, 49.7, None)
     assert t["edgeqat_vs_torchao_qat_ppl_ratio"]["met"] is met
     assert t["edgeqat_vs_torchao_qat_kl_ratio"]["met"] is (same_bits is not None)
+
+
+@pytest.mark.parametrize("bits,rows", [
+    ("W8A8", [(None, "torchao_qat_w8a8"), (8, "torchao_qat_w8a8kv8")]),
+    ("W4A8", [(None, "torchao_qat_w4a8"), (8, "torchao_qat_w4a8kv8")]),
+    ("W4A8KV4", [(None, "torchao_qat_w4a8"), (4, "torchao_qat_w4a8kv4")]),
+    ("W4A4", []),
+])
+def test_torchao_rows_match_our_kv_bits(bits, rows):
+    # our A8 fake-quantizes K/V too (at kv_bits, else a_bits): the same-bits torchao row quantizes them alike
+    from slimguard.bench.quant import torchao_rows
+
+    assert torchao_rows(bits) == rows

@@ -75,6 +75,19 @@ FULL = dict(bits=list(BITS), variants=list(VARIANTS), steps=300, seq_len=128, ba
             seeds=[0, 1, 2])
 
 
+def torchao_rows(bits: str) -> list[tuple[int | None, str]]:
+    """(K/V bits, row name) of the torchao QAT rows trained at ``bits``. torchao's own recipe quantizes only the
+    linears; our A8 also fake-quantizes K and V (at ``kv_bits``, else ``a_bits``), so next to it runs the same
+    recipe with a fixed per-token absmax K/V fake-quant at our K/V bits trained through, which is EdgeQAT's
+    own bit budget for the cache. torchao has no 4-bit-activation recipe, so W4A4 has no row."""
+    b = BITS[bits]
+    if b["a_bits"] != 8:
+        return []
+    own = f"torchao_qat_w{b['w_bits']}a8"
+    kv = b.get("kv_bits", b["a_bits"])
+    return [(None, own), (kv, f"{own}kv{kv}")]
+
+
 def _train_cfg(bc: QuantBenchConfig, bits: str, variant: str, seed: int):
     from ..core.config import build
     from ..slim.quant.config import QuantTrainConfig
@@ -161,10 +174,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
                 kls.append(r.kl_to_fp)
                 del model
             add(variant, bits, vals, kls)
-        # torchao's own recipe (linears only), and at KV4 the same recipe with our fixed q4_0-style K/V fake-quant
-        # trained through, so EdgeQAT is also compared at exactly its own bits
-        has_ao = bc.torchao and bits in ("W4A8KV4", "W4A8", "W8A8")
-        for kv in ((None, 4) if bits == "W4A8KV4" else (None,)) if has_ao else ():
+        for kv, row_name in (torchao_rows(bits) if bc.torchao else ()):
             vals, kls = [], []
             for seed in bc.seeds:
                 cfg = _train_cfg(bc, bits, "lsq_ce", seed)
@@ -173,7 +183,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
                 vals.append(r.ppl)
                 kls.append(r.kl_to_fp)
                 del m
-            add("torchao_qat_w%da8" % BITS[bits]["w_bits"] + (f"kv{kv}" if kv else ""), bits, vals, kls)
+            add(row_name, bits, vals, kls)
 
     speed = None
     if bc.speed:
@@ -196,8 +206,9 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
               "are noise. "
             + _speed_note(speed)
             + "The FP model's weights already passed through Q4_1 (the only SmolLM2 weights in a registry). torchao QAT "
-              "quantizes only the linears; the torchao_qat_w4a8kv4 row adds a fixed per-token q4_0-style K/V fake-quant "
-              "during its training, the same bits as EdgeQAT, and the torchao targets compare against that row.")
+              "quantizes only the linears; each torchao_qat_w*a8kv* row adds a fixed per-token K/V fake-quant (32-wide "
+              "absmax blocks, q4_0-style at 4 bits) at the K/V bits EdgeQAT uses, kept on during its training, and the "
+              "torchao targets compare against the W4A8KV4 one.")
     return harness.write_result(bc.result, command=command, config=bc.to_dict(), rows=rows, targets=targets,
                                 extra={"note": note, "diagnostics": diag, "speed": speed,
                                        "seconds": time.perf_counter() - t_start})
