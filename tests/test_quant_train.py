@@ -117,7 +117,7 @@ def test_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights()
 def test_one_update_moves_a_step_by_the_same_fraction_at_4_and_8_bits(kind):
     """Adam moves a parameter by ~lr whatever its gradient scale; the per-bit-width rate keeps an 8-bit step
     (~18x smaller than a 4-bit one) from moving by more than its own size."""
-    from slimguard.slim.quant.quantizers import LSQPlus, WeightQuantizer
+    from slimguard.slim.quant.quantizers import ActQuant, WeightQuantizer
     from slimguard.slim.quant.train import _quantizer_groups
 
     g = torch.Generator().manual_seed(0)
@@ -125,14 +125,16 @@ def test_one_update_moves_a_step_by_the_same_fraction_at_4_and_8_bits(kind):
     x = torch.randn(4, 64, generator=g)
     moved = {}
     for bits in (4, 8):
-        q = WeightQuantizer(w, bits, "group", 32, init="mse") if kind == "weight" else LSQPlus(bits)
-        if kind == "lsq_plus":
+        if kind == "weight":
+            q = net = WeightQuantizer(w, bits, "group", 32, init="mse")
+        else:  # a static activation point holds an LSQ+ quantizer
+            net = ActQuant(bits)
+            q = net.hi
             q.calibrate(x)
-        net = torch.nn.ModuleList([q])
         before = q.step.detach().abs().mean().item()
         opt = torch.optim.AdamW(_quantizer_groups(net, 1e-3), betas=(0.9, 0.95))
         target = w.clone() * 0.9 if kind == "weight" else x * 0.9
-        loss = ((q(w if kind == "weight" else x) - target) ** 2).sum()
+        loss = ((net(w if kind == "weight" else x) - target) ** 2).sum()
         loss.backward()
         opt.step()
         moved[bits] = (q.step.detach().abs().mean().item() - before) / before

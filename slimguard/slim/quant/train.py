@@ -30,7 +30,7 @@ from .data import TokenBlocks, load_blocks
 from .evaluate import EvalResult, evaluate
 from .losses import edgeqat_loss
 from .prepare import attach_recorder, prepare_qat, quantizer_parameters, state_of
-from .quantizers import DynQuant, LSQPlus, WeightQuantizer, signed_range
+from .quantizers import LSQPlus, WeightQuantizer, signed_range
 
 CKPT = "checkpoint.pt"
 MODEL_FILE = "qat_model.safetensors"
@@ -125,16 +125,15 @@ def step_lr_scale(module) -> float:
 
 
 def _quantizer_groups(model, base_lr: float) -> list[dict]:
-    """Quantizer parameters grouped by learning rate: steps scaled by ``step_lr_scale``; LSQ+ offsets (in
-    activation units) and clip ratios (in [0.05, 1]) do not depend on the bit width and keep ``base_lr``."""
+    """The trainable quantizer parameters grouped by learning rate: steps scaled by ``step_lr_scale``; LSQ+
+    offsets (in activation units) and clip ratios (in [0.05, 1]) do not depend on the bit width and keep
+    ``base_lr``, as does any quantizer type ``step_lr_scale`` does not know."""
+    todo = {id(p) for p in quantizer_parameters(model) if p.requires_grad}
     by_lr: dict[float, list] = {}
-    seen: set[int] = set()
     for m in model.modules():
-        if not isinstance(m, (WeightQuantizer, LSQPlus, DynQuant)):
-            continue
         for name, p in m.named_parameters(recurse=False):
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
+            if id(p) in todo:
+                todo.discard(id(p))
                 by_lr.setdefault(base_lr * (step_lr_scale(m) if name == "step" else 1.0), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": 0.0} for lr, ps in sorted(by_lr.items())]
 
@@ -149,10 +148,6 @@ def build_optimizer(model, cfg: QuantTrainConfig):
     others = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in qids and p.dim() != 2]
     groups = [{"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
               {"params": others, "lr": cfg.lr, "weight_decay": 0.0}] + _quantizer_groups(model, cfg.quantizer_lr)
-    grouped = {id(p) for g in groups for p in g["params"]}
-    missed = [p for p in qparams if p.requires_grad and id(p) not in grouped]
-    if missed:  # a quantizer type _quantizer_groups does not know: train it at the base rate rather than not at all
-        groups.append({"params": missed, "lr": cfg.quantizer_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     return opt, sched
