@@ -118,6 +118,7 @@ def test_one_update_moves_a_step_by_the_same_fraction_at_4_and_8_bits(kind):
     """Adam moves a parameter by ~lr whatever its gradient scale; the per-bit-width rate keeps an 8-bit step
     (~18x smaller than a 4-bit one) from moving by more than its own size."""
     from slimguard.slim.quant.quantizers import ActQuant, WeightQuantizer
+    from slimguard.slim.quant.prepare import quantizer_parameters
     from slimguard.slim.quant.train import _quantizer_groups
 
     g = torch.Generator().manual_seed(0)
@@ -132,7 +133,7 @@ def test_one_update_moves_a_step_by_the_same_fraction_at_4_and_8_bits(kind):
             q = net.hi
             q.calibrate(x)
         before = q.step.detach().abs().mean().item()
-        opt = torch.optim.AdamW(_quantizer_groups(net, 1e-3), betas=(0.9, 0.95))
+        opt = torch.optim.AdamW(_quantizer_groups(net, quantizer_parameters(net), 1e-3), betas=(0.9, 0.95))
         target = w.clone() * 0.9 if kind == "weight" else x * 0.9
         loss = ((net(w if kind == "weight" else x) - target) ** 2).sum()
         loss.backward()

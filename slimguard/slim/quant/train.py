@@ -124,11 +124,11 @@ def step_lr_scale(module) -> float:
     return 1.0
 
 
-def _quantizer_groups(model, base_lr: float) -> list[dict]:
-    """The trainable quantizer parameters grouped by learning rate: steps scaled by ``step_lr_scale``; LSQ+
-    offsets (in activation units) and clip ratios (in [0.05, 1]) do not depend on the bit width and keep
-    ``base_lr``, as does any quantizer type ``step_lr_scale`` does not know."""
-    todo = {id(p) for p in quantizer_parameters(model) if p.requires_grad}
+def _quantizer_groups(model, qparams, base_lr: float) -> list[dict]:
+    """The trainable ones of ``qparams`` (``quantizer_parameters(model)``) grouped by learning rate: steps
+    scaled by ``step_lr_scale``; LSQ+ offsets (in activation units) and clip ratios (in [0.05, 1]) do not
+    depend on the bit width and keep ``base_lr``, as does any quantizer type ``step_lr_scale`` does not know."""
+    todo = {id(p) for p in qparams if p.requires_grad}
     by_lr: dict[float, list] = {}
     for m in model.modules():
         for name, p in m.named_parameters(recurse=False):
@@ -147,7 +147,7 @@ def build_optimizer(model, cfg: QuantTrainConfig):
     weights = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in qids and p.dim() == 2]
     others = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in qids and p.dim() != 2]
     groups = [{"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-              {"params": others, "lr": cfg.lr, "weight_decay": 0.0}] + _quantizer_groups(model, cfg.quantizer_lr)
+              {"params": others, "lr": cfg.lr, "weight_decay": 0.0}] + _quantizer_groups(model, qparams, cfg.quantizer_lr)
     opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     return opt, sched
