@@ -49,6 +49,17 @@ def test_fastest_file_target_is_judged_apart_from_the_headline():
     assert t["gguf_decode_speedup_vs_f16"]["met"] is False and t["gguf_decode_speedup_vs_f16_fastest"]["met"] is True
     assert t["gguf_size_ratio_vs_f16_all_q4_0"] == {"value": 3.49, "goal": ">= 3.5", "met": False}
     assert t["edgeqat_w4a8kv4_ppl_ratio_to_fp"]["value"] is None
+    assert t["gguf_model_size_ratio_vs_f16_all_q4_0"]["met"] is None  # an older summary without weight bytes
+
+
+def test_model_size_targets_are_judged_apart_from_the_file_ratios():
+    # the same files by weight bytes (llama_model_size): the metadata every file carries alike is left out
+    sp = {"summary": {"size_ratio_vs_f16": 2.95, "size_ratio_vs_f16_all_q4_0": 3.49,
+                      "model_size_ratio_vs_f16": 2.99, "model_size_ratio_vs_f16_all_q4_0": 3.55}}
+    t = _targets(QuantBenchConfig(), {}, 10.0, sp)
+    assert t["gguf_size_ratio_vs_f16_all_q4_0"]["met"] is False
+    assert t["gguf_model_size_ratio_vs_f16_all_q4_0"] == {"value": 3.55, "goal": ">= 3.5", "met": True}
+    assert t["gguf_model_size_ratio_vs_f16"]["met"] is False
 
 
 @pytest.mark.parametrize("name", ["quant", "quant-long"])
@@ -174,14 +185,51 @@ def test_gguf_timing_is_round_robin_over_loaded_files(monkeypatch):
             log.append((self.label, self.n_tokens, len(toks)))
             self.n_tokens += len(toks)
 
+    def decode(llm, toks, start):
+        log.append((llm.label, start, toks))
+
     monkeypatch.setattr(speed, "_load", lambda path, **kw: FakeLlama(str(path)))
+    monkeypatch.setattr(speed, "decode_tokens_at", decode)
+    monkeypatch.setattr(speed, "model_bytes", lambda llm: len(llm.label))
     out = speed.time_ggufs({"a": ("a.gguf", "f16"), "b": ("b.gguf", "q4_0")}, threads=1, prompt_tokens=8,
                            decode_tokens=3, contexts=(20,), repeats=4)
     assert set(out) == {"a", "b"} and set(out["a"]["decode_tok_s_at"]) == {8, 20}
-    steps = [(lb, n) for lb, n, k in log if k == 1]  # decode steps: (file, tokens already in its cache)
-    files = [lb for lb, _ in steps[::3]]  # one decode run = 3 steps
+    assert out["a"]["model_bytes"] == len("a.gguf")
+    runs = [(lb, n) for lb, n, toks in log if isinstance(toks, list)]  # decode runs: (file, position they start at)
+    assert all(len(toks) == 3 for *_, toks in log if isinstance(toks, list))
+    files = [lb for lb, _ in runs]
     assert files == ["a.gguf", "b.gguf"] * (len(files) // 2)  # alternating, never two runs of one file in a row
-    assert {n for lb, n in steps[::3]} == {8, 20}  # every run starts from its prefilled context
+    assert {n for _, n in runs} == {8, 20}  # every run starts from its prefilled context
+
+
+def test_raw_decode_continues_exactly_where_eval_would():
+    """llama-bench-style decode (one llama_decode per token at explicit positions, after dropping the KV
+    entries past ``start``) leaves the model in the state Llama.eval reaches: same next-token logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+
+    from slimguard.core import assets
+    from slimguard.slim.quant.export import default_template
+    from slimguard.slim.quant.speed import decode_tokens_at
+
+    if not assets.get("smollm2-135m").is_cached():
+        pytest.skip("SmolLM2 GGUF not fetched (make assets)")
+    llm = llama_cpp.Llama(model_path=str(default_template("smollm2-135m")), n_ctx=64, n_threads=1, verbose=False)
+
+    def last_logits():
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+
+    prompt, cont = [1, 504, 3458, 314, 253, 1345, 30, 378], [506, 2019, 282, 4183]
+    llm.eval(prompt + cont)
+    ref = last_logits()
+    llm.reset()
+    llm.eval(prompt + [7, 7, 7])  # positions past len(prompt) hold other tokens: they must be dropped
+    decode_tokens_at(llm, cont, len(prompt))
+    np.testing.assert_allclose(last_logits(), ref, rtol=1e-3, atol=1e-3)
+    llm.reset()
+    llm.eval(prompt + [7, 7, 7])
+    decode_tokens_at(llm, cont, len(prompt) + 3)  # not dropping them reads another context
+    assert np.abs(last_logits() - ref).max() > 0.1
 
 
 @pytest.mark.parametrize("same_bits, met", [(None, True), ({"ppl": 33.0, "kl": 0.50}, False)])

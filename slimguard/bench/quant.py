@@ -247,6 +247,10 @@ def _targets(bc, res: dict, fp_ppl: float, speed: dict | None) -> dict:
     # speed summary's `fastest_quantized`); the headline above stays the W4A8KV4 file with its q4_0 cache
     t["gguf_decode_speedup_vs_f16_fastest"] = harness.target(sp.get("decode_speedup_vs_f16_fastest"), ">= 2.4")
     t["gguf_size_ratio_vs_f16_all_q4_0"] = harness.target(sp.get("size_ratio_vs_f16_all_q4_0"), ">= 3.5")
+    # "smaller" by llama.cpp's own model size (weight tensors only), next to the file ratios above: every GGUF of
+    # the model carries the same vocabulary and merges, which pull the file ratio toward 1
+    t["gguf_model_size_ratio_vs_f16"] = harness.target(sp.get("model_size_ratio_vs_f16"), ">= 3.5")
+    t["gguf_model_size_ratio_vs_f16_all_q4_0"] = harness.target(sp.get("model_size_ratio_vs_f16_all_q4_0"), ">= 3.5")
     return t
 
 

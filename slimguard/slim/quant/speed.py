@@ -71,14 +71,12 @@ def time_ggufs(runs: dict, *, threads: int, prompt_tokens: int, decode_tokens: i
 
     def decode_after(llm, n: int):
         def run():
-            llm.n_tokens = n  # the next eval drops the KV entries past n, so every repeat decodes from n
-            for i in range(decode_tokens):
-                llm.eval([text[i % 100]])
+            decode_tokens_at(llm, [text[i % 100] for i in range(decode_tokens)], n)
         return run
 
     tp = time_interleaved({lb: prefill(llm) for lb, llm in llms.items()}, repeats=repeats)
-    out = {lb: {"prefill_tok_s": prompt_tokens / tp[lb].median_s, "prefill_s": tp[lb].to_dict(), "decode_tok_s_at": {}}
-           for lb in llms}
+    out = {lb: {"prefill_tok_s": prompt_tokens / tp[lb].median_s, "prefill_s": tp[lb].to_dict(), "decode_tok_s_at": {},
+                "model_bytes": model_bytes(llm)} for lb, llm in llms.items()}
     for n in dict.fromkeys((prompt_tokens, *contexts)):
         for llm in llms.values():
             llm.reset()
@@ -90,6 +88,38 @@ def time_ggufs(runs: dict, *, threads: int, prompt_tokens: int, decode_tokens: i
                 out[lb]["decode_tok_s"], out[lb]["decode_s"] = decode_tokens / td[lb].median_s, td[lb].to_dict()
     llms.clear()
     return out
+
+
+def model_bytes(llm) -> int:
+    """The model's size as llama.cpp reports it (``llama_model_size``: the bytes of its weight tensors, what
+    llama-bench prints as "size" and the loader as "file size"); the vocabulary and merges in the GGUF's
+    metadata (1.79 MB for SmolLM2, the same in every file) are not part of it."""
+    import llama_cpp as lc
+
+    return int(lc.llama_model_size(llm.model))
+
+
+def decode_tokens_at(llm, tokens: list[int], start: int) -> None:
+    """Drop ``llm``'s KV entries from position ``start`` on, then decode ``tokens`` one ``llama_decode`` call
+    each, at positions ``start, start + 1, ...``, asking for each token's logits: what llama-bench's
+    ``tg`` test times. ``Llama.eval`` would also copy the 49,152 logits into a numpy array after every token,
+    a fixed per-token cost in Python that is the same for every file and so shrinks the speed ratios
+    (2 cores, round-robin, 32 tokens after 128: F16 vs all-Q4_0 1.86x through ``eval``, 1.97x this way).
+    Leaves ``llm.n_tokens`` stale: reset or re-prefill before using ``eval`` again."""
+    import llama_cpp as lc
+
+    ctx = llm.ctx
+    lc.llama_memory_seq_rm(lc.llama_get_memory(ctx), 0, start, -1)
+    batch = lc.llama_batch_init(1, 0, 1)
+    try:
+        batch.n_tokens, batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 1, 1, 0, 1
+        for i, t in enumerate(tokens):
+            batch.token[0], batch.pos[0] = t, start + i
+            if lc.llama_decode(ctx, batch) != 0:
+                raise SlimguardError(f"llama.cpp could not decode at position {start + i} (context full?)")
+        lc.llama_synchronize(ctx)
+    finally:
+        lc.llama_batch_free(batch)
 
 
 def next_token_nll(logits, tokens: list[int]) -> float:
@@ -178,7 +208,8 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
         log(f"llama.cpp {label:20s} kv {kv:5s} {size / 1e6:7.1f} MB  prefill {r['prefill_tok_s']:8.1f} tok/s  "
             f"decode {at} tok/s" + (f"  ppl {r['ppl']:.3f}" if "ppl" in r else ""))
         metrics = [("prefill_tok_s", r["prefill_tok_s"]), ("decode_tok_s", r["decode_tok_s"]),
-                   ("file_mb", size / 1e6), ("kv_bytes_per_token", per_elem * KV_BYTES[kv])]
+                   ("file_mb", size / 1e6), ("model_mb", r["model_bytes"] / 1e6),
+                   ("kv_bytes_per_token", per_elem * KV_BYTES[kv])]
         metrics += [(f"decode_tok_s_at_{n}", v) for n, v in r["decode_tok_s_at"].items() if n != prompt_tokens]
         metrics += [("llama_cpp_ppl", r["ppl"])] if "ppl" in r else []
         for metric, v in metrics:
@@ -193,6 +224,9 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
                "decode_speedup_vs_f32": best["decode_tok_s"] / by[("f32", "f16")]["decode_tok_s"],
                "size_ratio_vs_f16": f16["bytes"] / best["bytes"],
                "size_ratio_vs_f16_all_q4_0": f16["bytes"] / all4["bytes"],
+               # weight bytes as llama.cpp counts them, without the metadata every file carries alike
+               "model_size_ratio_vs_f16": f16["model_bytes"] / best["model_bytes"],
+               "model_size_ratio_vs_f16_all_q4_0": f16["model_bytes"] / all4["model_bytes"],
                "decode_speedup_vs_f16_all_q4_0": all4["decode_tok_s"] / f16["decode_tok_s"],
                "decode_speedup_vs_f16_all_q4_0_kv_f16": (by[("edgeqat_q4_0_embq4", "f16")]["decode_tok_s"]
                                                          / f16["decode_tok_s"]),
