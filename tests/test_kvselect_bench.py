@@ -79,7 +79,7 @@ def test_accuracy_cases_resume_without_recomputing(tmp_path, fake_accuracy):
 
     calls = fake_accuracy
     bc = KVSelectBenchConfig(lengths=[96], depths=[0.2, 0.8], n_per_depth=2, peers=[], peer_length=256, n_init=4, k=16,
-                             n_local=16, chunk_size=16, tasks=["passkey"], result="kv-test")
+                             n_local=16, chunk_size=16, tasks=["passkey"], result="kv-test", model_defaults=False)
     rows1, rows2 = [], []
     acc1 = accuracy_part(bc, rows1, {}, tmp_path)
     first = len(calls)
@@ -100,14 +100,15 @@ def test_dense_only_up_to_dense_max(tmp_path, fake_accuracy, dense_max, expected
     from slimguard.bench.kvselect import KVSelectBenchConfig, accuracy_part
 
     bc = KVSelectBenchConfig(lengths=[64, 96], depths=[0.5], n_per_depth=1, peers=[], n_init=4, k=16, n_local=16,
-                             chunk_size=16, tasks=["passkey"], result="kv-dense", dense_max=dense_max)
+                             chunk_size=16, tasks=["passkey"], result="kv-dense", dense_max=dense_max,
+                             model_defaults=False)
     rows = []
     accuracy_part(bc, rows, {}, tmp_path)
     assert {(r["context"], r["method"]) for r in rows} == expected
 
 
 @pytest.mark.parametrize("ran, extra, has, lacks", [
-    (["accuracy"], {}, ["k=2048", "dense only up to 8192"], ["Attention timings", "scaled defaults"]),
+    (["accuracy"], {"model_defaults": False}, ["k=2048", "dense only up to 8192"], ["Attention timings", "scaled defaults"]),
     (["accuracy"], {"model_defaults": True}, ["scaled defaults"], ["k=2048"]),
     (["timing", "cache"], {}, ["Attention timings"], ["Accuracy:"]),
 ])
