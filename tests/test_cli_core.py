@@ -76,3 +76,13 @@ def test_bench_harness_shape_and_markdown(tmp_path):
     assert {"command", "git_commit", "rows", "targets", "machine", "timestamp"} <= set(doc)
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "slimguard bench unit" in md and "| t | 2 | >= 1 | yes |" in md
+
+
+def test_headline_lists_measured_targets_first():
+    from slimguard.bench.harness import headline_table, target
+
+    tg = {"a": target(None, ">= 1"), "b": target(0.5, ">= 1"), "c": target(None, ">= 1"), "d": target(2.0, ">= 1")}
+    row = headline_table([{"benchmark": "x", "targets": tg, "git_commit": "abc"}])[2]
+    assert row == "| [x](BENCHMARKS.md#x) | 1 of 2 | b 0.5 / >= 1 (no); d 2 / >= 1 | `abc` |"
+    empty = headline_table([{"benchmark": "y", "targets": {"a": target(None, ">= 1")}, "git_commit": "abc"}])[2]
+    assert "| 0 of 0 | none measured |" in empty
