@@ -235,3 +235,36 @@ def test_recall_summary_skips_cases_without_recall():
     s = _recall_summary([1.0, 0.0, 0.0, 1.0], [0.9, 1.0, 0.1, None])
     assert (s["recall_n"], s["needle_selected"], s["wrong_with_needle_selected"], s["right_without_needle_selected"]) \
         == (3, 2, 1, 0)
+
+
+def test_peers_are_compared_with_tokenselect_on_the_same_mid_context_cases(tmp_path, fake_accuracy, monkeypatch):
+    """The peer comparison runs TokenSelect again on the peers' own cases (needles at depth 0.5) and the target
+    subtracts those cells, not TokenSelect's all-depth cell."""
+    from slimguard.bench import kvselect as kb
+    from slimguard.bench.kvselect import KVSelectBenchConfig, accuracy_part, peer_targets
+    from slimguard.slim.kvselect import tasks
+
+    seen = []
+    real = tasks.make_samples
+
+    def spy(hay, task, lengths, depths, n, seed):
+        out = real(hay, task, lengths, depths, n, seed)
+        seen.append((tuple(depths), [tuple(s.input_ids) for s in out]))
+        return out
+
+    monkeypatch.setattr(tasks, "make_samples", spy)
+    bc = KVSelectBenchConfig(lengths=[256], depths=[0.1, 0.9], n_per_depth=1, peers=["streaming", "h2o", "quest"],
+                             peer_length=256, n_init=4, k=16, n_local=16, chunk_size=16, tasks=["passkey"],
+                             result="kv-peers", model_defaults=False, models=["tiny"])
+    rows = []
+    acc = accuracy_part(bc, rows, {}, tmp_path)
+    mid = [r for r in rows if r["depths"] == "0.5"]
+    assert sorted(r["method"] for r in mid) == ["h2o", "quest", "streaming", "tokenselect"]
+    assert all(r["n"] == 2 for r in mid)  # as many cases as the all-depth cells
+    assert len({tuple(ids) for d, ids in seen if d == (0.5,)}) == 1  # identical cases for all four
+    tg = peer_targets(bc, acc, "tiny")
+    ts_mid = next(r["value"] for r in mid if r["method"] == "tokenselect")
+    for p in ("streaming", "h2o", "quest"):
+        pv = next(r["value"] for r in mid if r["method"] == p)
+        assert tg[f"tokenselect_minus_{p}_256_tiny"]["value"] == pytest.approx(ts_mid - pv)
+    assert kb.MID == "@mid"
