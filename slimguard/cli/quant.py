@@ -134,7 +134,8 @@ def export(run_dir: Path = typer.Argument(..., help="A `quant train` run directo
             from ..core.errors import SlimguardError
 
             raise SlimguardError("export: no template GGUF for this model; pass --set template_gguf=PATH")
-        path = write_gguf(model, out or run_dir / "model-q4_0.gguf", template=tmpl, embed_type=cfg.embed_type)
+        path = write_gguf(model, out or run_dir / "model-q4_0.gguf", template=tmpl, embed_type=cfg.embed_type,
+                          fuse_qkv=cfg.fuse_qkv)
     else:
         path = save_packed(model, tcfg.qat, out or run_dir / "model-packed.safetensors")
     run = Run.open(run_dir)

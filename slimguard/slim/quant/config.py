@@ -177,3 +177,7 @@ class ExportConfig(Config):
                              "(mxfp4: 4.25 bits per weight, power-of-two block scales; the smallest file)."))
     template_gguf: Optional[str] = Field(
         None, description="GGUF whose tokenizer/metadata to copy (default: the asset's own GGUF for asset models).")
+    fuse_qkv: bool = Field(True, description=(
+        "GGUF: write each layer's Q/K/V projections as one attn_qkv tensor (same logits in llama.cpp, one matrix "
+        "product instead of three: ~10% faster Q4_0 decode on 2 CPU cores). false: separate tensors, for readers "
+        "without fused-QKV Llama support (transformers' gguf_file=, older llama.cpp)."))

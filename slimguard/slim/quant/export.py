@@ -74,10 +74,19 @@ def default_template(model_name: str) -> Path | None:
     return None
 
 
+QKV = ("attn_q", "attn_k", "attn_v")
+
+
 def write_gguf(model, path: str | Path, *, template: str | Path, weight_type: str = "learned",
-               embed_type: str = "q8_0") -> Path:
+               embed_type: str = "q8_0", fuse_qkv: bool = True) -> Path:
     """Write ``model`` as GGUF. ``weight_type='learned'`` needs a converted QAT model;
-    'f16'/'f32' write the (FP) weights as floats, for the baseline files."""
+    'f16'/'f32' write the (FP) weights as floats, for the baseline files.
+
+    ``fuse_qkv`` writes each layer's Q, K and V projections as one ``attn_qkv`` tensor (their rows stacked, every
+    Q4_0 block unchanged), which llama.cpp's Llama graph runs as one matrix product instead of three: the same
+    logits, and on 2 CPU cores ~10% faster decode of the Q4_0 file (F16 unchanged: it is bound by reading the
+    weights, not by the number of operations). Readers without fused-QKV support for Llama (transformers'
+    ``gguf_file=``, older llama.cpp) need ``fuse_qkv=False``."""
     from gguf import GGMLQuantizationType as T
     from gguf import GGUFWriter
     from gguf.quants import quantize
@@ -112,29 +121,44 @@ def write_gguf(model, path: str | Path, *, template: str | Path, weight_type: st
     emb_kind = embed_type if weight_type == "learned" else weight_type
     floats("token_embd.weight", model.get_input_embeddings().weight, emb_kind)
     n_head, n_kv = c.num_attention_heads, c.num_key_value_heads
+
+    def linear(mod, gg: str) -> tuple[str, tuple]:
+        """(how it is stored, row-stackable payload) of one projection, rows in llama.cpp's order."""
+        perm = n_head if gg == "attn_q" else n_kv if gg == "attn_k" else None
+        if weight_type != "learned" or not isinstance(mod, QLinear):
+            a = mod.weight.detach().float().cpu().numpy()
+            a = np.ascontiguousarray(_rope_permute(a, perm) if perm else a)
+            return weight_type if weight_type != "learned" else "f16", (a,)
+        codes, scales = mod.qcodes, mod.qscales
+        if scales.shape[1] != mod.in_features // 32:
+            raise SlimguardError("export: GGUF needs granularity='group' and group_size=32 (Q4_0/Q8_0 blocks)")
+        if perm:
+            codes = torch.from_numpy(np.ascontiguousarray(_rope_permute(codes.numpy(), perm)))
+            scales = torch.from_numpy(np.ascontiguousarray(_rope_permute(scales.numpy(), perm)))
+        return "q4_0" if mod.w_quant.bits <= 4 else "q8_0", (codes, scales)
+
+    def put(name: str, kind: str, payload: tuple) -> None:
+        if kind in ("q4_0", "q8_0"):
+            pack, qt = (pack_q4_0, T.Q4_0) if kind == "q4_0" else (pack_q8_0, T.Q8_0)
+            w.add_tensor(name, pack(*payload), raw_dtype=qt)
+        else:
+            floats(name, torch.from_numpy(payload[0]), kind)
+
     for i, layer in enumerate(model.model.layers):
+        lin = {}
         for hf, gg in HF_TO_GGUF.items():
             mod = layer.get_submodule(hf)
-            name = f"blk.{i}.{gg}.weight"
             if not hasattr(mod, "in_features"):
-                floats(name, mod.weight, "f32")
-                continue
-            perm = n_head if gg == "attn_q" else n_kv if gg == "attn_k" else None
-            if weight_type != "learned" or not isinstance(mod, QLinear):
-                a = mod.weight.detach().float().cpu().numpy()
-                a = _rope_permute(a, perm) if perm else a
-                floats(name, torch.from_numpy(np.ascontiguousarray(a)), weight_type if weight_type != "learned" else "f16")
-                continue
-            codes, scales = mod.qcodes, mod.qscales
-            if scales.shape[1] != mod.in_features // 32:
-                raise SlimguardError("export: GGUF needs granularity='group' and group_size=32 (Q4_0/Q8_0 blocks)")
-            if perm:
-                codes = torch.from_numpy(np.ascontiguousarray(_rope_permute(codes.numpy(), perm)))
-                scales = torch.from_numpy(np.ascontiguousarray(_rope_permute(scales.numpy(), perm)))
-            if mod.w_quant.bits <= 4:
-                w.add_tensor(name, pack_q4_0(codes, scales), raw_dtype=T.Q4_0)
+                floats(f"blk.{i}.{gg}.weight", mod.weight, "f32")
             else:
-                w.add_tensor(name, pack_q8_0(codes, scales), raw_dtype=T.Q8_0)
+                lin[gg] = linear(mod, gg)
+        if fuse_qkv and len({lin[g][0] for g in QKV}) == 1:  # one storage type: the rows stack block for block
+            kind = lin["attn_q"][0]
+            parts = [lin.pop(g)[1] for g in QKV]
+            stacked = tuple(torch.cat(x) if isinstance(x[0], torch.Tensor) else np.concatenate(x) for x in zip(*parts))
+            put(f"blk.{i}.attn_qkv.weight", kind, stacked)
+        for gg, (kind, payload) in lin.items():
+            put(f"blk.{i}.{gg}.weight", kind, payload)
     floats("output_norm.weight", model.model.norm.weight, "f32")
     if not c.tie_word_embeddings:
         floats("output.weight", model.lm_head.weight, emb_kind if emb_kind not in ("q4_0", "mxfp4") else "q8_0")
