@@ -255,3 +255,41 @@ def test_torchao_rows_match_our_kv_bits(bits, rows):
     from slimguard.bench.quant import torchao_rows
 
     assert torchao_rows(bits) == rows
+
+
+def _pass(f16: float, head: float, f32: float = 50.0) -> dict:
+    def r(tok):
+        return {"prefill_tok_s": 10 * tok, "decode_tok_s": tok, "decode_tok_s_at": {128: tok, 4096: tok / 2},
+                "model_bytes": 7}
+    return {("f32", "f16"): r(f32), ("f16", "f16"): r(f16), ("edgeqat_q4_0", "q4_0"): r(head)}
+
+
+def test_speed_ratios_are_taken_within_a_pass_and_passes_merge_by_median():
+    """A pass where the machine was slow for Q4_0 only must not pair with another pass's F16 speed."""
+    import statistics
+
+    from slimguard.slim.quant.speed import merge_passes, speed_ratios
+
+    passes = [_pass(100, 250), _pass(140, 280), _pass(120, 180)]
+    ratios = [speed_ratios(p)["decode_vs_f16"][("edgeqat_q4_0", "q4_0")] for p in passes]
+    assert ratios == pytest.approx([2.5, 2.0, 1.5])
+    assert ("f32", "f16") not in speed_ratios(passes[0])["decode_vs_f16"]
+    assert speed_ratios(passes[0])["decode_vs_f32"] == pytest.approx(5.0)
+    assert speed_ratios(passes[0])["headline_vs_f16_at"][4096] == pytest.approx(2.5)
+    merged = merge_passes(passes)
+    head = merged[("edgeqat_q4_0", "q4_0")]
+    assert head["decode_tok_s"] == 250 and head["decode_tok_s_passes"] == [250, 280, 180]
+    assert head["decode_tok_s_at"][4096] == 125 and head["model_bytes"] == 7
+    # the median of within-pass ratios (2.0) is not the ratio of the medians (250 / 120 = 2.08)
+    assert statistics.median(ratios) != pytest.approx(head["decode_tok_s"] / merged[("f16", "f16")]["decode_tok_s"])
+
+
+def test_speed_note_lists_the_passes():
+    from slimguard.bench.quant import _speed_note
+
+    sp = {"measured": "T", "quantized_model_source": "M", "passes": 3, "timing": "round-robin",
+          "summary": {"threads": 2, "load_average": 0.5, "decode_speedup_vs_f16_per_pass": [1.7, 1.66, 1.4],
+                      "decode_speedup_vs_f16_fastest_per_pass": [2.6, 2.44, 1.99]}}
+    note = _speed_note(sp)
+    assert "medians over 3 whole timing passes" in note and "1.70x, 1.66x, 1.40x" in note and "2.44x" in note
+    assert "timing passes" not in _speed_note({**sp, "passes": 1})

@@ -55,6 +55,9 @@ class QuantBenchConfig(Config):
     speed: bool = Field(False, description="Also run llama.cpp speed (needs llama-cpp-python).")
     speed_tokens: int = Field(32, description="Decode tokens per timing repeat.")
     speed_prompt: int = Field(128, description="Prompt tokens for the prefill timing (decode is timed after them).")
+    speed_passes: int = Field(3, ge=1, description=(
+        "Whole llama.cpp timing passes, one after another; each speed ratio is taken within a pass (files timed "
+        "round-robin) and the median over passes is reported (a shared CPU's Q4_0/F16 ratio drifts between passes)."))
     speed_contexts: list[int] = Field(default_factory=lambda: [1024, 4096],
                                       description="Further context lengths at which decode is timed (the KV cache "
                                                   "type matters most there).")
@@ -265,6 +268,10 @@ def _speed_note(speed: dict | None) -> str:
                if speed.get("from_cache") else "") + ". "
             + ("All GGUFs stay loaded and are timed round-robin, one repeat of each per round. "
                if speed.get("timing") == "round-robin" else "")
+            + (f"Speed ratios are medians over {speed['passes']} whole timing passes, each ratio taken within its pass "
+               f"(headline decode vs F16 per pass: {', '.join(f'{x:.2f}x' for x in sm['decode_speedup_vs_f16_per_pass'])}; "
+               f"fastest: {', '.join(f'{x:.2f}x' for x in sm['decode_speedup_vs_f16_fastest_per_pass'])}). "
+               if speed.get("passes", 1) > 1 and "decode_speedup_vs_f16_per_pass" in sm else "")
             + (f"Decode is timed after {speed['prompt_tokens']} prompt tokens (the headline) and after "
                f"{', '.join(map(str, speed['contexts']))} tokens; " if speed.get("contexts") else "")
             + (f"llama_cpp_ppl is each GGUF's perplexity inside llama.cpp on the same {sm['eval_tokens']} held-out "
@@ -325,7 +332,7 @@ def _speed(bc, lm, fp, trained, threads: int, log, windows: list[list[int]] | No
 
     return llama_cpp_speed(bc.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,
                            decode_tokens=bc.speed_tokens, contexts=tuple(bc.speed_contexts), eval_windows=windows,
-                           log=log, source=source, result=bc.result)
+                           log=log, source=source, result=bc.result, passes=bc.speed_passes)
 
 
 def _plot(diag: dict, path: Path) -> None:

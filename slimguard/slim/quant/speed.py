@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -90,6 +91,34 @@ def time_ggufs(runs: dict, *, threads: int, prompt_tokens: int, decode_tokens: i
     return out
 
 
+def speed_ratios(timed: dict) -> dict:
+    """Ratios within one timing pass (the files ran round-robin in it): decode of every quantized file and KV
+    type against F16 after the prompt, prefill against F16, the headline file against F32, and the headline
+    file against F16 after each timed context."""
+    f16, head = timed[("f16", "f16")], timed[("edgeqat_q4_0", "q4_0")]
+    return {"decode_vs_f16": {k: v["decode_tok_s"] / f16["decode_tok_s"] for k, v in timed.items() if k[0] != "f32"
+                              and k != ("f16", "f16")},
+            "prefill_vs_f16": {k: v["prefill_tok_s"] / f16["prefill_tok_s"] for k, v in timed.items()},
+            "decode_vs_f32": head["decode_tok_s"] / timed[("f32", "f16")]["decode_tok_s"],
+            "headline_vs_f16_at": {n: head["decode_tok_s_at"][n] / f16["decode_tok_s_at"][n]
+                                   for n in head["decode_tok_s_at"]}}
+
+
+def merge_passes(passes: list[dict]) -> dict:
+    """Per file and KV type: the median over timing passes of prefill and decode tok/s (each already the median of
+    its pass's repeats), with the per-pass decode speeds kept as ``decode_tok_s_passes``."""
+    out = {}
+    for k in passes[0]:
+        runs = [p[k] for p in passes]
+        out[k] = {"prefill_tok_s": statistics.median(r["prefill_tok_s"] for r in runs),
+                  "decode_tok_s": statistics.median(r["decode_tok_s"] for r in runs),
+                  "decode_tok_s_passes": [r["decode_tok_s"] for r in runs],
+                  "decode_tok_s_at": {n: statistics.median(r["decode_tok_s_at"][n] for r in runs)
+                                      for n in runs[0]["decode_tok_s_at"]},
+                  "model_bytes": runs[0]["model_bytes"]}
+    return out
+
+
 def model_bytes(llm) -> int:
     """The model's size as llama.cpp reports it (``llama_model_size``: the bytes of its weight tensors, what
     llama-bench prints as "size" and the loader as "file size"); the vocabulary and merges in the GGUF's
@@ -157,7 +186,7 @@ def speed_cache(result: str = "quant") -> Path:
 def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens: int, decode_tokens: int,
                     contexts: tuple[int, ...] = (), eval_windows: list[list[int]] | None = None,
                     log=print, out_dir: Path | None = None, source: str = "this benchmark run",
-                    result: str = "quant") -> dict:
+                    result: str = "quant", passes: int = 3) -> dict:
     """Time F32 / F16 / learned-Q4_0 GGUFs side by side (and score them on ``eval_windows``); the result
     is also cached in runs/bench-<result>/speed.json so a benchmark process without llama-cpp-python can
     still report the last side-by-side measurement of that run."""
@@ -195,9 +224,19 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
                                               embed_type="q4_0"),
              "edgeqat_q4_0_embmxfp4": write_gguf(trained, d / "edgeqat-q4_0-embmxfp4.gguf", template=tmpl,
                                                  embed_type="mxfp4")}
+    # whole timing passes a few minutes apart: on a shared machine the Q4_0 / F16 ratio drifts between passes (other
+    # load slows compute-bound Q4_0 decode and leaves bandwidth-bound F16 alone); each ratio is taken within a pass,
+    # where the files ran round-robin, and the median over passes is reported
+    plan = {(label, kv): (files[key], kv) for label, key, kv in PLAN}
+    per_pass = []
+    for i in range(passes):
+        per_pass.append(time_ggufs(plan, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
+                                   contexts=contexts))
+        if passes > 1:
+            log(f"llama.cpp timing pass {i + 1}/{passes}: decode vs F16 " + ", ".join(
+                f"{k[0]} kv {k[1]} {v:.2f}x" for k, v in speed_ratios(per_pass[-1])["decode_vs_f16"].items()))
+    timed = merge_passes(per_pass)
     rows, by = [], {}
-    timed = time_ggufs({(label, kv): (files[key], kv) for label, key, kv in PLAN}, threads=threads,
-                       prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, contexts=contexts)
     for label, key, kv in PLAN:
         r = timed[(label, kv)]
         if eval_windows and key != "f32":  # F32 and F16 read the same
@@ -207,35 +246,45 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
         at = "  ".join(f"@{n} {v:6.1f}" for n, v in r["decode_tok_s_at"].items())
         log(f"llama.cpp {label:20s} kv {kv:5s} {size / 1e6:7.1f} MB  prefill {r['prefill_tok_s']:8.1f} tok/s  "
             f"decode {at} tok/s" + (f"  ppl {r['ppl']:.3f}" if "ppl" in r else ""))
-        metrics = [("prefill_tok_s", r["prefill_tok_s"]), ("decode_tok_s", r["decode_tok_s"]),
-                   ("file_mb", size / 1e6), ("model_mb", r["model_bytes"] / 1e6),
-                   ("kv_bytes_per_token", per_elem * KV_BYTES[kv])]
-        metrics += [(f"decode_tok_s_at_{n}", v) for n, v in r["decode_tok_s_at"].items() if n != prompt_tokens]
-        metrics += [("llama_cpp_ppl", r["ppl"])] if "ppl" in r else []
-        for metric, v in metrics:
-            rows.append(dict(method=f"llama.cpp {label}", bits=f"kv {kv}", metric=metric, value=v, std=0.0, n=5))
+        spread = r["decode_tok_s_passes"]
+        metrics = [("prefill_tok_s", r["prefill_tok_s"], 0.0),
+                   ("decode_tok_s", r["decode_tok_s"], statistics.stdev(spread) if len(spread) > 1 else 0.0),
+                   ("file_mb", size / 1e6, 0.0), ("model_mb", r["model_bytes"] / 1e6, 0.0),
+                   ("kv_bytes_per_token", per_elem * KV_BYTES[kv], 0.0)]
+        metrics += [(f"decode_tok_s_at_{n}", v, 0.0) for n, v in r["decode_tok_s_at"].items() if n != prompt_tokens]
+        metrics += [("llama_cpp_ppl", r["ppl"], 0.0)] if "ppl" in r else []
+        for metric, v, sd in metrics:
+            rows.append(dict(method=f"llama.cpp {label}", bits=f"kv {kv}", metric=metric, value=v, std=sd, n=passes))
     f16 = by[("f16", "f16")]
     best = by[("edgeqat_q4_0", "q4_0")]
     all4 = by[("edgeqat_q4_0_embq4", "q4_0")]
     mx = by[("edgeqat_q4_0_embmxfp4", "q4_0")]
     fastest = max((k for k in by if k[0] != "f32"), key=lambda k: by[k]["decode_tok_s"])
-    summary = {"decode_speedup_vs_f16": best["decode_tok_s"] / f16["decode_tok_s"],
-               "prefill_speedup_vs_f16": best["prefill_tok_s"] / f16["prefill_tok_s"],
-               "decode_speedup_vs_f32": best["decode_tok_s"] / by[("f32", "f16")]["decode_tok_s"],
+    ratios = [speed_ratios(t) for t in per_pass]
+
+    def med(key: str, sub=None):
+        vals = [r[key] if sub is None else r[key][sub] for r in ratios]
+        return statistics.median(vals)
+
+    dec = {k: med("decode_vs_f16", k) for k in ratios[0]["decode_vs_f16"]}
+    summary = {"decode_speedup_vs_f16": dec[("edgeqat_q4_0", "q4_0")],
+               "prefill_speedup_vs_f16": med("prefill_vs_f16", ("edgeqat_q4_0", "q4_0")),
+               "decode_speedup_vs_f32": med("decode_vs_f32"),
                "size_ratio_vs_f16": f16["bytes"] / best["bytes"],
                "size_ratio_vs_f16_all_q4_0": f16["bytes"] / all4["bytes"],
                # weight bytes as llama.cpp counts them, without the metadata every file carries alike
                "model_size_ratio_vs_f16": f16["model_bytes"] / best["model_bytes"],
                "model_size_ratio_vs_f16_all_q4_0": f16["model_bytes"] / all4["model_bytes"],
-               "decode_speedup_vs_f16_all_q4_0": all4["decode_tok_s"] / f16["decode_tok_s"],
-               "decode_speedup_vs_f16_all_q4_0_kv_f16": (by[("edgeqat_q4_0_embq4", "f16")]["decode_tok_s"]
-                                                         / f16["decode_tok_s"]),
+               "decode_speedup_vs_f16_all_q4_0": dec[("edgeqat_q4_0_embq4", "q4_0")],
+               "decode_speedup_vs_f16_all_q4_0_kv_f16": dec[("edgeqat_q4_0_embq4", "f16")],
                "size_ratio_vs_f16_emb_mxfp4": f16["bytes"] / mx["bytes"],
-               "decode_speedup_vs_f16_emb_mxfp4": mx["decode_tok_s"] / f16["decode_tok_s"],
+               "decode_speedup_vs_f16_emb_mxfp4": dec[("edgeqat_q4_0_embmxfp4", "q4_0")],
                "fastest_quantized": f"{fastest[0]} kv {fastest[1]}",
-               "decode_speedup_vs_f16_fastest": by[fastest]["decode_tok_s"] / f16["decode_tok_s"],
-               "decode_speedup_vs_f16_at": {n: best["decode_tok_s_at"][n] / f16["decode_tok_s_at"][n]
-                                            for n in best["decode_tok_s_at"]},
+               "decode_speedup_vs_f16_fastest": dec[fastest],
+               "decode_speedup_vs_f16_at": {n: med("headline_vs_f16_at", n) for n in ratios[0]["headline_vs_f16_at"]},
+               "passes": passes,
+               "decode_speedup_vs_f16_per_pass": [r["decode_vs_f16"][("edgeqat_q4_0", "q4_0")] for r in ratios],
+               "decode_speedup_vs_f16_fastest_per_pass": [r["decode_vs_f16"][fastest] for r in ratios],
                "threads": threads,
                # other jobs on the machine slow small-model decode far more than prefill: keep the load with the numbers
                "load_average": os.getloadavg()[0]}
@@ -245,7 +294,7 @@ def llama_cpp_speed(model_name: str, fp, trained, *, threads: int, prompt_tokens
     from ...core.runs import atomic_write_json, now_iso
 
     out = {"rows": rows, "summary": summary, "files": {k: str(v) for k, v in files.items()},
-           "prompt_tokens": prompt_tokens, "contexts": list(contexts), "timing": "round-robin",
+           "prompt_tokens": prompt_tokens, "contexts": list(contexts), "timing": "round-robin", "passes": passes,
            "quantized_model_source": source, "measured": now_iso()}
     atomic_write_json(speed_cache(result), out)
     for f in files.values():  # the F32 file alone is ~540 MB
