@@ -38,6 +38,20 @@ def test_recorded_command_carries_sets_and_skips(tmp_path, monkeypatch):
     assert (tmp_path / "BENCHMARKS.md").read_text().count("## kvselect-part") == 1
 
 
+def test_full_sizes_are_a_base_that_set_still_overrides(tmp_path, monkeypatch):
+    """`--full --set 'models=[smollm2-135m]'` must run one model: the --full sizes may not override the user."""
+    from slimguard.bench import harness
+    from slimguard.bench.kvselect import run_bench
+
+    monkeypatch.setattr(harness, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(harness, "_refresh_readme", lambda head: None)
+    path = run_bench(full=True, sets=["result=kvselect-fullpart", "models=[smollm2-135m]", "n_per_depth=2"],
+                     skip=["timing", "cache", "accuracy"])
+    cfg = json.loads(path.read_text())["config"]
+    assert cfg["models"] == ["smollm2-135m"] and cfg["n_per_depth"] == 2
+    assert cfg["timing_lengths"] == [32768, 65536, 131072] and cfg["device"] in ("cpu", "cuda")
+
+
 @pytest.fixture
 def fake_accuracy(tmp_path, monkeypatch, tiny_llama):
     """accuracy_part on a tiny random Llama with seeded random 'haystacks'; returns the list of generate calls."""
@@ -201,6 +215,31 @@ def test_time_interleaved_times_round_robin():
                            before=lambda: calls.append("-"))
     assert calls == ["a", "b", "-", "a", "-", "b", "-", "a", "-", "b"]
     assert set(out) == {"a", "b"} and all(len(t.times_s) == 2 for t in out.values())
+    # a GPU's asynchronous work is closed off on both sides of every timed call
+    calls.clear()
+    time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=1, warmup=0,
+                     sync=lambda: calls.append("|"))
+    assert calls == ["|", "a", "|", "|", "b", "|"]
+
+
+def test_end_to_end_estimate_at_every_timed_length_and_the_target_reads_32k():
+    """--full times 32K, 64K and 128K: each length gets its own estimate from its own attention times, and the
+    32K target must not silently read the 128K one."""
+    from slimguard.bench.kvselect import end_to_end_rows
+
+    cache = {"layers": 2, "prefill_s_per_token": 1e-3, "none": {"decode_s": 0.4}}
+    timing = {}
+    for L, scale in ((32768, 1.0), (131072, 4.0)):
+        timing[f"prefill_s_{L}"] = {"dense": 8.0 * scale, "tokenselect": 1.0 * scale}
+        timing[f"decode_s_{L}"] = {"dense": 0.01 * scale, "tokenselect_hit": 0.0, "tokenselect_miss": 0.002 * scale}
+    rows = end_to_end_rows(cache, timing, 0.5, [32768, 131072], e2e_tokens=64, cache_tokens=16)
+    ts = {r["context"]: r for r in rows if r["method"] == "tokenselect"}
+    dense = {r["context"]: r["value"] for r in rows if r["method"] == "dense"}
+    # 32K by hand: dense 32.768 + 2*8 + 64*(0.025 + 2*0.01); TokenSelect 32.768 + 2*1 + 64*(0.025 + 2*0.001)
+    assert abs(dense[32768] - (32.768 + 16 + 64 * 0.045)) < 1e-9
+    assert abs(ts[32768]["value"] - (32.768 + 2 + 64 * 0.027)) < 1e-9
+    assert ts[32768]["speedup"] != ts[131072]["speedup"]
+    assert abs(ts[131072]["speedup"] - dense[131072] / ts[131072]["value"]) < 1e-12
 
 
 @pytest.mark.parametrize("span, expected", [

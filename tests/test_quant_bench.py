@@ -293,3 +293,26 @@ def test_speed_note_lists_the_passes():
     note = _speed_note(sp)
     assert "medians over 3 whole timing passes" in note and "1.70x, 1.66x, 1.40x" in note and "2.44x" in note
     assert "timing passes" not in _speed_note({**sp, "passes": 1})
+
+
+def test_full_budget_is_a_base_that_set_still_overrides(monkeypatch):
+    """`bench quant --full --set 'bits=[W4A8KV4]'` must train one bit setting at the --full budget, on the GPU when
+    there is one: the --full sizes may not override what the user set."""
+    from typer.testing import CliRunner
+
+    from slimguard.bench import quant
+    from slimguard.cli.main import app
+
+    seen = {}
+
+    def fake_run(bc, cmd, threads, log=print):
+        seen.update(bc=bc, cmd=cmd)
+        return "x.json"
+
+    monkeypatch.setattr(quant, "run_bench", fake_run)
+    res = CliRunner().invoke(app, ["bench", "quant", "--full", "--set", "bits=[W4A8KV4]", "--set", "seeds=[0]"])
+    assert res.exit_code == 0, res.output
+    bc = seen["bc"]
+    assert bc.bits == ["W4A8KV4"] and bc.seeds == [0]
+    assert bc.steps == 300 and bc.batch_size == 8 and bc.device == "auto" and bc.variants == list(quant.VARIANTS)
+    assert seen["cmd"] == "slimguard bench quant --full --set 'bits=[W4A8KV4]' --set 'seeds=[0]'"

@@ -73,10 +73,12 @@ def time_it(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, threads
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 9, warmup: int = 1,
-                     before: Callable[[], None] | None = None) -> dict[str, Timing]:
+                     before: Callable[[], None] | None = None,
+                     sync: Callable[[], None] | None = None) -> dict[str, Timing]:
     """Median wall time of each of ``fns``, timed round-robin (one call of each per round), so a
     machine whose speed drifts during the run slows every contender alike instead of whichever
-    happened to be timed then. ``before`` runs untimed ahead of every timed call."""
+    happened to be timed then. ``before`` runs untimed ahead of every timed call; ``sync`` (e.g.
+    ``torch.cuda.synchronize``) closes every call, so asynchronous GPU work is counted where it ran."""
     import torch
 
     for fn in fns.values():
@@ -87,8 +89,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 9, war
         for name, fn in fns.items():
             if before:
                 before()
+            if sync:
+                sync()
             t0 = time.perf_counter()
             fn()
+            if sync:
+                sync()
             times[name].append(time.perf_counter() - t0)
     return {k: Timing(statistics.median(v), v, torch.get_num_threads()) for k, v in times.items()}
 

@@ -66,7 +66,9 @@ class KVSelectBenchConfig(Config):
     thresholds: list[float] = Field([0.8, 0.9, 0.95], description="Selection Cache thresholds.")
     seed: int = Field(0, description="Seed of the task generator and random tensors.")
     threads: int = Field(1, ge=1, description="torch threads (1: on an oversubscribed CPU, extra threads mostly add sync overhead).")
-    device: str = Field("cpu", pattern="^(cpu|cuda)$", description="Device of the accuracy part's models (cuda for --full on a GPU).")
+    device: str = Field("cpu", pattern="^(cpu|cuda)$", description=(
+        "Where every part runs: the timing part's attention tensors, the Selection Cache part's and the accuracy "
+        "part's models (cuda for --full on a GPU; timings then synchronize after every call)."))
     result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description="Result file name under benchmarks/results/ (a partial run, e.g. one model, can keep its own file).")
 
 
@@ -126,8 +128,30 @@ def _peak_rss_mb(fn) -> tuple[float, object]:
 
 
 
+def _sync_for(device: str):
+    """What closes a timed call on ``device``: CUDA kernels run asynchronously, so without a synchronize a timer
+    would stop when the launch returns; the CPU needs nothing."""
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else None
+
+
+def _peak_mem_mb(fn, device: str) -> tuple[float, object]:
+    """Peak memory growth of ``fn`` on ``device``: allocated CUDA memory on a GPU, resident memory on the CPU."""
+    import torch
+
+    if device != "cuda":
+        return _peak_rss_mb(fn)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20, out
+
+
 def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dict) -> dict:
-    """Attention-only timings for one SmolLM2-shaped layer (9 query / 3 KV heads, d=64)."""
+    """Attention-only timings for one SmolLM2-shaped layer (9 query / 3 KV heads, d=64), on ``bc.device``."""
     import torch
 
     from ..slim.kvselect import TokenSelectConfig
@@ -141,7 +165,10 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
     ts_cfg = TokenSelectConfig(score_dtype=bc.score_dtype)  # model defaults: 64 + 1024 + 512
     s_budget = ts_cfg.budget
     # a buffer well past any last-level cache: writing it evicts the previous step's keys and values
-    evict = torch.empty(16 << 20) if bc.cold_cache else None  # 64 MB of float32
+    # (the GPU has no such cache to speak of against a 32K+ context, so it is evicted only on the CPU)
+    cold = bc.cold_cache and bc.device == "cpu"
+    evict = torch.empty(16 << 20) if cold else None  # 64 MB of float32
+    dev, sync = torch.device(bc.device), _sync_for(bc.device)
     variants = [("dense", TokenSelectConfig(method="dense")),
                 ("tokenselect_miss", ts_cfg.model_copy(update={"cache_threshold": None})),
                 ("tokenselect_hit", ts_cfg.model_copy(update={"cache_threshold": 1e-6}))]
@@ -151,9 +178,10 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
         variants.append((f"tokenselect_miss{alt}",
                          ts_cfg.model_copy(update={"cache_threshold": None, "score_dtype": other})))
     for n in bc.timing_lengths:
-        k = torch.randn(1, hkv, n, d, generator=g)
-        v = torch.randn(1, hkv, n, d, generator=g)
-        q1 = torch.randn(1, hq, 1, d, generator=g)
+        # drawn on the CPU from the seeded generator, so every device times the same tensors
+        k = torch.randn(1, hkv, n, d, generator=g).to(dev)
+        v = torch.randn(1, hkv, n, d, generator=g).to(dev)
+        q1 = torch.randn(1, hq, 1, d, generator=g).to(dev)
         steps = {}
         for name, cfg in variants:
             m, st = standalone_layer(cfg, inv, hq // hkv)
@@ -166,11 +194,11 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
 
             steps[name] = step
         timed = time_interleaved(steps, repeats=bc.decode_repeats, warmup=2,
-                                 before=(lambda: evict.fill_(1.0)) if bc.cold_cache else None)
+                                 before=(lambda: evict.fill_(1.0)) if cold else None, sync=sync)
         res = {name: t.median_s for name, t in timed.items()}
         for name, t in timed.items():
             rows.append({"part": "decode_attention", "method": name, "context": n, "metric": "ms_per_token",
-                         "value": t.median_s * 1e3, "n": len(t.times_s), "cold_cache": bc.cold_cache})
+                         "value": t.median_s * 1e3, "n": len(t.times_s), "cold_cache": cold, "device": bc.device})
         bound = 2 / (1 - hit_rate + 2 * s_budget / n)
         out[f"decode_bound_{n}"] = bound
         for miss, suffix, sdt in [("tokenselect_miss", "", bc.score_dtype)] + \
@@ -184,17 +212,17 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                          "metric": "ms_per_token", "value": ts_dec * 1e3, "hit_rate": hit_rate,
                          "speedup": res["dense"] / ts_dec, "bound_2/(1-h+2S/N)": bound,
                          "bound_narrow_scoring": 2 / (r * (1 - hit_rate) + 2 * s_budget / n)})
-        qp = torch.randn(1, hq, n, d, generator=g)
+        qp = torch.randn(1, hq, n, d, generator=g).to(dev)
         pre = {}
         for name, cfg in [("dense", TokenSelectConfig(method="dense")), ("tokenselect", ts_cfg)]:
             def run():
                 m, _ = standalone_layer(cfg, inv, hq // hkv)
                 return token_select_attention(m, qp, k, v, None, scaling=d ** -0.5)
-            t = time_it(run, repeats=bc.prefill_repeats, warmup=1)
-            mem, _ = _peak_rss_mb(run)  # after the warm-up, so one-time allocations do not count
+            t = time_it(run, repeats=bc.prefill_repeats, warmup=1, sync=sync)
+            mem, _ = _peak_mem_mb(run, bc.device)  # after the warm-up, so one-time allocations do not count
             pre[name] = t.median_s
             rows.append({"part": "prefill_attention", "method": name, "context": n, "metric": "s_per_layer",
-                         "value": t.median_s, "n": len(t.times_s), "peak_mem_mb": mem})
+                         "value": t.median_s, "n": len(t.times_s), "peak_mem_mb": mem, "device": bc.device})
             out[f"prefill_mem_{name}_{n}"] = mem
         out[f"prefill_speedup_{n}"] = pre["dense"] / pre["tokenselect"]
         out[f"prefill_s_{n}"] = pre
@@ -227,16 +255,19 @@ def cache_part(bc: KVSelectBenchConfig, rows: list) -> dict:
     from ..slim.kvselect import TokenSelectConfig, disable_token_select, enable_token_select
     from ..slim.kvselect.tasks import Haystack
 
-    lm = load_causal_lm("smollm2-135m")
+    lm = load_causal_lm("smollm2-135m", device=bc.device)
+    sync = _sync_for(bc.device) or (lambda: None)
     hay = Haystack(lm.tokenizer)
     s = hay.sample("passkey", max(bc.lengths), 0.5, seed=bc.seed)
-    ids = torch.tensor([s.input_ids])
+    ids = torch.tensor([s.input_ids], device=bc.device)
     base = _budget(bc)
     out = {}
     with torch.no_grad():
         rt = enable_token_select(lm.model, TokenSelectConfig(**base, cache_threshold=None))
+        sync()
         t0 = time.perf_counter()
         pre = lm.model(ids[:, :-1], use_cache=True, logits_to_keep=1)
+        sync()
         out["prefill_s_per_token"] = (time.perf_counter() - t0) / (ids.shape[1] - 1)
         out["layers"] = lm.model.config.num_hidden_layers
         ref = None
@@ -246,8 +277,10 @@ def cache_part(bc: KVSelectBenchConfig, rows: list) -> dict:
             for st in rt.layers.values():
                 st.cached_q = st.cached_mid = None
             cache = copy.deepcopy(pre.past_key_values)
+            sync()
             t0 = time.perf_counter()
             toks = _decode(lm.model, cache, ids[:, -1:], bc.decode_tokens)
+            sync()
             dt = time.perf_counter() - t0
             stats = rt.stats()
             ref = toks if thr is None else ref
@@ -404,13 +437,15 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
     parts = [f"Measured on {os.cpu_count()} CPU cores, load average {load:.1f} at the end of the run (a load above the "
              "core count inflates absolute times; ratios are side by side in one run)."]
     if "timing" in ran:
-        parts.append("Attention timings use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
+        parts.append(f"Attention timings ({bc.device}) use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
                      "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit "
                      f"rate measured on the real model at threshold 0.9; decode methods are timed round-robin, "
                      f"median of {bc.decode_repeats} steps each; prefill median of {bc.prefill_repeats} after a warm-up"
                      + ("; the CPU caches are evicted before every timed decode step, as the other layers of a real "
                         "model would (warm single-layer repeats flatter both sides, TokenSelect more)."
-                        if bc.cold_cache else "; decode steps repeat one layer with its KV warm in the CPU caches.")
+                        if bc.cold_cache and bc.device == "cpu" else
+                        "; decode steps repeat one layer with its KV warm in the CPU caches." if bc.device == "cpu" else
+                        "; every timed call ends with torch.cuda.synchronize.")
                      + f" TokenSelect scores with {bc.score_dtype or 'float32'} keys; the *_scoring rows with the "
                      "other precisions (float32, bfloat16, int8).")
     if "accuracy" in ran:
@@ -460,6 +495,26 @@ def register(app: typer.Typer) -> None:
         run_bench(full=full, config=config, sets=set_ or [], skip=(skip or "").split(","))
 
 
+def end_to_end_rows(cache: dict, timing: dict, h: float, lengths, e2e_tokens: int, cache_tokens: int) -> list[dict]:
+    """Prefill + ``e2e_tokens`` decode tokens, dense vs TokenSelect, at every timed length, from measured parts: the
+    non-attention cost per token (the real model's prefill / decode in the cache part, attention included, so the
+    estimate errs towards dense) plus layers x the attention times of the timing part."""
+    nl = cache["layers"]
+    lin_p, lin_d = cache["prefill_s_per_token"], cache["none"]["decode_s"] / cache_tokens
+    rows = []
+    for L in lengths:
+        pd, pt = timing[f"prefill_s_{L}"]["dense"], timing[f"prefill_s_{L}"]["tokenselect"]
+        dd = timing[f"decode_s_{L}"]["dense"]
+        dt_ = h * timing[f"decode_s_{L}"]["tokenselect_hit"] + (1 - h) * timing[f"decode_s_{L}"]["tokenselect_miss"]
+        e_dense = L * lin_p + nl * pd + e2e_tokens * (lin_d + nl * dd)
+        e_ts = L * lin_p + nl * pt + e2e_tokens * (lin_d + nl * dt_)
+        rows.append({"part": "end_to_end_estimated", "method": "dense", "context": L, "metric": "seconds",
+                     "value": e_dense, "decode_tokens": e2e_tokens})
+        rows.append({"part": "end_to_end_estimated", "method": "tokenselect", "context": L, "metric": "seconds",
+                     "value": e_ts, "decode_tokens": e2e_tokens, "speedup": e_dense / e_ts})
+    return rows
+
+
 def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: list[str] = ()) -> Path:
     import torch
 
@@ -472,8 +527,10 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
                          lengths=[1024, 2048, 4096, 8192, 16384, 32768], depths=[0.1, 0.3, 0.5, 0.7, 0.9], n_per_depth=4,
                          decode_tokens=64,
                          peer_length=32768, model_defaults=True, chunk_size=512,
-                         timing_lengths=[32768, 65536, 131072], prefill_repeats=5)
-    bc = resolve(KVSelectBenchConfig, config_file=config, sets=sets, **overrides)
+                         timing_lengths=[32768, 65536, 131072], prefill_repeats=5,
+                         device="cuda" if torch.cuda.is_available() else "cpu")
+    # the --full sizes are a base that a config file and --set still override (e.g. one model, fewer cases)
+    bc = resolve(KVSelectBenchConfig, config_file=config, sets=sets, base=overrides)
     torch.set_num_threads(bc.threads)
     torch.manual_seed(bc.seed)
     rows: list[dict] = []
@@ -481,23 +538,13 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
     cache = cache_part(bc, rows) if "cache" not in skip else {}
     h = cache.get("0.9", {}).get("hit_rate", 0.0)
     timing = timing_part(bc, h, rows, extra) if "timing" not in skip else {}
-    n32 = n_max = max(bc.timing_lengths)
+    n_max = max(bc.timing_lengths)
+    # the targets are stated at 32K; --full also times 64K and 128K, which stay in "timing" next to them
+    n32 = 32768 if 32768 in bc.timing_lengths else n_max
     if cache and timing:
-        # End-to-end at the longest timing length, from measured parts: non-attention cost per token (the real
-        # model's prefill / decode at a short context, attention included, so the estimate errs towards dense)
-        # plus layers x the attention times measured above.
-        L, nl, dec = n_max, cache["layers"], bc.e2e_decode_tokens
-        lin_p, lin_d = cache["prefill_s_per_token"], cache["none"]["decode_s"] / bc.decode_tokens
-        pd, pt = timing[f"prefill_s_{L}"]["dense"], timing[f"prefill_s_{L}"]["tokenselect"]
-        dd = timing[f"decode_s_{L}"]["dense"]
-        dt_ = h * timing[f"decode_s_{L}"]["tokenselect_hit"] + (1 - h) * timing[f"decode_s_{L}"]["tokenselect_miss"]
-        e_dense = L * lin_p + nl * pd + dec * (lin_d + nl * dd)
-        e_ts = L * lin_p + nl * pt + dec * (lin_d + nl * dt_)
-        extra["e2e_speedup_32k_estimated"] = e_dense / e_ts
-        rows.append({"part": "end_to_end_estimated", "method": "dense", "context": L, "metric": "seconds",
-                     "value": e_dense, "decode_tokens": dec})
-        rows.append({"part": "end_to_end_estimated", "method": "tokenselect", "context": L, "metric": "seconds",
-                     "value": e_ts, "decode_tokens": dec, "speedup": e_dense / e_ts})
+        e2e = end_to_end_rows(cache, timing, h, bc.timing_lengths, bc.e2e_decode_tokens, bc.decode_tokens)
+        rows.extend(e2e)
+        extra["e2e_speedup_32k_estimated"] = next(r["speedup"] for r in e2e if r["context"] == n32 and "speedup" in r)
     acc = accuracy_part(bc, rows, extra, RESULTS_DIR) if "accuracy" not in skip else {}
     tg = {}
     Lmax = max(bc.lengths)

@@ -75,7 +75,7 @@ class QuantBenchConfig(Config):
 PACKED = "edgeqat_w4a8kv4.safetensors"
 RETIMED = " Re-timed by --set speed_only=true, replacing any earlier speed figures in this note: "
 FULL = dict(bits=list(BITS), variants=list(VARIANTS), steps=300, seq_len=128, batch_size=8, eval_batches=16,
-            seeds=[0, 1, 2])
+            seeds=[0, 1, 2], device="auto")
 
 
 def torchao_rows(bits: str) -> list[tuple[int | None, str]]:
@@ -368,10 +368,8 @@ def register(app: typer.Typer) -> None:
         n = set_threads(threads)
         from ..core.config import resolve
 
-        base = FULL if full else {}
-        bc = resolve(QuantBenchConfig, config_file=config, sets=set_, speed=speed or None)
-        if full:
-            bc = bc.model_copy(update={k: v for k, v in base.items()})
+        bc = resolve(QuantBenchConfig, config_file=config, sets=set_, speed=speed or None,
+                     base=FULL if full else None)  # --set still overrides --full
         for b in bc.bits:
             if b not in BITS:
                 from ..core.errors import ConfigError
