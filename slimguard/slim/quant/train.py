@@ -209,6 +209,7 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"qat {cfg.qat.tag()}", unit="step")
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    n_skipped = sum(1 for h in history if h.get("skipped"))  # a resumed run counts its earlier skips too
     for step in range(start, end):
         x = blocks.batch(step, cfg.batch_size, cfg.seed, dist.rank, dist.world).to(dist.device)
         st.reset()
@@ -236,13 +237,15 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
         loss = _mean_across(parts.total.detach(), dist)
         losses.append(loss)
         history.append({"step": step + 1, **parts.to_dict(), "loss": loss, **({"skipped": True} if skipped else {})})
+        n_skipped += skipped
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            # skipped updates show while the run goes, not only in the warning at the end
+            bar.set_postfix(loss=f"{loss:.3f}", **({"skipped": n_skipped} if n_skipped else {}))
         if ckpt_path is not None and dist.main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             _save_checkpoint(ckpt_path, cfg, step + 1, model, opt, sched, gen, losses, history)
             if run is not None:
-                run.log.info("step %d loss %.4f (checkpoint)", step + 1, loss)
+                run.log.info("step %d loss %.4f, %d updates skipped so far (checkpoint)", step + 1, loss, n_skipped)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
