@@ -366,3 +366,28 @@ def test_auto_positions_keep_cached_positions_only_inside_the_trained_window(max
     out, _ = token_select_attention(m, q, k, v, None, scaling=D ** -0.5)
     assert st.sel_original is original
     assert torch.allclose(out, _masked_dense(q, k, v, st.last_idx, D ** -0.5), atol=1e-5) is original
+
+
+def test_quest_bound_matches_the_per_channel_definition_and_short_chunks_bound_every_query():
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(1, 2, 160, D, generator=g)
+    q = torch.randn(1, 4, 5, D, generator=g)
+    lo, hi, page = 16, 144, 16
+    # brute force: per query, per kv head, sum_d max(q m, q M), heads of a group summed, max over the queries
+    pages = keys[:, :, lo:hi].reshape(1, 2, -1, page, D)
+    kmin, kmax = pages.amin(3), pages.amax(3)
+    qg = q.reshape(1, 2, 2, 5, D)
+    ref = torch.maximum(qg[..., None, :] * kmin[:, :, None, None], qg[..., None, :] * kmax[:, :, None, None]).sum(-1)
+    ref = ref.sum(2).amax(2)  # [1, 2, P]
+    want = ref.topk(3, dim=-1).indices
+    got = K.quest_middle(q, keys, lo, hi, 3 * page, page)
+    for h in range(2):
+        assert sorted({(int(i) - lo) // page for i in got[0, h]}) == sorted(want[0, h].tolist())
+    # one query of the chunk looking at one page is enough to keep that page, even when the mean would not
+    keys2 = torch.randn(1, 2, 160, D, generator=g) * 0.1
+    keys2[0, 0, 96:112] = 3.0
+    q2 = torch.zeros(1, 4, 5, D)
+    q2[:, :, 2] = 1.0        # the middle query points at the loud page
+    q2[:, :, [0, 1, 3, 4]] = -1.0  # the others point away from it, so the chunk's mean points away too
+    assert 96 in K.quest_middle(q2, keys2, lo, hi, page, page)[0, 0].tolist()
+    assert 96 not in K.quest_middle(q2.mean(2), keys2, lo, hi, page, page)[0, 0].tolist()

@@ -146,18 +146,24 @@ def topk_middle(score: torch.Tensor, k: int, offset: int) -> torch.Tensor:
 def quest_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, k: int, page: int) -> torch.Tensor:
     """Quest: per KV head, the pages with the largest upper bound ``sum_d max(q_d min_d, q_d max_d)``.
 
-    ``q_rot [B, Hq, d]`` (mean of the chunk), ``keys_rot [B, Hkv, N, d]`` as cached (post-RoPE,
-    as Quest keeps them). Returns ``[B, Hkv, <=k]`` absolute indices in ``[lo, hi)``.
+    ``q_rot [B, Hq, d]`` (one query: a decode step, or a long chunk's mean) or ``[B, Hq, C, d]`` (a short chunk,
+    such as the question tail: every query is bounded separately and a page ranks by its largest bound over the
+    chunk, since a page is needed if any of the chunk's queries may attend to it; the mean of post-RoPE queries at
+    different positions cancels much of what each one looks for). ``keys_rot [B, Hkv, N, d]`` as cached
+    (post-RoPE, as Quest keeps them). Returns ``[B, Hkv, <=k]`` absolute indices in ``[lo, hi)``.
     """
-    b, hq, d = q_rot.shape
+    q4 = q_rot[:, :, None] if q_rot.dim() == 3 else q_rot
+    b, hq, c, d = q4.shape
     n_kv = keys_rot.shape[1]
     n_pages = (hi - lo) // page
     if n_pages == 0:
         return torch.empty(b, n_kv, 0, dtype=torch.long, device=q_rot.device)
     pages = keys_rot[:, :, lo:lo + n_pages * page].reshape(b, n_kv, n_pages, page, d).to(torch.float32)
     kmin, kmax = pages.amin(dim=3), pages.amax(dim=3)  # [B, Hkv, P, d]
-    qg = group_view(q_rot.to(torch.float32), n_kv)[:, :, :, None, :]  # [B, Hkv, G, 1, d]
-    bound = torch.maximum(qg * kmin[:, :, None], qg * kmax[:, :, None]).sum(-1).sum(2)  # [B, Hkv, P]
+    # max(q m, q M) per channel is q M where q >= 0 and q m where q < 0: two matrix products, no [C, P, d] tensor
+    qg = group_view(q4.to(torch.float32), n_kv)  # [B, Hkv, G, C, d]
+    bound = qg.clamp_min(0) @ kmax[:, :, None].transpose(-1, -2) + qg.clamp_max(0) @ kmin[:, :, None].transpose(-1, -2)
+    bound = bound.sum(2).amax(2)  # heads of a group add up (one KV page set per KV head); queries: the largest
     want = min(max(1, k // page), n_pages)
     top = torch.topk(bound, want, dim=-1, sorted=False).indices  # [B, Hkv, want]
     idx = lo + top[..., None] * page + torch.arange(page, device=q_rot.device)
