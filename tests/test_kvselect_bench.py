@@ -168,6 +168,10 @@ def test_cached_case_keys_ignore_scoring_fields_for_other_methods():
     assert _case_budget(base, "dense") == {} == _case_budget({**base, "k": 2048}, "dense")
     assert _case_budget(base, "streaming") == {"n_init": 64, "k": 512, "n_local": 512, "chunk_size": 512}
     assert _case_budget(base, "quest") == _case_budget({**base, "pool_kernel": 1}, "quest")
+    # the Quest form keys Quest's cases only
+    assert _case_budget({**base, "quest_per_head": True}, "quest")["quest_per_head"] is True
+    for m in ("tokenselect", "streaming", "h2o"):
+        assert _case_budget({**base, "quest_per_head": True}, m) == _case_budget(base, m)
 
 
 @pytest.mark.parametrize("positions", ["compact", "original", "auto"])

@@ -38,11 +38,12 @@ def test_budget_covering_context_equals_stock_model(fixture, request):
     assert rt.stats().selections == 0
 
 
-@pytest.mark.parametrize("method", ["tokenselect", "streaming", "h2o", "quest", "random", "oracle"])
-def test_every_selector_runs_generate_and_selects(tiny_llama, method):
+@pytest.mark.parametrize("method, extra", [("tokenselect", {}), ("streaming", {}), ("h2o", {}), ("quest", {}),
+                                           ("quest", {"quest_per_head": True}), ("random", {}), ("oracle", {})])
+def test_every_selector_runs_generate_and_selects(tiny_llama, method, extra):
     ids = torch.randint(4, 128, (1, 120), generator=torch.Generator().manual_seed(2))
     rt = enable_token_select(tiny_llama, TokenSelectConfig(method=method, n_init=4, k=32, n_local=32, chunk_size=32,
-                                                           record=True))
+                                                           record=True, **extra))
     with torch.no_grad():
         out = tiny_llama.generate(ids, max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 123)

@@ -391,3 +391,19 @@ def test_quest_bound_matches_the_per_channel_definition_and_short_chunks_bound_e
     q2[:, :, [0, 1, 3, 4]] = -1.0  # the others point away from it, so the chunk's mean points away too
     assert 96 in K.quest_middle(q2, keys2, lo, hi, page, page)[0, 0].tolist()
     assert 96 not in K.quest_middle(q2.mean(2), keys2, lo, hi, page, page)[0, 0].tolist()
+
+
+def test_quest_per_query_head_gives_each_head_its_own_pages():
+    """Two query heads share one KV head; each looks at a different loud page. Per query head each keeps its
+    own page; the shared per-KV-head set of one page can hold only one of them."""
+    keys = torch.randn(1, 1, 160, D, generator=torch.Generator().manual_seed(5)) * 0.1
+    keys[0, 0, 48:64, :D // 2] = 3.0
+    keys[0, 0, 96:112, D // 2:] = 3.0
+    q = torch.zeros(1, 2, D)
+    q[0, 0, :D // 2] = 1.0
+    q[0, 1, D // 2:] = 1.05
+    per_head = K.quest_middle(q, keys, 16, 144, 16, 16, per_query_head=True)
+    assert per_head.shape == (1, 2, 16)
+    assert per_head[0, 0, 0] == 48 and per_head[0, 1, 0] == 96
+    shared = K.quest_middle(q, keys, 16, 144, 16, 16)
+    assert shared.shape == (1, 1, 16) and int(shared[0, 0, 0]) in (48, 96)

@@ -48,6 +48,8 @@ class KVSelectBenchConfig(Config):
     score_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]] = Field("int8", description=(
         "TokenSelect's scoring-key dtype in the accuracy part and the headline timing (null: the KV cache's; "
         "int8 is what defaults_for gives every model)."))
+    quest_per_head: bool = Field(False, description=(
+        "Quest peer: a page set per query head (the paper's form) instead of per KV head (TokenSelectConfig)."))
     positions: Literal["compact", "original", "auto"] = Field("compact", description=(
         "Accuracy part: RoPE positions of the selected keys (TokenSelectConfig.positions) for every selector."))
     model_defaults: bool = Field(True, description=(
@@ -83,6 +85,8 @@ def _budget(bc: KVSelectBenchConfig) -> dict:
         base["score_dtype"] = bc.score_dtype
     if bc.positions != "compact":
         base["positions"] = bc.positions
+    if bc.quest_per_head:
+        base["quest_per_head"] = True
     return base
 
 
@@ -94,6 +98,7 @@ TIMED_SCORING = ("float32", "bfloat16", "int8")
 
 # fields that change only how TokenSelect scores; other methods' cached cases do not depend on them
 SCORING_ONLY = ("pool_kernel", "score_layers", "score_dtype")
+QUEST_ONLY = ("quest_per_head",)
 
 
 def _case_budget(base: dict, method: str) -> dict:
@@ -101,7 +106,8 @@ def _case_budget(base: dict, method: str) -> dict:
     depend on the sizes, and TokenSelect's scoring fields count only for TokenSelect."""
     if method == "dense":
         return {}
-    return base if method == "tokenselect" else {k: v for k, v in base.items() if k not in SCORING_ONLY}
+    drop = (() if method == "tokenselect" else SCORING_ONLY) + (() if method == "quest" else QUEST_ONLY)
+    return {k: v for k, v in base.items() if k not in drop}
 
 
 def _peak_rss_mb(fn) -> tuple[float, object]:
@@ -327,9 +333,10 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                 lm = load_causal_lm(model_name, device=bc.device)
                 hay = Haystack(lm.tokenizer)
                 if bc.model_defaults:
-                    # the model's scaled budget; the chunk and the position mode still come from the bench
-                    base = {**defaults_for(lm.model.config),
-                            **{f: v for f, v in _budget(bc).items() if f in ("chunk_size", "positions")}}
+                    # the model's scaled budget; the chunk, the position mode and the Quest form still come from
+                    # the bench
+                    base = {**defaults_for(lm.model.config), **{f: v for f, v in _budget(bc).items()
+                                                                if f in ("chunk_size", "positions", *QUEST_ONLY)}}
             depths = [0.5] if mid else bc.depths
             samples = make_samples(hay, task, [L], depths, len(bc.depths) if mid else bc.n_per_depth, seed=bc.seed + L)
             record = task == "passkey" and method == "tokenselect" and L == max(bc.lengths) and not mid

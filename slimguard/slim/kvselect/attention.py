@@ -365,7 +365,8 @@ def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int
         return K.random_middle(b, lo, hi, cfg.k, st.runtime.gen, q.device)
     if cfg.method == "quest":
         # a short chunk (the question tail) bounds every query, as TokenSelect votes per query there
-        return K.quest_middle(q if 1 < c <= cfg.vote_queries else q.mean(2), key, lo, hi, cfg.k, cfg.page_size)
+        return K.quest_middle(q if 1 < c <= cfg.vote_queries else q.mean(2), key, lo, hi, cfg.k, cfg.page_size,
+                              per_query_head=cfg.quest_per_head)
     if cfg.method == "oracle":
         return K.oracle_middle(q, key, lo, hi, cfg.k, scaling)
     if cfg.method == "h2o":

@@ -60,6 +60,9 @@ class TokenSelectConfig(Config):
         "stays inside the trained window), 'original' keeps the positions they have in the context, 'auto' keeps "
         "them while the context fits the model's trained window and compacts beyond it."))
     page_size: int = Field(16, ge=1, description="Quest page size (tokens per min/max page).")
+    quest_per_head: bool = Field(False, description=(
+        "Quest: every query head picks its own pages (the paper's multi-head form) instead of one page set per KV "
+        "head from the group's summed bounds."))
     seed: int = Field(0, description="Seed of the random selector's torch.Generator.")
     record: bool = Field(False, description="Keep each layer's selected indices of the last selection (for plots).")
 

@@ -143,14 +143,17 @@ def topk_middle(score: torch.Tensor, k: int, offset: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- peers
 
 
-def quest_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, k: int, page: int) -> torch.Tensor:
+def quest_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, k: int, page: int,
+                 per_query_head: bool = False) -> torch.Tensor:
     """Quest: per KV head, the pages with the largest upper bound ``sum_d max(q_d min_d, q_d max_d)``.
 
     ``q_rot [B, Hq, d]`` (one query: a decode step, or a long chunk's mean) or ``[B, Hq, C, d]`` (a short chunk,
     such as the question tail: every query is bounded separately and a page ranks by its largest bound over the
     chunk, since a page is needed if any of the chunk's queries may attend to it; the mean of post-RoPE queries at
     different positions cancels much of what each one looks for). ``keys_rot [B, Hkv, N, d]`` as cached
-    (post-RoPE, as Quest keeps them). Returns ``[B, Hkv, <=k]`` absolute indices in ``[lo, hi)``.
+    (post-RoPE, as Quest keeps them). Returns ``[B, Hkv, <=k]`` absolute indices in ``[lo, hi)``: the bounds of a
+    group's query heads add up to one page set per KV head; ``per_query_head`` gives every query head its own page
+    set, ``[B, Hq, <=k]``, as the paper (written for multi-head attention) selects per head.
     """
     q4 = q_rot[:, :, None] if q_rot.dim() == 3 else q_rot
     b, hq, c, d = q4.shape
@@ -163,11 +166,12 @@ def quest_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, 
     # max(q m, q M) per channel is q M where q >= 0 and q m where q < 0: two matrix products, no [C, P, d] tensor
     qg = group_view(q4.to(torch.float32), n_kv)  # [B, Hkv, G, C, d]
     bound = qg.clamp_min(0) @ kmax[:, :, None].transpose(-1, -2) + qg.clamp_max(0) @ kmin[:, :, None].transpose(-1, -2)
-    bound = bound.sum(2).amax(2)  # heads of a group add up (one KV page set per KV head); queries: the largest
+    # per query of the chunk, the heads sharing a page set add up; over the chunk's queries, the largest counts
+    bound = bound.amax(3).reshape(b, hq, n_pages) if per_query_head else bound.sum(2).amax(2)
     want = min(max(1, k // page), n_pages)
-    top = torch.topk(bound, want, dim=-1, sorted=False).indices  # [B, Hkv, want]
+    top = torch.topk(bound, want, dim=-1, sorted=False).indices  # [B, H, want]
     idx = lo + top[..., None] * page + torch.arange(page, device=q_rot.device)
-    return idx.reshape(b, n_kv, -1)
+    return idx.reshape(b, bound.shape[1], -1)
 
 
 def oracle_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, k: int, scaling: float) -> torch.Tensor:
