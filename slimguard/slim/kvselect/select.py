@@ -160,7 +160,7 @@ def quest_middle(q_rot: torch.Tensor, keys_rot: torch.Tensor, lo: int, hi: int, 
     n_kv = keys_rot.shape[1]
     n_pages = (hi - lo) // page
     if n_pages == 0:
-        return torch.empty(b, n_kv, 0, dtype=torch.long, device=q_rot.device)
+        return torch.empty(b, hq if per_query_head else n_kv, 0, dtype=torch.long, device=q_rot.device)
     pages = keys_rot[:, :, lo:lo + n_pages * page].reshape(b, n_kv, n_pages, page, d).to(torch.float32)
     kmin, kmax = pages.amin(dim=3), pages.amax(dim=3)  # [B, Hkv, P, d]
     # max(q m, q M) per channel is q M where q >= 0 and q m where q < 0: two matrix products, no [C, P, d] tensor
