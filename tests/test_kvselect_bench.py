@@ -38,6 +38,18 @@ def test_recorded_command_carries_sets_and_skips(tmp_path, monkeypatch):
     assert (tmp_path / "BENCHMARKS.md").read_text().count("## kvselect-part") == 1
 
 
+def test_a_selector_revision_keeps_its_old_cached_cases_from_being_reused(monkeypatch):
+    from slimguard.bench import kvselect
+
+    args = ("gemma3-270m", "passkey", 4096, "quest", {"k": 512}, "cpu", "abc")
+    before = kvselect._case_key(*args)
+    monkeypatch.setitem(kvselect.SELECTOR_REVISION, "quest", kvselect.SELECTOR_REVISION["quest"] + 1)
+    assert kvselect._case_key(*args) != before
+    # a method at revision 1 keeps the key it had before revisions existed
+    plain = ("gemma3-270m", "passkey", 4096, "streaming", {"k": 512}, "cpu", "abc")
+    assert kvselect._case_key(*plain) == json.dumps(list(plain))
+
+
 def test_full_sizes_are_a_base_that_set_still_overrides(tmp_path, monkeypatch):
     """`--full --set 'models=[smollm2-135m]'` must run one model: the --full sizes may not override the user."""
     from slimguard.bench import harness

@@ -110,6 +110,17 @@ def _case_budget(base: dict, method: str) -> dict:
     return {k: v for k, v in base.items() if k not in drop}
 
 
+# A finished case is reused by its key, which names the config, not the code. Bump a method's revision whenever
+# its selection changes, so cases it computed before are not reused (revision 1 adds nothing, which keeps the keys
+# of every cached case written before revisions existed). quest 2: every query of a short chunk is bounded.
+SELECTOR_REVISION = {"quest": 2}
+
+
+def _case_key(model: str, task: str, length: int, method: str, budget: dict, device: str, digest: str) -> str:
+    rev = SELECTOR_REVISION.get(method, 1)
+    return json.dumps([model, task, length, method, budget, device, digest] + ([f"rev{rev}"] if rev > 1 else []))
+
+
 def _peak_rss_mb(fn) -> tuple[float, object]:
     """Peak resident memory growth of ``fn`` (Linux: reset VmHWM through /proc/self/clear_refs)."""
     def status(key):
@@ -346,7 +357,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
             for i, s in enumerate(tqdm(samples, desc=f"{model_name} {task} {L} {method}", leave=False)):
                 # keyed by the case's content, not its index: other depths or n_per_depth reorder the cases
                 digest = hashlib.sha1(json.dumps(s.input_ids).encode()).hexdigest()
-                key = json.dumps([model_name, task, L, method, _case_budget(base, method), bc.device, digest])
+                key = _case_key(model_name, task, L, method, _case_budget(base, method), bc.device, digest)
                 if key in done and not (record and i == len(samples) - 1):
                     hits.append(done[key]["hit"])
                     secs += done[key]["seconds"]
