@@ -68,9 +68,10 @@ class KVSelectBenchConfig(Config):
     thresholds: list[float] = Field([0.8, 0.9, 0.95], description="Selection Cache thresholds.")
     seed: int = Field(0, description="Seed of the task generator and random tensors.")
     threads: int = Field(1, ge=1, description="torch threads (1: on an oversubscribed CPU, extra threads mostly add sync overhead).")
-    device: str = Field("cpu", pattern="^(cpu|cuda)$", description=(
+    device: str = Field("cpu", pattern="^(cpu|cuda|auto)$", description=(
         "Where every part runs: the timing part's attention tensors, the Selection Cache part's and the accuracy "
-        "part's models (cuda for --full on a GPU; timings then synchronize after every call)."))
+        "part's models (auto: the GPU when torch sees one, what --full sets; on cuda timings synchronize after "
+        "every call)."))
     result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description="Result file name under benchmarks/results/ (a partial run, e.g. one model, can keep its own file).")
 
 
@@ -537,6 +538,7 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
     import torch
 
     from ..core.config import resolve
+    from ..core.models import resolve_device
     from .harness import RESULTS_DIR, target, write_result
 
     overrides = {}
@@ -545,10 +547,10 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
                          lengths=[1024, 2048, 4096, 8192, 16384, 32768], depths=[0.1, 0.3, 0.5, 0.7, 0.9], n_per_depth=4,
                          decode_tokens=64,
                          peer_length=32768, model_defaults=True, chunk_size=512,
-                         timing_lengths=[32768, 65536, 131072], prefill_repeats=5,
-                         device="cuda" if torch.cuda.is_available() else "cpu")
+                         timing_lengths=[32768, 65536, 131072], prefill_repeats=5, device="auto")
     # the --full sizes are a base that a config file and --set still override (e.g. one model, fewer cases)
     bc = resolve(KVSelectBenchConfig, config_file=config, sets=sets, base=overrides)
+    bc = bc.model_copy(update={"device": resolve_device(bc.device)})  # cpu or cuda from here on (cache keys too)
     torch.set_num_threads(bc.threads)
     torch.manual_seed(bc.seed)
     rows: list[dict] = []
