@@ -70,12 +70,22 @@ class QuantBenchConfig(Config):
     result: str = Field("quant", pattern="^[a-z0-9][a-z0-9_-]*$", description=(
         "Result name: benchmarks/results/NAME.json, NAME_diagnostics.png and runs/bench-NAME/ (the EdgeQAT model "
         "--set speed_only=true times). A longer run keeps its own file instead of replacing the default one."))
+    jobs: int = Field(1, ge=1, le=64, description=(
+        "Training runs at once, each in its own worker process (a GPU holds several of these small runs, which are "
+        "bound by kernel launches more than by the GPU). Every finished run is cached under "
+        "runs/bench-NAME/grid/, so an interrupted grid resumes where it stopped, with jobs=1 too."))
+    checkpoint_every: int = Field(0, ge=0, description=(
+        "Checkpoint each trained run every this many steps under runs/bench-NAME/grid/ (0: never), so a killed "
+        "run resumes mid-way; --full sets 50. The checkpoint goes once the run is cached."))
+    run_only: list[str] = Field(default_factory=list, description=(
+        "Train and cache only these BITS/ROW/SEED runs (e.g. W4A8KV4/edgeqat/0), then stop without writing a result: "
+        "what jobs=N gives each worker."))
 
 
 PACKED = "edgeqat_w4a8kv4.safetensors"
 RETIMED = " Re-timed by --set speed_only=true, replacing any earlier speed figures in this note: "
 FULL = dict(bits=list(BITS), variants=list(VARIANTS), steps=300, seq_len=128, batch_size=8, eval_batches=16,
-            seeds=[0, 1, 2], device="auto")
+            seeds=[0, 1, 2], device="auto", checkpoint_every=50)
 
 
 def torchao_rows(bits: str) -> list[tuple[int | None, str]]:
@@ -89,6 +99,135 @@ def torchao_rows(bits: str) -> list[tuple[int | None, str]]:
     own = f"torchao_qat_w{b['w_bits']}a8"
     kv = b.get("kv_bits", b["a_bits"])
     return [(None, own), (kv, f"{own}kv{kv}")]
+
+
+# Bump when training or evaluation changes what a finished run would give, so cached runs are not reused.
+GRID_REVISION = 1
+
+
+def grid_rows(bc: QuantBenchConfig, bits: str) -> list[str]:
+    """The trained rows at ``bits``, in result order: the variants, then torchao's QAT rows."""
+    return list(bc.variants) + ([name for _, name in torchao_rows(bits)] if bc.torchao else [])
+
+
+def parse_run(item: str) -> tuple[str, str, int]:
+    """``BITS/ROW/SEED`` -> its parts, with a one-line error naming the entry."""
+    from ..core.errors import ConfigError
+
+    parts = item.split("/")
+    ok = len(parts) == 3 and parts[0] in BITS and parts[2].lstrip("-").isdigit() and (
+        parts[1] in VARIANTS or parts[1] in [n for _, n in torchao_rows(parts[0])])
+    if not ok:
+        raise ConfigError(f"run_only entry '{item}' is not BITS/ROW/SEED with BITS in {list(BITS)} and ROW a variant "
+                          f"or torchao row trained at those bits")
+    return parts[0], parts[1], int(parts[2])
+
+
+def grid_dir(bc: QuantBenchConfig) -> Path:
+    from ..core.runs import runs_root
+
+    return runs_root() / f"bench-{bc.result}" / "grid"
+
+
+def run_key(bc: QuantBenchConfig, bits: str, row: str, seed: int) -> str:
+    """A finished run's cache file name: what it trained and evaluated, and where (CPU and GPU kernels differ)."""
+    import hashlib
+    import json
+
+    spec = dict(model=bc.model, bits=bits, row=row, seed=seed, steps=bc.steps, seq_len=bc.seq_len,
+                batch_size=bc.batch_size, eval_batches=bc.eval_batches, lr=bc.lr, datasets=list(bc.datasets),
+                device=bc.device.split(":")[0], revision=GRID_REVISION)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{bits}-{row}-s{seed}-{digest}.json"
+
+
+def _grid_run(bc, bits: str, row: str, seed: int, fp, teacher, blocks, ev, dev) -> dict:
+    """One trained row and seed: its held-out ppl and KL to FP (and diagnostics for EdgeQAT's first seed), from the
+    grid cache when this exact run finished before, else trained, evaluated and cached (atomically)."""
+    import json
+
+    from ..core.runs import atomic_write_json
+    from ..slim.quant.baselines import torchao_qat
+    from ..slim.quant.evaluate import evaluate
+    from ..slim.quant.train import train
+
+    path = grid_dir(bc) / run_key(bc, bits, row, seed)
+    if path.is_file():
+        return json.loads(path.read_text())
+    if row in VARIANTS:
+        cfg = _train_cfg(bc, bits, row, seed)
+        run = None
+        if bc.checkpoint_every:
+            from ..core.runs import Run
+            from ..slim.quant.train import CKPT
+
+            cfg = cfg.model_copy(update={"checkpoint_every": bc.checkpoint_every})
+            run = Run(path.with_suffix(""))
+        _, model = train(cfg, model=copy.deepcopy(fp), teacher=teacher, blocks=blocks, progress=False, eval_fp=False,
+                         run=run, resume=run is not None and (run.path / CKPT).is_file())
+        first = row == "edgeqat" and seed == bc.seeds[0]
+        r = evaluate(model, ev, teacher=teacher, diagnostics=first, device=dev)
+        if first and bits == "W4A8KV4":
+            import shutil
+
+            from ..slim.quant.export import save_packed
+            from ..slim.quant.prepare import convert
+
+            convert(model.cpu())
+            # this run's own copy (what --speed exports when the run is reused), and the result's latest one, which
+            # --set speed_only=true re-times
+            own = save_packed(model, cfg.qat, path.with_suffix(".safetensors"))
+            shutil.copyfile(own, path.parent.parent / PACKED)
+    else:
+        kv = dict((name, k) for k, name in torchao_rows(bits))[row]
+        cfg = _train_cfg(bc, bits, "lsq_ce", seed)
+        model, _ = torchao_qat(fp, cfg, blocks, w_bits=BITS[bits]["w_bits"], a_bits=8, kv_bits=kv)
+        r = evaluate(model, ev, teacher=teacher, device=dev)
+    out = {"ppl": r.ppl, "kl": r.kl_to_fp, "bits": bits, "row": row, "seed": seed}
+    if r.attn_cos:
+        out["diag"] = {"attn_cos": r.attn_cos, "qk_entropy": r.qk_entropy}
+    del model
+    atomic_write_json(path, out)
+    if row in VARIANTS and bc.checkpoint_every:
+        (path.with_suffix("") / CKPT).unlink(missing_ok=True)  # ~1.6 GB, no longer needed once the run is cached
+    return out
+
+
+def _run_workers(bc: QuantBenchConfig, threads: int, log) -> None:
+    """Train the grid's uncached runs in ``bc.jobs`` worker processes (each a ``run_only`` share; the longest rows
+    spread over the workers first), then return; the caller reads every run from the cache."""
+    import subprocess
+    import sys
+
+    from ..core.errors import SlimguardError
+    from ..core.runs import atomic_write_json
+
+    todo = [f"{b}/{row}/{s}" for b in bc.bits for row in grid_rows(bc, b) for s in bc.seeds
+            if not (grid_dir(bc) / run_key(bc, b, row, s)).is_file()]
+    if not todo:
+        return
+    n = min(bc.jobs, len(todo))
+    shares = [todo[i::n] for i in range(n)]
+    procs = []
+    for i, share in enumerate(shares):
+        cfg_path = grid_dir(bc) / f"worker-{i}.json"
+        atomic_write_json(cfg_path, {**bc.to_dict(), "run_only": share, "jobs": 1, "speed": False})
+        logf = (grid_dir(bc) / f"worker-{i}.log").open("w")
+        cmd = [sys.executable, "-m", "slimguard.cli.main", "bench", "quant", "--config", str(cfg_path),
+               "--threads", str(max(1, threads))]
+        procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf, i))
+    log(f"{len(todo)} runs in {n} workers (logs: {grid_dir(bc)}/worker-*.log)")
+    done_before = -1
+    while any(p.poll() is None for p, _, _ in procs):
+        done = sum((grid_dir(bc) / run_key(bc, *parse_run(t)[:2], parse_run(t)[2])).is_file() for t in todo)
+        if done != done_before:
+            log(f"  {done}/{len(todo)} runs cached")
+            done_before = done
+        time.sleep(5)
+    failed = [i for p, f, i in procs if (f.close() or p.returncode) != 0]
+    if failed:
+        raise SlimguardError(f"grid worker(s) {failed} failed; see {grid_dir(bc)}/worker-{failed[0]}.log "
+                             f"(finished runs stay cached: run the same command again to resume)")
 
 
 def _train_cfg(bc: QuantBenchConfig, bits: str, variant: str, seed: int):
@@ -107,16 +246,17 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
 
     from ..bench import harness
     from ..core.models import load_causal_lm
-    from ..slim.quant.baselines import rtn, torchao_qat
+    from ..slim.quant.baselines import rtn
     from ..slim.quant.config import QATConfig
     from ..slim.quant.data import load_blocks
     from ..slim.quant.evaluate import evaluate
-    from ..slim.quant.train import train
 
     from ..core.models import resolve_device
 
     t_start = time.perf_counter()
     dev = resolve_device(bc.device)
+    for item in bc.run_only:
+        parse_run(item)  # a malformed entry fails before the model loads
     bc = bc.model_copy(update={"device": dev})
     lm = load_causal_lm(bc.model, device=dev)
     fp = lm.model
@@ -128,6 +268,14 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     from ..slim.quant.prepare import attach_recorder
 
     teacher = attach_recorder(copy.deepcopy(fp))  # fp itself stays pristine: every variant copies it
+    if bc.run_only:  # a worker of --set jobs=N: train and cache its share of the grid, nothing else
+        for item in bc.run_only:
+            bits, row, seed = parse_run(item)
+            _grid_run(bc, bits, row, int(seed), fp, teacher, blocks, ev, dev)
+            log(f"cached {item}")
+        return grid_dir(bc)
+    if bc.jobs > 1:
+        _run_workers(bc, threads, log)
     fp_res = evaluate(teacher, ev, teacher=teacher, diagnostics=True, device=dev)
     rows: list[dict] = [dict(method="fp", bits="FP32", metric="ppl", value=fp_res.ppl, std=0.0, n=1)]
     diag: dict[str, dict] = {"fp": {"attn_cos": fp_res.attn_cos, "qk_entropy": fp_res.qk_entropy}}
@@ -155,41 +303,23 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
             m = rtn(fp, QATConfig(**BITS[bits], token_adaptive=True, adaptive_control=control), calib)
             r = evaluate(m, ev, teacher=teacher, device=dev)
             add(f"rtn_adaptive_{control}", bits, [r.ppl], [r.kl_to_fp])
-        for variant in bc.variants:
+        for row in grid_rows(bc, bits):
             vals, kls = [], []
             for seed in bc.seeds:
-                cfg = _train_cfg(bc, bits, variant, seed)
-                res, model = train(cfg, model=copy.deepcopy(fp), teacher=teacher, blocks=blocks, progress=False,
-                                   eval_fp=False)
-                r = evaluate(model, ev, teacher=teacher, diagnostics=(variant == "edgeqat" and seed == bc.seeds[0]),
-                             device=dev)
-                if r.attn_cos:
-                    diag[f"edgeqat {bits}"] = {"attn_cos": r.attn_cos, "qk_entropy": r.qk_entropy}
-                if variant == "edgeqat" and bits == "W4A8KV4" and seed == bc.seeds[0]:
-                    from ..slim.quant.prepare import convert
-
-                    trained_for_export = convert(model.cpu())
-                    from ..core.runs import runs_root
-                    from ..slim.quant.export import save_packed
-
-                    save_packed(model, cfg.qat, runs_root() / f"bench-{bc.result}" / PACKED)
-                vals.append(r.ppl)
-                kls.append(r.kl_to_fp)
-                del model
-            add(variant, bits, vals, kls)
-        for kv, row_name in (torchao_rows(bits) if bc.torchao else ()):
-            vals, kls = [], []
-            for seed in bc.seeds:
-                cfg = _train_cfg(bc, bits, "lsq_ce", seed)
-                m, _ = torchao_qat(fp, cfg, blocks, w_bits=BITS[bits]["w_bits"], a_bits=8, kv_bits=kv)
-                r = evaluate(m, ev, teacher=teacher, device=dev)
-                vals.append(r.ppl)
-                kls.append(r.kl_to_fp)
-                del m
-            add(row_name, bits, vals, kls)
+                got = _grid_run(bc, bits, row, seed, fp, teacher, blocks, ev, dev)
+                if got.get("diag"):
+                    diag[f"edgeqat {bits}"] = got["diag"]
+                vals.append(got["ppl"])
+                kls.append(got["kl"])
+            add(row, bits, vals, kls)
 
     speed = None
     if bc.speed:
+        packed = grid_dir(bc) / run_key(bc, "W4A8KV4", "edgeqat", bc.seeds[0]).replace(".json", ".safetensors")
+        if packed.is_file():  # this grid's first-seed EdgeQAT W4A8KV4 model, trained now or by an earlier run
+            from ..slim.quant.export import load_packed
+
+            trained_for_export, _ = load_packed(packed)
         try:
             speed = _speed(bc, lm, fp, trained_for_export, threads, log, windows=_windows(ev))
         except SlimguardError as e:  # llama-cpp-python is optional: keep the QAT results

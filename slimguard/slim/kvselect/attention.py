@@ -106,7 +106,7 @@ class TokenSelectRuntime:
         tab = self._trig.get(key)
         if tab is None or tab[0].shape[0] < n:
             cap = max(n, 2 * (0 if tab is None else tab[0].shape[0]), 4096)
-            f = st.inv_freq.to(torch.float64)[None]
+            f = st.inv_freq.to("cpu", torch.float64)[None]  # angles on the CPU (float64), tables copied to `device`
             cos, sin = (torch.empty(cap, f.shape[1], device=device) for _ in range(2))
             # float64 angles (p * f at p ~ 1e5 loses ~1e-2 rad in float32), a block at a time so the
             # float64 temporaries stay small next to a long prefill's peak

@@ -97,6 +97,10 @@ def int8_logits(qg: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, tor
     keys' own scales still to be applied)."""
     b, n_kv = qg.shape[:2]
     qi, qs = quantize_rows(qg)
+    if keys.device.type != "cpu":
+        # torch._int_mm on CUDA wants > 16 rows and multiples of 8 (a decode step has 1-3 rows per KV head); the
+        # float32 product of int8 codes is exact here (|sum| <= 64 * 127 * 127 < 2^24), though it reads float keys
+        return torch.matmul(qi.to(torch.float32), keys.to(torch.float32).transpose(-1, -2)), qs
     acc = torch.empty(b, n_kv, qg.shape[2], keys.shape[2], dtype=torch.int32, device=keys.device)
     for i in range(b):
         for h in range(n_kv):
