@@ -72,6 +72,9 @@ class KVSelectBenchConfig(Config):
         "Where every part runs: the timing part's attention tensors, the Selection Cache part's and the accuracy "
         "part's models (auto: the GPU when torch sees one, what --full sets; on cuda timings synchronize after "
         "every call)."))
+    timing_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "dtype of the timing part's q/k/v (auto: float32 on the CPU, bfloat16 on a GPU, where dense SDPA in float32 "
+        "has no fused kernel for grouped heads and materialises the 32K+ attention matrix)."))
     result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description="Result file name under benchmarks/results/ (a partial run, e.g. one model, can keep its own file).")
 
 
@@ -187,6 +190,9 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
     cold = bc.cold_cache and bc.device == "cpu"
     evict = torch.empty(16 << 20) if cold else None  # 64 MB of float32
     dev, sync = torch.device(bc.device), _sync_for(bc.device)
+    tdt = getattr(torch, bc.timing_dtype) if bc.timing_dtype != "auto" else \
+        torch.float32 if bc.device == "cpu" else torch.bfloat16
+    extra["timing_dtype"] = str(tdt).removeprefix("torch.")
     variants = [("dense", TokenSelectConfig(method="dense")),
                 ("tokenselect_miss", ts_cfg.model_copy(update={"cache_threshold": None})),
                 ("tokenselect_hit", ts_cfg.model_copy(update={"cache_threshold": 1e-6}))]
@@ -197,9 +203,9 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                          ts_cfg.model_copy(update={"cache_threshold": None, "score_dtype": other})))
     for n in bc.timing_lengths:
         # drawn on the CPU from the seeded generator, so every device times the same tensors
-        k = torch.randn(1, hkv, n, d, generator=g).to(dev)
-        v = torch.randn(1, hkv, n, d, generator=g).to(dev)
-        q1 = torch.randn(1, hq, 1, d, generator=g).to(dev)
+        k = torch.randn(1, hkv, n, d, generator=g).to(dev, tdt)
+        v = torch.randn(1, hkv, n, d, generator=g).to(dev, tdt)
+        q1 = torch.randn(1, hq, 1, d, generator=g).to(dev, tdt)
         steps = {}
         for name, cfg in variants:
             m, st = standalone_layer(cfg, inv, hq // hkv)
@@ -230,7 +236,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                          "metric": "ms_per_token", "value": ts_dec * 1e3, "hit_rate": hit_rate,
                          "speedup": res["dense"] / ts_dec, "bound_2/(1-h+2S/N)": bound,
                          "bound_narrow_scoring": 2 / (r * (1 - hit_rate) + 2 * s_budget / n)})
-        qp = torch.randn(1, hq, n, d, generator=g).to(dev)
+        qp = torch.randn(1, hq, n, d, generator=g).to(dev, tdt)
         pre = {}
         for name, cfg in [("dense", TokenSelectConfig(method="dense")), ("tokenselect", ts_cfg)]:
             def run():
