@@ -326,3 +326,36 @@ def test_peers_are_compared_with_tokenselect_on_the_same_mid_context_cases(tmp_p
         pv = next(r["value"] for r in mid if r["method"] == p)
         assert tg[f"tokenselect_minus_{p}_256_tiny"]["value"] == pytest.approx(ts_mid - pv)
     assert kb.MID == "@mid"
+
+
+def test_cache_part_runs_with_the_full_prefill_chunk(monkeypatch, tiny_llama):
+    """--full sets chunk_size=512 for the accuracy part's model defaults; the Selection Cache part reads the bench's
+    own 128-token local window, and a chunk wider than the window is refused, so the part must clamp it (it raised on
+    the lent H100)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from slimguard.bench.kvselect import KVSelectBenchConfig, cache_part
+    from slimguard.core import models
+    from slimguard.core.models import LoadedModel
+    from slimguard.slim.kvselect import tasks
+
+    monkeypatch.setattr(models, "load_causal_lm", lambda name, device="cpu": LoadedModel(tiny_llama, None, name))
+
+    class Hay:
+        def __init__(self, tok):
+            pass
+
+        def sample(self, task, length, depth, seed):
+            g = torch.Generator().manual_seed(seed)
+            return SimpleNamespace(input_ids=torch.randint(0, 128, (length,), generator=g).tolist())
+
+    monkeypatch.setattr(tasks, "Haystack", Hay)
+    bc = KVSelectBenchConfig(chunk_size=512, lengths=[480], n_init=4, k=16, n_local=128, decode_tokens=3,
+                             thresholds=[0.9], score_dtype=None)
+    rows = []
+    out = cache_part(bc, rows)
+    assert out["layers"] == 2 and set(out) >= {"none", "0.9"}
+    assert out["none"]["agreement"] == 1.0 and 0.0 <= out["0.9"]["hit_rate"] <= 1.0
+    assert [r["threshold"] for r in rows] == ["none", "0.9"]

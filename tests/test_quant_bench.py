@@ -316,3 +316,55 @@ def test_full_budget_is_a_base_that_set_still_overrides(monkeypatch):
     assert bc.bits == ["W4A8KV4"] and bc.seeds == [0]
     assert bc.steps == 300 and bc.batch_size == 8 and bc.device == "auto" and bc.variants == list(quant.VARIANTS)
     assert seen["cmd"] == "slimguard bench quant --full --set 'bits=[W4A8KV4]' --set 'seeds=[0]'"
+
+
+@pytest.mark.parametrize("change", [dict(steps=6), dict(seq_len=32), dict(lr=1e-4), dict(device="cuda"),
+                                    dict(datasets=["friends"]), dict(batch_size=4)])
+def test_a_cached_run_is_keyed_by_everything_that_changes_its_result(change):
+    from slimguard.bench.quant import QuantBenchConfig, run_key
+
+    bc = QuantBenchConfig()
+    assert run_key(bc, "W4A8KV4", "edgeqat", 0) != run_key(bc.model_copy(update=change), "W4A8KV4", "edgeqat", 0)
+    # cadence of checkpoints and worker count do not change what a run gives
+    assert run_key(bc, "W4A8KV4", "edgeqat", 0) == \
+        run_key(bc.model_copy(update=dict(jobs=4, checkpoint_every=10)), "W4A8KV4", "edgeqat", 0)
+
+
+@pytest.mark.parametrize("item, ok", [("W4A8KV4/edgeqat/0", True), ("W4A8KV4/torchao_qat_w4a8kv4/2", True),
+                                      ("W4A4/torchao_qat_w4a8/0", False), ("W4A8KV4/nope/0", False),
+                                      ("W4A8KV4/edgeqat", False), ("W9/edgeqat/0", False), ("W4A8/lsq_ce/x", False)])
+def test_run_only_entries_are_checked(item, ok):
+    from slimguard.bench.quant import parse_run
+    from slimguard.core.errors import ConfigError
+
+    if ok:
+        assert parse_run(item)[2] == int(item.rsplit("/", 1)[1])
+    else:
+        with pytest.raises(ConfigError, match="run_only entry"):
+            parse_run(item)
+
+
+def test_grid_reuses_a_finished_run_and_trains_only_the_missing_one(tmp_path, monkeypatch):
+    """A grid interrupted after one run resumes: the cached run is read back, not trained again."""
+    from types import SimpleNamespace
+
+    from slimguard.bench import quant as bq
+    from slimguard.core import runs
+    from slimguard.slim.quant import evaluate, train
+
+    monkeypatch.setattr(runs, "runs_root", lambda: tmp_path)
+    trained = []
+
+    def fake_train(cfg, **kw):
+        trained.append(cfg.seed)
+        return None, SimpleNamespace()
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(evaluate, "evaluate", lambda model, ev, **kw: SimpleNamespace(
+        ppl=10.0 + trained[-1], kl_to_fp=0.5, attn_cos=None, qk_entropy=None))
+    bc = bq.QuantBenchConfig(seeds=[0, 1], variants=["lsq_ce"], torchao=False)
+    first = bq._grid_run(bc, "W4A8KV4", "lsq_ce", 0, None, None, None, None, "cpu")
+    assert first["ppl"] == 10.0 and trained == [0]
+    again = [bq._grid_run(bc, "W4A8KV4", "lsq_ce", s, None, None, None, None, "cpu") for s in (0, 1)]
+    assert trained == [0, 1] and [r["ppl"] for r in again] == [10.0, 11.0]
+    assert sorted(p.name.split("-s")[1][0] for p in (tmp_path / "bench-quant" / "grid").glob("*.json")) == ["0", "1"]

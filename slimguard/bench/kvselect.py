@@ -285,6 +285,9 @@ def cache_part(bc: KVSelectBenchConfig, rows: list) -> dict:
     s = hay.sample("passkey", max(bc.lengths), 0.5, seed=bc.seed)
     ids = torch.tensor([s.input_ids], device=bc.device)
     base = _budget(bc)
+    # this part reads the bench's own budget fields; --full's 512-query chunk is sized for the accuracy part's
+    # model defaults (n_local 512), and a chunk may not outgrow the local window
+    base["chunk_size"] = min(base["chunk_size"], base["n_local"])
     out = {}
     with torch.no_grad():
         rt = enable_token_select(lm.model, TokenSelectConfig(**base, cache_threshold=None))
@@ -459,8 +462,15 @@ def _recall_summary(hits: list[float], recalls: list) -> dict:
 
 def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
     """What the run measured and how; only the parts that ran are described."""
-    parts = [f"Measured on {os.cpu_count()} CPU cores, load average {load:.1f} at the end of the run (a load above the "
-             "core count inflates absolute times; ratios are side by side in one run)."]
+    if bc.device == "cpu":
+        parts = [f"Measured on {os.cpu_count()} CPU cores, load average {load:.1f} at the end of the run (a load above "
+                 "the core count inflates absolute times; ratios are side by side in one run)."]
+    else:
+        import torch
+
+        parts = [f"Measured on {torch.cuda.get_device_name(torch.device(bc.device))} ({bc.device}); on CUDA "
+                 "TokenSelect takes its plain PyTorch path (the fused kernels are CPU-only), so its step is a few "
+                 "dozen kernel launches. Ratios are side by side in one run."]
     if "timing" in ran:
         parts.append(f"Attention timings ({bc.device}) use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
                      "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit "
