@@ -407,3 +407,13 @@ def test_quest_per_query_head_gives_each_head_its_own_pages():
     assert per_head[0, 0, 0] == 48 and per_head[0, 1, 0] == 96
     shared = K.quest_middle(q, keys, 16, 144, 16, 16)
     assert shared.shape == (1, 1, 16) and int(shared[0, 0, 0]) in (48, 96)
+
+
+@pytest.mark.parametrize("device_type, warns", [("cpu", False), ("cuda", True), ("mps", True)])
+def test_enabling_on_a_gpu_says_the_path_is_not_fast_there(device_type, warns):
+    from slimguard.slim.kvselect.attention import gpu_speed_note
+
+    note = gpu_speed_note(device_type)
+    assert (note is not None) is warns
+    if warns:
+        assert device_type in note and "0.1x" in note

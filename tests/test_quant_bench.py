@@ -368,3 +368,11 @@ def test_grid_reuses_a_finished_run_and_trains_only_the_missing_one(tmp_path, mo
     again = [bq._grid_run(bc, "W4A8KV4", "lsq_ce", s, None, None, None, None, "cpu") for s in (0, 1)]
     assert trained == [0, 1] and [r["ppl"] for r in again] == [10.0, 11.0]
     assert sorted(p.name.split("-s")[1][0] for p in (tmp_path / "bench-quant" / "grid").glob("*.json")) == ["0", "1"]
+
+
+@pytest.mark.parametrize("device, free_gib, jobs", [("cpu", None, 1), ("cuda", 79, 6), ("cuda", 60, 6),
+                                                    ("cuda", 35, 3), ("cuda", 22, 2), ("cuda", 8, 1), ("cuda", 0, 1)])
+def test_auto_jobs_fit_the_gpu_memory(device, free_gib, jobs):
+    from slimguard.bench.quant import auto_jobs
+
+    assert auto_jobs(device, None if free_gib is None else free_gib << 30) == jobs

@@ -199,7 +199,20 @@ def enable_token_select(model, cfg: TokenSelectConfig | None = None) -> TokenSel
                              f"choose from {sorted(layers)}")
     model.set_attn_implementation(NAME)
     model.slimguard_kvselect = runtime
+    note = gpu_speed_note(next(model.parameters()).device.type)
+    if note:
+        warnings.warn(note, stacklevel=2)
     return runtime
+
+
+def gpu_speed_note(device_type: str) -> str | None:
+    """What a user enabling TokenSelect on a GPU should know (None on the CPU, where the fused kernels run)."""
+    if device_type == "cpu":
+        return None
+    return (f"token_select on {device_type}: the fused kernels are CPU-only, so each selection is a few dozen PyTorch "
+            "kernel launches; on an H100 this path measured ~0.1x the speed of dense attention at 32K-128K "
+            "(docs/kvselect.md). It still extends the context beyond the trained length; for speed on a GPU, "
+            "use the engine mapping in docs/kvselect.md, 'Scaling'.")
 
 
 def disable_token_select(model, attn_implementation: str = "sdpa") -> None:
