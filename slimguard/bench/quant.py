@@ -208,16 +208,18 @@ def _grid_run(bc, bits: str, row: str, seed: int, fp, teacher, blocks, ev, dev) 
 
 
 def _run_workers(bc: QuantBenchConfig, threads: int, log) -> None:
-    """Train the grid's uncached runs in ``bc.jobs`` worker processes (each a ``run_only`` share; the longest rows
-    spread over the workers first), then return; the caller reads every run from the cache."""
+    """Train the grid's uncached runs in ``bc.jobs`` worker processes (each a ``run_only`` share, dealt round-robin
+    in grid order), then return; the caller reads every run from the cache."""
     import subprocess
     import sys
 
     from ..core.errors import SlimguardError
     from ..core.runs import atomic_write_json
 
-    todo = [f"{b}/{row}/{s}" for b in bc.bits for row in grid_rows(bc, b) for s in bc.seeds
-            if not (grid_dir(bc) / run_key(bc, b, row, s)).is_file()]
+    paths = ((f"{b}/{row}/{s}", grid_dir(bc) / run_key(bc, b, row, s))
+             for b in bc.bits for row in grid_rows(bc, b) for s in bc.seeds)
+    missing = {item: path for item, path in paths if not path.is_file()}  # item -> the cache file it will write
+    todo = list(missing)
     if not todo:
         return
     n = min(bc.jobs, len(todo))
@@ -233,7 +235,7 @@ def _run_workers(bc: QuantBenchConfig, threads: int, log) -> None:
     log(f"{len(todo)} runs in {n} workers (logs: {grid_dir(bc)}/worker-*.log)")
     done_before = -1
     while any(p.poll() is None for p, _, _ in procs):
-        done = sum((grid_dir(bc) / run_key(bc, *parse_run(t)[:2], parse_run(t)[2])).is_file() for t in todo)
+        done = sum(path.is_file() for path in missing.values())
         if done != done_before:
             log(f"  {done}/{len(todo)} runs cached")
             done_before = done
@@ -285,7 +287,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     if bc.run_only:  # a worker of --set jobs=N: train and cache its share of the grid, nothing else
         for item in bc.run_only:
             bits, row, seed = parse_run(item)
-            _grid_run(bc, bits, row, int(seed), fp, teacher, blocks, ev, dev)
+            _grid_run(bc, bits, row, seed, fp, teacher, blocks, ev, dev)
             log(f"cached {item}")
         return grid_dir(bc)
     if bc.jobs == 0:

@@ -56,12 +56,12 @@ def pack(names: List[str] = typer.Argument(..., help="Cached asset names to pack
          part_mb: float = typer.Option(60.0, "--part-mb", min=1.0, help="Largest part, in MiB (for transfers with a "
                                                                           "size cap).")) -> None:
     """Cut cached assets into parts for a machine that cannot reach the registries (rebuildable files stay out)."""
+    import json
+
     from ..core.transfer import pack as pack_one
 
     for n in names:
         idx = pack_one(n, out, part_bytes=int(part_mb * (1 << 20)))
-        import json
-
         doc = json.loads(idx.read_text())
         size = sum(p["bytes"] for p in doc["parts"]) / 1e6
         typer.echo(f"ok  {n:16s} {len(doc['parts'])} part(s), {size:.1f} MB -> {idx}")
