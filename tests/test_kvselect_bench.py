@@ -359,3 +359,15 @@ def test_cache_part_runs_with_the_full_prefill_chunk(monkeypatch, tiny_llama):
     assert out["layers"] == 2 and set(out) >= {"none", "0.9"}
     assert out["none"]["agreement"] == 1.0 and 0.0 <= out["0.9"]["hit_rate"] <= 1.0
     assert [r["threshold"] for r in rows] == ["none", "0.9"]
+
+
+@pytest.mark.parametrize("model, name", [("gemma3-270m", "r_selection_gemma3-270m.png"),
+                                         ("/tmp/qwen/model", "r_selection_tmp-qwen-model.png"),
+                                         ("qwen2.5-coder-0.5b", "r_selection_qwen2.5-coder-0.5b.png"),
+                                         ("../x/", "r_selection_x.png")])
+def test_selection_plot_name_is_a_plain_file_name(model, name):
+    """A model given as a folder path used to put its slashes into the plot's file name, which failed at the very end
+    of a long accuracy run."""
+    from slimguard.bench.kvselect import selection_plot_name
+
+    assert selection_plot_name("r", model) == name

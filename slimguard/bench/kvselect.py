@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import List, Literal, Optional
@@ -495,6 +496,13 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
     return " ".join(parts)
 
 
+def selection_plot_name(result: str, model_name: str) -> str:
+    """``<result>_selection_<model>.png``; a model given as a folder path is named by its path's parts, so the file
+    lands in the results folder instead of failing on the path's slashes."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-.") or "model"
+    return f"{result}_selection_{slug}.png"
+
+
 def _selection_plot(rt, sample, model_name: str, plot_dir: Path, result: str = "kvselect") -> None:
     """Which tokens each layer selected at the last decode step; a named result keeps its own file
     (``<result>_selection_<model>.png``), so a partial run at another length leaves the default plot alone."""
@@ -515,7 +523,7 @@ def _selection_plot(rt, sample, model_name: str, plot_dir: Path, result: str = "
     ax.set_title(f"TokenSelect selection per layer, {model_name}, {sample.n_tokens}-token passkey (last decode step)")
     ax.legend(loc="upper right")
     plot_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot_dir / f"{result}_selection_{model_name}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(plot_dir / selection_plot_name(result, model_name), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
