@@ -281,8 +281,10 @@ def test_recall_probe_reports_whether_the_needle_was_selected(tiny_llama, span, 
         tiny_llama.generate(ids, max_new_tokens=3, do_sample=False, stopping_criteria=[probe])
     disable_token_select(tiny_llama)
     assert len(probe.steps) == 3 and probe.first == expected
-    summary = _recall_summary([0.0], [probe.first])
+    assert set(probe.first_layers) == {"0", "1"} and set(probe.first_layers.values()) == {expected}
+    summary = _recall_summary([0.0], [probe.first], [probe.first_layers])
     assert summary["needle_selected"] == int(expected == 1.0)
+    assert summary["needle_whole_in_a_layer"] == int(expected == 1.0)
     assert summary["wrong_with_needle_selected"] == int(expected == 1.0)
 
 
@@ -293,6 +295,16 @@ def test_recall_summary_skips_cases_without_recall():
     s = _recall_summary([1.0, 0.0, 0.0, 1.0], [0.9, 1.0, 0.1, None])
     assert (s["recall_n"], s["needle_selected"], s["wrong_with_needle_selected"], s["right_without_needle_selected"]) \
         == (3, 2, 1, 0)
+    assert "needle_whole_in_a_layer" not in s  # no per-layer record: nothing claimed
+
+
+def test_recall_summary_counts_cases_whose_needle_one_layer_holds_whole():
+    """Mean recall 0.5 (below the 0.8 bar) while layer 1 holds the whole needle: selected in a layer, not on average."""
+    from slimguard.bench.kvselect import _recall_summary
+
+    s = _recall_summary([1.0, 0.0], [0.5, 0.1], [{"0": 0.0, "1": 1.0}, {"0": 0.1, "1": 0.1}])
+    assert (s["needle_selected"], s["needle_whole_in_a_layer"], s["layer_recall_n"]) == (0, 1, 2)
+    assert s["layers_holding_needle_share"] == pytest.approx(0.25)
 
 
 def test_peers_are_compared_with_tokenselect_on_the_same_mid_context_cases(tmp_path, fake_accuracy, monkeypatch):

@@ -364,7 +364,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
             record = task == "passkey" and method == "tokenselect" and L == max(bc.lengths) and not mid
             # selectors record their index sets, so each case says whether a miss was the selection or the reader
             rt = enable_token_select(lm.model, TokenSelectConfig(method=method, **base, record=method != "dense"))
-            hits, secs, recalls = [], 0.0, []
+            hits, secs, recalls, layer_recalls = [], 0.0, [], []
             for i, s in enumerate(tqdm(samples, desc=f"{model_name} {task} {L} {method}", leave=False)):
                 # keyed by the case's content, not its index: other depths or n_per_depth reorder the cases
                 digest = hashlib.sha1(json.dumps(s.input_ids).encode()).hexdigest()
@@ -373,6 +373,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                     hits.append(done[key]["hit"])
                     secs += done[key]["seconds"]
                     recalls.append(done[key].get("needle_recall"))
+                    layer_recalls.append(done[key].get("needle_recall_layers"))
                     continue
                 t0 = time.perf_counter()
                 ids = torch.tensor([s.input_ids], device=bc.device)
@@ -383,8 +384,10 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                 text = lm.tokenizer.decode(g[0, ids.shape[1]:])
                 hits.append(float(is_correct(s, text)))
                 recalls.append(probe.first)
+                layer_recalls.append(probe.first_layers)
                 done[key] = {"hit": hits[-1], "seconds": time.perf_counter() - t0, "generated": text,
-                             "needle_recall": probe.first, "needle_recall_steps": probe.steps}
+                             "needle_recall": probe.first, "needle_recall_steps": probe.steps,
+                             "needle_recall_layers": probe.first_layers}
                 secs += done[key]["seconds"]
                 atomic_write_json(cache_path, done)
             if record and rt.selected():
@@ -395,11 +398,13 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
             row = {"part": "accuracy", "model": model_name, "task": task, "context": L, "method": method,
                    "depths": ",".join(map(str, depths)), "metric": "accuracy", "value": ms["value"], "std": ms["std"],
                    "n": ms["n"], "budget": TokenSelectConfig(**base).budget, "seconds": secs}
-            row.update(_recall_summary(hits, recalls))
+            row.update(_recall_summary(hits, recalls, layer_recalls))
             rows.append(row)
             typer.echo(f"  {model_name} {task}{' (needles mid-context)' if mid else ''} {L} {method}: {ms['value']:.2f} (n={ms['n']})"
                        + (f", needle selected in {row['needle_selected']}/{row['recall_n']}, wrong with the needle "
-                          f"selected {row['wrong_with_needle_selected']}" if "recall_n" in row else ""), err=True)
+                          f"selected {row['wrong_with_needle_selected']}" if "recall_n" in row else "")
+                       + (f", whole in at least one layer in {row['needle_whole_in_a_layer']}/{row['layer_recall_n']}"
+                          if "layer_recall_n" in row else ""), err=True)
         del lm
     return acc
 
@@ -429,7 +434,7 @@ class _RecallProbe:
     index sets and keeps the fraction of the needle's tokens they hold (mean over selecting layers and heads)."""
 
     def __init__(self, rt, span: tuple[int, int]):
-        self.rt, self.span, self.steps = rt, span, []
+        self.rt, self.span, self.steps, self.layer_steps = rt, span, [], []
         for st in rt.layers.values():
             st.last_idx = None  # a layer that ran dense this time must not report the previous case's set
 
@@ -437,6 +442,12 @@ class _RecallProbe:
     def first(self):
         """Recall at the forward that produces the first answer token (the prompt's question chunk)."""
         return self.steps[0] if self.steps else None
+
+    @property
+    def first_layers(self) -> dict | None:
+        """Per selecting layer, the recall at that same forward: on a model whose every layer scores, the mean
+        can sit well below 1 while a few layers hold the whole needle, and those are the ones that read it."""
+        return self.layer_steps[0] if self.layer_steps else None
 
     def __call__(self, input_ids, scores, **kw):
         import torch
@@ -446,19 +457,29 @@ class _RecallProbe:
             lo, hi = self.span
             inside = [((idx >= lo) & (idx < hi)).sum(-1).float().mean().item() / max(1, hi - lo) for idx in sel.values()]
             self.steps.append(round(sum(inside) / len(inside), 4))
+            self.layer_steps.append({str(layer): round(r, 4) for layer, r in zip(sel, inside)})
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _recall_summary(hits: list[float], recalls: list) -> dict:
+def _recall_summary(hits: list[float], recalls: list, layer_recalls: list | None = None) -> dict:
     """How many cases had the needle selected, and how many of the wrong answers had it (a reader miss,
-    not a selection miss); empty for dense or for cached cases from before recall was recorded."""
+    not a selection miss); empty for dense or for cached cases from before recall was recorded.
+    ``layer_recalls`` (per case, per layer; None where not recorded) adds ``needle_whole_in_a_layer``: cases in
+    which at least one layer held >= NEEDLE_SELECTED of the needle, and the mean share of such layers."""
     pairs = [(h, r) for h, r in zip(hits, recalls) if r is not None]
     if not pairs:
         return {}
     sel = [(h, r >= NEEDLE_SELECTED) for h, r in pairs]
-    return {"recall_n": len(pairs), "needle_recall_mean": sum(r for _, r in pairs) / len(pairs),
-            "needle_selected": sum(s for _, s in sel), "wrong_with_needle_selected": sum(s and not h for h, s in sel),
-            "right_without_needle_selected": sum(h and not s for h, s in sel)}
+    out = {"recall_n": len(pairs), "needle_recall_mean": sum(r for _, r in pairs) / len(pairs),
+           "needle_selected": sum(s for _, s in sel), "wrong_with_needle_selected": sum(s and not h for h, s in sel),
+           "right_without_needle_selected": sum(h and not s for h, s in sel)}
+    per_case = [list(lr.values()) for lr in (layer_recalls or []) if lr]
+    if per_case:
+        out["layer_recall_n"] = len(per_case)
+        out["needle_whole_in_a_layer"] = sum(max(v) >= NEEDLE_SELECTED for v in per_case)
+        out["layers_holding_needle_share"] = sum(sum(x >= NEEDLE_SELECTED for x in v) / len(v)
+                                                 for v in per_case) / len(per_case)
+    return out
 
 
 def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
