@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -157,6 +159,39 @@ def test_losses_direction_and_entropy(tiny_llama):
     ent.backward()
     q_clip = tiny_llama.model.layers[0].self_attn.sg_adapter.q.hi.clip  # dynamic per-token Q quantizer
     assert torch.isfinite(ent) and q_clip.grad is not None
+
+
+@pytest.mark.parametrize("student, teacher, grads", [
+    ([2.0, 5.0], [3.0, 4.0], [True, False]),    # layer 1 is above the teacher: the cap stops its gradient
+    ([2.0, 3.0], [3.0, 4.0], [True, True]),     # both below: the capped loss equals the uncapped one
+    ([5.0, 6.0], [3.0, 4.0], [False, False]),   # both above: nothing left to restore
+])
+def test_capped_entropy_counts_each_layer_up_to_the_teacher(student, teacher, grads):
+    from slimguard.slim.quant.losses import entropy_guidance
+    from slimguard.slim.quant.prepare import QATState
+
+    s, t = QATState(None), QATState(None)
+    terms = [torch.tensor(v, requires_grad=True) for v in student]
+    s.qk_entropy = dict(enumerate(terms))
+    t.qk_entropy = {i: torch.tensor(v) for i, v in enumerate(teacher)}
+    capped = entropy_guidance(s, t)
+    capped.backward()
+    expected = -0.5 * math.log(sum(min(a, b) for a, b in zip(student, teacher)))
+    assert capped.item() == pytest.approx(expected)
+    assert [bool(x.grad.abs().item() > 0) for x in terms] == grads
+    if all(grads):
+        assert entropy_guidance(s).item() == pytest.approx(capped.item())
+
+
+def test_capped_entropy_needs_the_teacher_and_records_it():
+    from slimguard.core.config import build
+    from slimguard.slim.quant.config import LossConfig
+
+    cfg = build(LossConfig, {"entropy": True, "entropy_cap": "teacher"})
+    assert cfg.needs_teacher and cfg.capped_entropy
+    assert not build(LossConfig, {"entropy": True}).needs_teacher
+    with pytest.raises(ConfigError, match="entropy_cap"):
+        build(LossConfig, {"entropy": True, "entropy_cap": "fp"})
 
 
 @pytest.mark.parametrize("kwargs, msg", [({"w_bits": 5}, "w_bits"), ({"a_bits": 16}, "a_bits"),

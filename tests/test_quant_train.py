@@ -27,7 +27,8 @@ def _train(cfg, **kw):
     return train(cfg, model=tiny_model(), blocks=tiny_blocks(), progress=False, **kw)
 
 
-@pytest.mark.parametrize("loss", [dict(ce=True), dict(kd=True), dict(entropy=True, distribution=True, kd=True)])
+@pytest.mark.parametrize("loss", [dict(ce=True), dict(kd=True), dict(entropy=True, distribution=True, kd=True),
+                                  dict(ce=True, entropy=True, entropy_cap="teacher")])  # the cap alone needs the teacher
 def test_losses_train_and_lower_loss(loss):
     cfg = tiny_config(steps=6, loss=loss, qat=dict(w_bits=4, a_bits=8, kv_bits=4, token_adaptive=True))
     res, model = _train(cfg)

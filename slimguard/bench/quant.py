@@ -30,6 +30,8 @@ VARIANTS = {
     "lsq_kd_entropy": (dict(ce=True, kd=True, entropy=True), {}),
     "lsq_kd_distribution": (dict(ce=True, kd=True, distribution=True), {}),
     "edgeqat": (dict(ce=True, kd=True, entropy=True, distribution=True), {}),
+    # L_ent counted only up to the FP teacher's value per layer (an ablation: the paper's term has no bound)
+    "edgeqat_entropy_capped": (dict(ce=True, kd=True, entropy=True, distribution=True, entropy_cap="teacher"), {}),
     "edgeqat_reference_sign": (dict(ce=True, kd=True, entropy=True, distribution=True,
                                     distribution_sign="reference"), {}),
     # token-adaptive bits: half the tokens at 4-bit activations (average A6); compared with the random control

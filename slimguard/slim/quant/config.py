@@ -110,6 +110,11 @@ class LossConfig(Config):
     kd_temperature: float = Field(2.0, description="T for distillation.")
     entropy: bool = Field(False, description="Entropy guidance: maximise the Gaussian entropy of quantized Q and K.")
     entropy_weight: float = Field(1.0, description="Multiplier on L_ent.")
+    entropy_cap: Literal["none", "teacher"] = Field(
+        "none", description="'none' maximises the entropy term without bound, as the paper does; 'teacher' counts "
+                            "each layer's term only up to the full-precision teacher's value, so L_ent restores "
+                            "entropy lost to quantization and stops there (at 300 steps the uncapped term overshoots "
+                            "FP's and costs perplexity and KL).")
     distribution: bool = Field(False, description="Distribution guidance: match the teacher's pre-softmax attention logits.")
     distribution_weight: float = Field(1.0, description="Multiplier on L_attn.")
     distribution_sign: Literal["intended", "reference"] = Field(
@@ -126,7 +131,11 @@ class LossConfig(Config):
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kd or self.distribution
+        return self.kd or self.distribution or self.capped_entropy
+
+    @property
+    def capped_entropy(self) -> bool:
+        return self.entropy and self.entropy_cap == "teacher"
 
 
 class QuantTrainConfig(Config):

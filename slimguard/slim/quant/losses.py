@@ -4,6 +4,8 @@
   ``-0.5 * log(sum_{layers,batch,heads,tokens} [log(1+Var_d Q) + log(1+Var_d K)])``; we average
   over batch and tokens instead of summing (a constant factor inside the log: same gradient,
   but the value no longer depends on batch size or on how DDP splits the batch).
+  ``cap="teacher"`` replaces each layer's term by ``min(student, teacher)``: no gradient pushes a layer past
+  the full-precision model's value, which the uncapped loss does (see docs/quant.md, the 300-step ablation).
 * ``L_attn`` (distribution guidance) pulls the student's pre-softmax logits ``QK^T/sqrt(d)``
   toward the teacher's by cosine similarity per (batch, head), over the causal entries.
   The released reference minimises ``log(sum cos)``, which pushes similarity down; the
@@ -46,8 +48,13 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return F.kl_div(s, p, log_target=True, reduction="batchmean") * t * t
 
 
-def entropy_guidance(state: QATState) -> torch.Tensor:
-    total = torch.stack(list(state.qk_entropy.values())).sum()
+def entropy_guidance(state: QATState, cap: QATState | None = None) -> torch.Tensor:
+    """``-0.5 * log(sum over layers of the Q/K entropy term)``; with ``cap`` (the teacher's recorded state) each
+    layer counts only up to the teacher's value for the same batch."""
+    terms = [state.qk_entropy[layer] if cap is None else
+             torch.minimum(state.qk_entropy[layer], cap.qk_entropy[layer].detach().to(state.qk_entropy[layer]))
+             for layer in state.qk_entropy]
+    total = torch.stack(terms).sum()
     return -0.5 * torch.log(total.clamp(min=1e-6))
 
 
@@ -84,7 +91,7 @@ def edgeqat_loss(cfg: LossConfig, input_ids: torch.Tensor, logits: torch.Tensor,
         total = total + ((1 - a) if cfg.ce else 1.0) * kd
         parts["kd"] = float(kd.detach())
     if cfg.entropy:
-        ent = entropy_guidance(state)
+        ent = entropy_guidance(state, teacher_state if cfg.capped_entropy else None)
         total = total + cfg.entropy_weight * ent
         parts["entropy"] = float(ent.detach())
     if cfg.distribution:

@@ -217,7 +217,7 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
         t_logits = None
         if teacher is not None and cfg.loss.needs_teacher:
             tst.reset()
-            tst.record = cfg.loss.distribution
+            tst.record = cfg.loss.distribution or cfg.loss.capped_entropy
             with torch.no_grad():
                 t_logits = teacher(input_ids=x).logits
         logits = net(input_ids=x).logits
