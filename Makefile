@@ -21,18 +21,18 @@ assets: setup
 
 # The prompt compressor is trained here, once (self-information labels; docs/compress.md).
 $(COMPRESSOR): | assets
-	$(BIN)/slimguard compress distill --signal self-info --max-chunks 40 --set batch_size=4 --run compress-distill-self-info
-	$(BIN)/slimguard compress train --data runs/compress-distill-self-info --run compress-train-si \
+	$(BIN)/slimguard compress distill --signal self-info --max-chunks 40 --set batch_size=4 --run compress-distill-self-info --overwrite
+	$(BIN)/slimguard compress train --data runs/compress-distill-self-info --run compress-train-si --overwrite \
 	  --out $(SG_HOME)/compressors/default --set max_len=256 --set batch_size=4 --steps 96 \
 	  --set lr=2e-4 --set warmup=4 --set freeze_layers=2
 
 compressor: $(COMPRESSOR)
 
 demo: assets compressor
-	$(BIN)/slimguard demo
+	$(BIN)/slimguard demo --overwrite
 
 demo-quick: assets compressor
-	$(BIN)/slimguard demo --quick
+	$(BIN)/slimguard demo --quick --overwrite
 
 test: assets
 	$(BIN)/python -m pytest -q

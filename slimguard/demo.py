@@ -50,10 +50,8 @@ def available_steps() -> list[str]:
 
 
 def run_demo(*, quick: bool = False, only: list[str] | None = None, skip: list[str] | None = None,
-             run_name: str = "demo") -> Path:
+             run_name: str = "demo", overwrite: bool = False) -> Path:
     from rich.console import Console
-
-    from .report.html import esc, page, table
 
     names = [n for n, _ in STEPS]
     for n in (only or []) + (skip or []):
@@ -62,8 +60,14 @@ def run_demo(*, quick: bool = False, only: list[str] | None = None, skip: list[s
     present = available_steps()
     todo = [n for n in present if (not only or n in only) and n not in (skip or [])]
     con = Console(stderr=True)
-    run = Run.create(run_name, command=f"slimguard demo{' --quick' if quick else ''}",
-                     config={"quick": quick, "steps": todo})
+    with Run.create(run_name, command=f"slimguard demo{' --quick' if quick else ''}",
+                    config={"quick": quick, "steps": todo}, overwrite=overwrite) as run:
+        return _run_steps(run, todo, quick, con)
+
+
+def _run_steps(run: Run, todo: list[str], quick: bool, con) -> Path:
+    from .report.html import esc, page, table
+
     sections, metrics = [], {}
     for name in todo:
         mod = importlib.import_module(dict(STEPS)[name])

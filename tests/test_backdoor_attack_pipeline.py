@@ -164,7 +164,7 @@ def test_cli_bad_dataset(monkeypatch, capsys, tmp_path):
 def test_cli_poison_writes_jsonl_and_hf(monkeypatch, capsys, tmp_path):
     ds = _user_dataset(tmp_path)
     code, out = _main(monkeypatch, capsys, tmp_path, "backdoor", "poison", "--dataset", str(ds), "--attack", "punc",
-                      "--rate", "0.1", "--hf", "--set", "poison.punc.placement=tail", "--run", "p1")
+                      "--rate", "0.1", "--format", "jsonl", "--format", "hf", "--set", "poison.punc.placement=tail", "--run", "p1")
     assert code in (0, None), out.err
     d = tmp_path / "runs" / "p1"
     rows = [json.loads(x) for x in (d / "data" / "train.jsonl").read_text().splitlines()]

@@ -232,9 +232,11 @@ def test_cli_run_writes_run_dir(tmp_path):
                        capture_output=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr.decode()[-500:]
     assert p.stdout.decode().strip()
-    m = json.loads((env_runs / "compress-run" / "metrics.json").read_text())
+    (run_dir,) = env_runs.glob("compress-run-*")  # one-shot runs are named by their start time
+    m = json.loads((run_dir / "metrics.json").read_text())
     assert 0 < m["achieved_rate"] <= 1
-    assert (env_runs / "compress-run" / "sections").is_dir()
+    assert (run_dir / "sections").is_dir()
+    assert p.stdout.decode() == (run_dir / "compressed.txt").read_text() + "\n"
     bad = subprocess.run([sys.executable, "-m", "slimguard.cli.main", "compress", "run", "--rate", "0.5", "--model",
                           str(d)], input=b"\xff\xfe\xfa", capture_output=True, env=env, timeout=600)
     assert bad.returncode == 2 and "UTF-8" in bad.stderr.decode()

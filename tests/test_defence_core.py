@@ -253,7 +253,7 @@ def test_package_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, slimguard.guard.backdoor.defences, slimguard.cli.backdoor_defend; "
+    code = ("import sys, slimguard.guard.backdoor.defences, slimguard.cli.backdoor; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

@@ -13,7 +13,7 @@ import pytest
     (["quant", "train", "--kv-bits", "1"], "kv_bits must be one of"),
     (["quant", "train", "--set", "qat.gruop_size=16"], "did you mean 'qat.group_size'"),
     (["quant", "train", "--set", "qat.token_adaptive=true", "--set", "qat.a_bits=null"], "token_adaptive needs a_bits"),
-    (["quant", "train", "--run", "no-such-run-xyz", "--resume"], "no checkpoint"),
+    (["quant", "train", "--run", "no-such-run-xyz", "--resume"], "does not exist yet"),
     (["quant", "export", "/nonexistent/run"], "does not exist"),
     (["quant", "eval", "/nonexistent/run"], "does not exist"),
 ])

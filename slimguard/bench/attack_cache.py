@@ -58,8 +58,8 @@ def get_or_train(root: str | Path, acfg, *, log: Callable[[str], None] = print, 
         return found, True
     name = f"{_prefix(acfg)}-{short_hash(acfg.to_dict())}"
     log(f"training attack run {name}")
-    run = Run.create(name, root=Path(root) / "attacks", command=command, config=acfg)
-    run_attack(acfg, run, resume=True, progress=False, splits=splits)
+    with Run.reuse(name, root=Path(root) / "attacks", command=command, config=acfg) as run:
+        run_attack(acfg, run, resume=True, progress=False, splits=splits)
     return run.path, False
 
 

@@ -137,67 +137,68 @@ def _one_seed(seed: int, full: bool, replication: bool, out_dir, log) -> dict:
     tcfg = TrainConfig(seed=seed, poison=PoisonConfig(seed=seed),
                        **({"data": DataConfig(n_train=None), "steps": 4000} if full else {}))
     name = f"bench-diffusion{'-full' if full else ''}-seed{seed}"
-    run = Run.create(name, command="slimguard bench diffusion", config=tcfg)
-    # a finished seed is kept with the config it measured, so seeds can run in separate
-    # processes (--only-seed) or sessions and a final call only aggregates
-    done_file = run.path / ("bench_seed" + ("-replication" if replication else "") + ".json")
-    key = {"train": tcfg.to_dict(), "full": full, "replication": replication}
-    if done_file.is_file():
-        cached = json.loads(done_file.read_text())
-        if cached.get("key") == key:
-            log(f"seed {seed}: measured before ({done_file}), reusing")
-            return cached["result"]
-    ckpt = run.path / "checkpoint.pt"
-    log(f"seed {seed}: training ({'resuming ' + str(ckpt) if ckpt.exists() else 'from scratch'})")
-    tr = train_diffusion(tcfg, run.path, resume=ckpt.exists(), log=run.log)
-    model, data, ps = tr.model, tr.data, tr.poisoned
-    trig = make_trigger(tcfg.poison, tcfg.data.image_size)
-    acfg = AmplifyConfig(seed=seed, n_samples=256 if full else 128)
-    log(f"seed {seed}: classifiers")
-    clean_cnn = train_cnn(data.x_train, data.y_train, data.num_classes, acfg.cnn, seed=seed)
-    detector = train_trigger_detector(data.x_train, trig, acfg.cnn, seed=seed + 1)
-    pois_cnn = train_cnn(ps.x, ps.y, data.num_classes, acfg.cnn, seed=seed + 2)
-    t0 = time.perf_counter()
-    amp = measure_amplification(model, data, ps, trig, acfg, clean_cnn=clean_cnn, detector=detector, progress=log)
-    log(f"seed {seed}: amplification measured in {time.perf_counter() - t0:.0f}s")
-    det = []
-    for w in (2.0, 5.0):  # the config default, and the strongest-amplification end of the sweep
-        dcfg = DetectConfig(seed=seed, guidance=w, n_samples=acfg.n_samples)
-        res, _ = run_detection(model, data, ps, trig, dcfg, cnn=pois_cnn, generations=amp.generations[w], detector=detector)
-        det += [{**d.__dict__, "guidance": w} for d in res]
-    log(f"seed {seed}: detection " + ", ".join(f"{d['method']}/{d['fit_on']}/w{d['guidance']:g}={d['auroc_train']:.3f}"
-                                               for d in det))
-    ccfg = ClassifyConfig(seed=seed, n_test=200 if full else 100)
-    cls = run_classification(model, data, ps, trig, ccfg, cnn=pois_cnn)
-    log(f"seed {seed}: classify " + ", ".join(f"{c.method} cacc={c.cacc:.3f} asr={c.asr:.3f}" for c in cls))
-    out = {"seed": seed, "device": str(model.device), "train_seconds": tr.seconds, "train_steps": tr.steps, **_step_cost(tcfg, tr), "amplify": amp.to_dict(),
-           "detect": det, "classify": [c.__dict__ for c in cls]}
-    if seed == 0:
-        plot_curve(amp, out_dir / "diffusion_amplification.png")
-        image_grid([amp.generations[w][:12] for w in acfg.guidance], out_dir / "diffusion_target_generations.png",
-                   row_labels=[f"w={w:g}" for w in acfg.guidance],
-                   title=f"target class '{data.class_names[ps.target]}' generations")
-        image_grid([ps.x[ps.poisoned][:12], data.x_train[data.y_train == ps.target][:12]],
-                   out_dir / "diffusion_training_data.png", row_labels=["poisoned", "clean target"])
-        import torch
+    with Run.reuse(name, command="slimguard bench diffusion", config=tcfg) as run:
+        # a finished seed is kept with the config it measured, so seeds can run in separate
+        # processes (--only-seed) or sessions and a final call only aggregates
+        done_file = run.path / ("bench_seed" + ("-replication" if replication else "") + ".json")
+        key = {"train": tcfg.to_dict(), "full": full, "replication": replication}
+        if done_file.is_file():
+            cached = json.loads(done_file.read_text())
+            if cached.get("key") == key:
+                log(f"seed {seed}: measured before ({done_file}), reusing")
+                return cached["result"]
+        ckpt = run.path / "checkpoint.pt"
+        log(f"seed {seed}: training ({'resuming ' + str(ckpt) if ckpt.exists() else 'from scratch'})")
+        tr = train_diffusion(tcfg, run.path, resume=ckpt.exists(), log=run.log)
+        model, data, ps = tr.model, tr.data, tr.poisoned
+        trig = make_trigger(tcfg.poison, tcfg.data.image_size)
+        acfg = AmplifyConfig(seed=seed, n_samples=256 if full else 128)
+        log(f"seed {seed}: classifiers")
+        clean_cnn = train_cnn(data.x_train, data.y_train, data.num_classes, acfg.cnn, seed=seed)
+        detector = train_trigger_detector(data.x_train, trig, acfg.cnn, seed=seed + 1)
+        pois_cnn = train_cnn(ps.x, ps.y, data.num_classes, acfg.cnn, seed=seed + 2)
+        t0 = time.perf_counter()
+        amp = measure_amplification(model, data, ps, trig, acfg, clean_cnn=clean_cnn, detector=detector, progress=log)
+        log(f"seed {seed}: amplification measured in {time.perf_counter() - t0:.0f}s")
+        det = []
+        for w in (2.0, 5.0):  # the config default, and the strongest-amplification end of the sweep
+            dcfg = DetectConfig(seed=seed, guidance=w, n_samples=acfg.n_samples)
+            res, _ = run_detection(model, data, ps, trig, dcfg, cnn=pois_cnn, generations=amp.generations[w], detector=detector)
+            det += [{**d.__dict__, "guidance": w} for d in res]
+        log(f"seed {seed}: detection " + ", ".join(f"{d['method']}/{d['fit_on']}/w{d['guidance']:g}={d['auroc_train']:.3f}"
+                                                   for d in det))
+        ccfg = ClassifyConfig(seed=seed, n_test=200 if full else 100)
+        cls = run_classification(model, data, ps, trig, ccfg, cnn=pois_cnn)
+        log(f"seed {seed}: classify " + ", ".join(f"{c.method} cacc={c.cacc:.3f} asr={c.asr:.3f}" for c in cls))
+        out = {"seed": seed, "device": str(model.device), "train_seconds": tr.seconds, "train_steps": tr.steps, **_step_cost(tcfg, tr), "amplify": amp.to_dict(),
+               "detect": det, "classify": [c.__dict__ for c in cls]}
+        if seed == 0:
+            plot_curve(amp, out_dir / "diffusion_amplification.png")
+            image_grid([amp.generations[w][:12] for w in acfg.guidance], out_dir / "diffusion_target_generations.png",
+                       row_labels=[f"w={w:g}" for w in acfg.guidance],
+                       title=f"target class '{data.class_names[ps.target]}' generations")
+            image_grid([ps.x[ps.poisoned][:12], data.x_train[data.y_train == ps.target][:12]],
+                       out_dir / "diffusion_training_data.png", row_labels=["poisoned", "clean target"])
+            import torch
 
-        per_class = sample(model, np.repeat(np.arange(data.num_classes), 8), guidance=2.0, steps=acfg.ddim_steps,
-                           generator=torch.Generator().manual_seed(seed))
-        image_grid([per_class[c * 8:(c + 1) * 8] for c in range(data.num_classes)], out_dir / "diffusion_per_class.png",
-                   row_labels=data.class_names, title="per-class generations, w=2")
-    if replication:
-        rcfg = tcfg.model_copy(update={"poison": tcfg.poison.model_copy(update={"duplicate_frac": 0.5})})
-        rrun = Run.create(name + "-replication", command="slimguard bench diffusion --replication", config=rcfg)
-        rck = rrun.path / "checkpoint.pt"
-        log(f"seed {seed}: replication ablation model")
-        rtr = train_diffusion(rcfg, rrun.path, resume=rck.exists(), log=rrun.log)
-        import torch
+            per_class = sample(model, np.repeat(np.arange(data.num_classes), 8), guidance=2.0, steps=acfg.ddim_steps,
+                               generator=torch.Generator().manual_seed(seed))
+            image_grid([per_class[c * 8:(c + 1) * 8] for c in range(data.num_classes)], out_dir / "diffusion_per_class.png",
+                       row_labels=data.class_names, title="per-class generations, w=2")
+        if replication:
+            rcfg = tcfg.model_copy(update={"poison": tcfg.poison.model_copy(update={"duplicate_frac": 0.5})})
+            rrun = Run.reuse(name + "-replication", command="slimguard bench diffusion --replication", config=rcfg)
+            rck = rrun.path / "checkpoint.pt"
+            log(f"seed {seed}: replication ablation model")
+            with rrun:
+                rtr = train_diffusion(rcfg, rrun.path, resume=rck.exists(), log=rrun.log)
+            import torch
 
-        gens = sample(rtr.model, [ps.target] * acfg.n_samples, guidance=2.0, steps=acfg.ddim_steps,
-                      generator=torch.Generator().manual_seed(seed))
-        out["replication"] = rep_stats(gens, rtr.poisoned, acfg.replication_threshold).__dict__
-    atomic_write_json(done_file, {"key": key, "result": out})
-    return out
+            gens = sample(rtr.model, [ps.target] * acfg.n_samples, guidance=2.0, steps=acfg.ddim_steps,
+                          generator=torch.Generator().manual_seed(seed))
+            out["replication"] = rep_stats(gens, rtr.poisoned, acfg.replication_threshold).__dict__
+        atomic_write_json(done_file, {"key": key, "result": out})
+        return out
 
 
 def bench_diffusion(seeds: int = typer.Option(1, help="Seeds (each trains one diffusion model; 3 in --full)."),

@@ -44,12 +44,15 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name
 def demo(quick: bool = typer.Option(False, help="Smaller settings (a few minutes)."),
          only: Optional[str] = typer.Option(None, help="Comma-separated steps to run (default: all)."),
          skip: Optional[str] = typer.Option(None, help="Comma-separated steps to skip."),
+         run: str = typer.Option("demo", "--run", help="Run folder under the runs root."),
+         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier demo run of the same name."),
          threads: Optional[int] = ThreadsOpt) -> None:
     """The main job: a compact run of every capability and one HTML report (runs/demo/report.html)."""
     set_threads(threads)
     from ..demo import run_demo
 
-    path = run_demo(quick=quick, only=only.split(",") if only else None, skip=skip.split(",") if skip else None)
+    path = run_demo(quick=quick, only=only.split(",") if only else None, skip=skip.split(",") if skip else None,
+                    run_name=run, overwrite=overwrite)
     typer.echo(f"report: {path}")
 
 

@@ -107,11 +107,29 @@ def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys to already-typed values (explicit CLI options); None means "not given"."""
+    out = dict(data)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            node[part] = dict(nxt) if isinstance(nxt, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
 def resolve(cls: type[C], *, config_file: str | Path | None = None, sets: list[str] | None = None,
-            base: dict[str, Any] | None = None, **explicit: Any) -> C:
-    """Defaults < ``base`` (e.g. defaults scaled to a model) < file < --set < explicit (non-None) CLI options."""
+            base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, **explicit: Any) -> C:
+    """Defaults < ``base`` (e.g. defaults scaled to a model) < file < --set < explicit (non-None) CLI options.
+
+    ``overrides`` holds explicit options for dotted (nested) keys, ``explicit`` for top-level ones."""
     data: dict[str, Any] = dict(base or {})
     data.update(load_file(config_file) if config_file else {})
     data = apply_sets(data, sets or [])
-    data.update({k: v for k, v in explicit.items() if v is not None})
+    data = apply_overrides(data, {**(overrides or {}), **explicit})
     return build(cls, data)

@@ -88,6 +88,28 @@ def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
             f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
 
 
+def run_status(run_dir: str | Path, info: dict) -> str:
+    """``done``, ``failed``, ``interrupted``, ``running`` (a live process holds the lock), ``killed``
+    (recorded as running, but no process holds it) or ``unknown`` (runs from before statuses)."""
+    from ..core.runs import is_locked
+
+    status = info.get("status", "unknown")
+    if status == "running" and not is_locked(run_dir):
+        return "killed"
+    return status
+
+
+def status_banner(run_dir: str | Path, info: dict) -> str:
+    status = run_status(run_dir, info)
+    text = {"done": "finished", "failed": f"FAILED: {info.get('error', '')}",
+            "interrupted": "INTERRUPTED before it finished (continue it with --resume where the command allows)",
+            "running": "still RUNNING: numbers below are partial",
+            "killed": "did NOT finish (the process ended without recording why): numbers below are partial",
+            "unknown": "status not recorded (a run from an older version)"}.get(status, status)
+    cls = "ok" if status == "done" else "bad"
+    return f'<p class="{cls}" id="run-status"><b>Run status: {esc(status)}</b>: {esc(text)}</p>'
+
+
 def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render ``run_dir`` to ``run_dir/report.html`` (or ``out``)."""
     d = Path(run_dir)
@@ -96,7 +118,8 @@ def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     sections: list[tuple[str, str]] = []
     info = d / "run.json"
     if info.exists():
-        sections.append(("Run", kv_table(json.loads(info.read_text()))))
+        run_info = json.loads(info.read_text())
+        sections.append(("Run", status_banner(d, run_info) + kv_table(run_info)))
     for name, title in (("metrics.json", "Metrics"), ("config.json", "Config")):
         p = d / name
         if p.exists():

@@ -19,7 +19,7 @@ from pydantic import Field
 from ...core.config import Config
 from ...core.data import TextSample, TextSplits, load_text_dataset
 from ...core.errors import SlimguardError
-from ...core.runs import Run, atomic_write_text
+from ...core.runs import Run, atomic_write_text, safe_run_name
 from . import metrics as M
 from .poison import PoisonConfig, make_trigger, poison_test, poison_train
 from .poison.policy import check_labels
@@ -140,9 +140,14 @@ def run_attack(cfg: AttackConfig, run: Run, *, resume: bool = False, progress: b
     return metrics
 
 
+def default_name(cfg: AttackConfig) -> str:
+    return safe_run_name("attack", cfg.poison.attack, Path(cfg.dataset).stem, f"r{cfg.poison.rate:g}", f"s{cfg.seed}")
+
+
 def attack(cfg: AttackConfig, run_name: str | None = None, *, resume: bool = False, progress: bool = True,
-           root: str | Path | None = None) -> tuple[Run, dict]:
-    """Library entry point: create ``runs/<name>/`` and run the pipeline."""
-    name = run_name or f"attack-{cfg.poison.attack}-{Path(cfg.dataset).stem}-r{cfg.poison.rate:g}-s{cfg.seed}"
-    run = Run.create(name, root=root, command="slimguard backdoor attack", config=cfg)
-    return run, run_attack(cfg, run, resume=resume, progress=progress)
+           root: str | Path | None = None, overwrite: bool = False) -> tuple[Run, dict]:
+    """Library entry point: create ``runs/<name>/`` and run the pipeline (the run rules of :mod:`core.runs`)."""
+    with Run.create(run_name or default_name(cfg), root=root, command="slimguard backdoor attack", config=cfg,
+                    resume=resume, overwrite=overwrite) as run:
+        metrics = run_attack(cfg, run, resume=resume, progress=progress)
+    return run, metrics

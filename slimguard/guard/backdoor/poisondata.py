@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ...core.config import Config
 from ...core.data import load_text_dataset
-from ...core.runs import Run, atomic_write_text
+from ...core.runs import Run, atomic_write_text, safe_run_name
 from .poison import PoisonConfig, make_trigger, poison_test, poison_train
 from .poison.policy import check_labels
 from .records import SPLITS, sample_row, write_splits
@@ -64,4 +64,4 @@ def poison_dataset(cfg: PoisonDataConfig, run: Run) -> dict:
 
 
 def default_name(cfg: PoisonDataConfig) -> str:
-    return f"poison-{cfg.poison.attack}-{Path(cfg.dataset).stem}-r{cfg.poison.rate:g}-s{cfg.seed}"
+    return safe_run_name("poison", cfg.poison.attack, Path(cfg.dataset).stem, f"r{cfg.poison.rate:g}", f"s{cfg.seed}")

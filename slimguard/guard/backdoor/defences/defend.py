@@ -163,20 +163,30 @@ def inputs_from_run(run_dir: str | Path, *, batch_size: int = 64) -> DefenceInpu
                          model_dir=r.model_dir, victim_cfg=vc)
 
 
-def defend_run(run_dir: str | Path, cfg: DefenceConfig, *, run_name: str | None = None, root: str | Path | None = None,
-               command: str | None = None, progress: bool = True):
-    """Apply a defence to an attack run; write ``runs/<name>/`` (config, metrics, log, repaired/retrained model)."""
-    from ....core.runs import Run
+def default_run_name(cfg: DefenceConfig, attack_run: str | Path) -> str:
+    return f"defend-{next(k for k, v in CONFIGS.items() if v is type(cfg))}-{Path(attack_run).name}"
 
-    src = Path(run_dir)
+
+def defend_into(cfg: DefenceConfig, run, attack_run: str | Path) -> tuple[dict, DefenceReport]:
+    """Apply a defence to an attack run, writing into ``run`` (repaired/retrained model); returns the metrics."""
+    src = Path(attack_run)
     inputs = inputs_from_run(src, batch_size=cfg.batch_size)
-    name = run_name or f"defend-{next(k for k, v in CONFIGS.items() if v is type(cfg))}-{src.name}"
-    run = Run.create(name, root=root, command=command or "slimguard backdoor defend", config=cfg)
     run.log.info("defending %s with %s", src, type(cfg).__name__)
     kw = {"out_dir": run.path / "model"} if isinstance(cfg, FinetuneConfig) else {}
     d = make_defence(cfg, **kw)
-    rep = defend(inputs, cfg, defence=d, retrain_dir=run.path / "model", progress=progress, log=run.log)
-    metrics = {"attack_run": str(src), **rep.to_dict(), "cacc_drop": rep.cacc_drop}
-    run.save_metrics(metrics)
+    rep = defend(inputs, cfg, defence=d, retrain_dir=run.path / "model", progress=run.progress, log=run.log)
     run.log.info("cacc %.4f -> %.4f, asr %.4f -> %.4f", rep.cacc_before, rep.cacc_after, rep.asr_before, rep.asr_after)
+    return {"attack_run": str(src), **rep.to_dict(), "cacc_drop": rep.cacc_drop}, rep
+
+
+def defend_run(run_dir: str | Path, cfg: DefenceConfig, *, run_name: str | None = None, root: str | Path | None = None,
+               command: str | None = None, progress: bool = True, resume: bool = False, overwrite: bool = False):
+    """Apply a defence to an attack run; write ``runs/<name>/`` (config, metrics, log, repaired/retrained model)."""
+    from ....core.runs import Run
+
+    with Run.create(run_name or default_run_name(cfg, run_dir), root=root, config=cfg, resume=resume,
+                    overwrite=overwrite, command=command or "slimguard backdoor defend") as run:
+        run.progress = progress
+        metrics, rep = defend_into(cfg, run, run_dir)
+        run.save_metrics(metrics)
     return run, rep
