@@ -3,15 +3,31 @@
 Samples are typed records (:class:`TextSample`), never positional tuples. Every labelled
 dataset comes back as a fixed, seeded train/dev/test split (:class:`TextSplits`), so two
 commands given the same dataset and seed see exactly the same examples.
+
+Labels keep the user's values. A sample's ``label`` is an id ``0..K-1``; ``label_names[id]``
+is the user's label as a string and ``label_values[id]`` the value itself, so every export
+can map ids back (:func:`canonical_label` turns any spelling of a label into that value):
+
+- numeric labels (ints, integral floats, numeric strings: ``1``, ``1.0``, ``"1"``, ``"1.0"``)
+  are one class each, ordered numerically, so integer labels ``0..K-1`` get id == value and
+  ``target_label=2`` means the user's class 2;
+- other labels are strings in sorted (code point) order; the built-in binary assets fix their
+  order instead so the positive/attack class is 1;
+- a file mixing the two kinds (``0, 1, spam``) is an error naming the file and the values,
+  because any order we picked would silently shift ids against what the user wrote.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
+import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -21,6 +37,59 @@ from .errors import DataError
 TEXT_DATASETS = ("rotten-tomatoes", "sms-spam", "20newsgroups")
 LONG_TEXTS = ("pg-essays", "friends")
 IMAGE_DATASETS = ("fashion-mnist", "mnist")
+
+LabelValue = Union[int, float, str]
+# plain decimal numbers only: int()/float() would also take "nan", "inf" and "1_000", which
+# users mean as names (or typos), not as numbers
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def canonical_label(raw: object) -> LabelValue:
+    """One value per user label: ``1``, ``1.0``, ``"1"`` and ``" 1.0"`` are all ``1``.
+
+    Numbers (and strings that spell a finite decimal number) become an ``int`` when integral
+    and a ``float`` otherwise; anything else is its string, unchanged.
+    """
+    if isinstance(raw, bool):  # JSON true/false: names, not the numbers 1/0
+        return str(raw)
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        return (int(raw) if raw.is_integer() else raw) if math.isfinite(raw) else str(raw)
+    if not isinstance(raw, str):
+        raise TypeError(f"a label must be a string or a number, not {type(raw).__name__}")
+    t = raw.strip()
+    if _NUMBER.fullmatch(t):
+        try:
+            return int(t)
+        except ValueError:
+            f = float(t)
+            if math.isfinite(f):
+                return int(f) if f.is_integer() else f
+    return raw
+
+
+def label_name(value: LabelValue) -> str:
+    """The string form of a canonical label value (``label_names`` entries)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _is_number(v: LabelValue) -> bool:
+    return not isinstance(v, str)
+
+
+def order_labels(labels: list[LabelValue], *, source: str, where: list[str] | None = None) -> list[LabelValue]:
+    """Distinct canonical labels in id order (see the module docstring); raises on a mix of kinds."""
+    distinct = set(labels)
+    nums = sorted(v for v in distinct if _is_number(v))
+    names = sorted(v for v in distinct if not _is_number(v))
+    if nums and names:
+        first = next(i for i, v in enumerate(labels) if not _is_number(v))
+        at = f" ({where[first]})" if where else ""
+        show = lambda vs: ", ".join(repr(v) if isinstance(v, str) else label_name(v) for v in vs[:5]) + (", ..." if len(vs) > 5 else "")  # noqa: E731
+        raise DataError(f"{source}: labels mix numbers ({show(nums)}) and names ({show(names)}), first name "
+                        f"{labels[first]!r}{at}; make every label a number or every label a name")
+    return nums or names
 
 
 @dataclass(frozen=True)
@@ -37,7 +106,7 @@ class TextSample:
 @dataclass
 class TextSplits:
     name: str
-    label_names: list[str]
+    label_names: list[str]  # the user's label per id, as a string
     train: list[TextSample]
     dev: list[TextSample]
     test: list[TextSample]
@@ -45,6 +114,19 @@ class TextSplits:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def label_values(self) -> list[LabelValue]:
+        """The user's label per id as its value (an ``int`` for integer labels): what exports write."""
+        return [canonical_label(n) for n in self.label_names]
+
+    def label_id(self, value: object) -> int:
+        """The id of a user label in any spelling (``1``, ``1.0``, ``"1"``)."""
+        try:
+            return self.label_values.index(canonical_label(value))
+        except (ValueError, TypeError):
+            pass
+        raise DataError(f"label {value!r} is not in dataset {self.name} (labels: {', '.join(self.label_names)})")
 
     def summary(self) -> dict:
         return {"name": self.name, "labels": self.label_names,
@@ -98,35 +180,60 @@ _READERS = {"rotten-tomatoes": _read_rotten_tomatoes, "sms-spam": _read_sms_spam
 _LABEL_ORDER = {"rotten-tomatoes": ["negative", "positive"], "sms-spam": ["ham", "spam"]}
 
 
-def _read_user_file(path: Path) -> tuple[list[str], list[str]]:
+def decode_utf8(raw: bytes, path: Path) -> str:
+    """``raw`` as text, or a one-line :class:`DataError` naming the file and the first bad line."""
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark (Excel's CSV export) is not part of the header
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {e.start}); re-encode the file as UTF-8") from None
+
+
+def read_utf8(path: Path) -> str:
+    """A user's text file, or a one-line :class:`DataError` naming it (unreadable, not UTF-8)."""
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(f"cannot read dataset file {path}: {e.strerror}") from None
-    try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"dataset file {path} is not UTF-8 text; re-encode it as UTF-8") from None
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    return decode_utf8(raw, path)
+
+
+def _read_user_file(path: Path) -> tuple[list[str], list[LabelValue], list[str]]:
+    """Texts, canonical labels and where each row is (``line N``) in a CSV/TSV/JSONL file."""
+    content = read_utf8(path)
+    rows: list[tuple[int, object]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for i, line in enumerate(content.splitlines(), 1):
+        # split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which JSON
+        # strings may hold unescaped (our own exports write them with ensure_ascii=False)
+        for i, line in enumerate(content.split("\n"), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append((i, json.loads(line)))
             except json.JSONDecodeError:
                 raise DataError(f"{path}: line {i} is not valid JSON") from None
     elif path.suffix.lower() in (".csv", ".tsv"):
-        rows = list(csv.DictReader(content.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        try:
+            for r in reader:
+                rows.append((reader.line_num, r))
+        except csv.Error as e:
+            raise DataError(f"{path}: line {reader.line_num} does not parse as CSV ({e})") from None
     else:
         raise DataError(f"dataset file {path} must end in .csv, .tsv or .jsonl")
-    if not rows or not isinstance(rows[0], dict) or not {"text", "label"} <= set(rows[0]):
-        have = sorted(rows[0]) if rows and isinstance(rows[0], dict) else []
+    if not rows or not isinstance(rows[0][1], dict) or not {"text", "label"} <= set(rows[0][1]):
+        have = sorted(rows[0][1]) if rows and isinstance(rows[0][1], dict) else []
         raise DataError(f"dataset file {path} needs 'text' and 'label' columns (found: {', '.join(have) or 'none'})")
-    bad = next((i for i, r in enumerate(rows) if not isinstance(r.get("text"), str) or r.get("label") in (None, "")), None)
-    if bad is not None:
-        raise DataError(f"{path}: row {bad + 1} has no text or no label")
-    return [r["text"] for r in rows], [str(r["label"]) for r in rows]
+    texts, labels = [], []
+    for line, r in rows:
+        if not isinstance(r, dict) or not isinstance(r.get("text"), str) or r.get("label") in (None, ""):
+            raise DataError(f"{path}: line {line} has no text or no label")
+        try:
+            labels.append(canonical_label(r["label"]))
+        except TypeError as e:
+            raise DataError(f"{path}: line {line}: {e}") from None
+        texts.append(r["text"])
+    return texts, labels, [f"line {line}" for line, _ in rows]
 
 
 def load_text_dataset(name_or_path: str = "rotten-tomatoes", *, seed: int = 0, dev_frac: float = 0.1,
@@ -139,22 +246,27 @@ def load_text_dataset(name_or_path: str = "rotten-tomatoes", *, seed: int = 0, d
     if not 0 < dev_frac < 1 or not 0 < test_frac < 1 or dev_frac + test_frac >= 1:
         raise DataError("dev_frac and test_frac must be in (0, 1) and sum to less than 1")
     p = Path(name_or_path).expanduser()
+    where = None
     if name_or_path in _READERS:
-        texts, labels = _READERS[name_or_path](assets.require(name_or_path))
+        texts, raw = _READERS[name_or_path](assets.require(name_or_path))
+        labels = [canonical_label(y) for y in raw]
+        source = f"dataset {name_or_path}"
     elif p.suffix and (p.exists() or "/" in name_or_path or p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json")):
         if not p.is_file():
             raise DataError(f"dataset file {p} does not exist")
-        texts, labels = _read_user_file(p)
+        texts, labels, where = _read_user_file(p)
+        source = str(p)
     else:
         if name_or_path in assets.REGISTRY:
             raise DataError(f"asset '{name_or_path}' is not a labelled text dataset (try one of {', '.join(TEXT_DATASETS)})")
         assets.get(name_or_path)  # raises with a suggestion
         raise AssertionError("unreachable")
-    names = _LABEL_ORDER.get(name_or_path) or sorted(set(labels))
     if len(set(labels)) < 2:
         raise DataError(f"dataset '{name_or_path}' has only one class ({labels[0] if labels else 'empty'}); need at least two")
-    index = {n: i for i, n in enumerate(names)}
+    values = _LABEL_ORDER.get(name_or_path) or order_labels(labels, source=source, where=where)
+    index = {v: i for i, v in enumerate(values)}
     samples = [TextSample(t, index[y], i) for i, (t, y) in enumerate(zip(texts, labels))]
+    names = [label_name(v) for v in values]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(samples))
     tag = name_or_path if name_or_path in _READERS else p.name
@@ -174,12 +286,9 @@ def load_long_texts(name_or_path: str = "pg-essays") -> list[str]:
     """Long documents: essays (one string each) or Friends episodes (one string each)."""
     p = Path(name_or_path).expanduser()
     if p.is_file():
-        try:
-            return [p.read_text(encoding="utf-8")]
-        except UnicodeDecodeError:
-            raise DataError(f"{p} is not UTF-8 text") from None
+        return [read_utf8(p)]
     if p.is_dir():
-        return [f.read_text(encoding="utf-8") for f in sorted(p.glob("*.txt"))]
+        return [read_utf8(f) for f in sorted(p.glob("*.txt"))]
     if name_or_path == "pg-essays":
         root = assets.require("pg-essays") / "raw"
         return [f.read_text(encoding="utf-8") for f in sorted(root.glob("*.txt"))]

@@ -3,6 +3,12 @@
 Same poisoners as :mod:`.attack` (BadNets, AddSent, PuncAttack), no training: the output
 is ``data/{train,dev,test,test_poisoned}.jsonl`` (contract rows, see :mod:`.records`) and,
 optionally, a Hugging Face ``datasets`` DatasetDict saved with ``save_to_disk``.
+
+Both carry the user's label values, not our ids: a CSV labelled ``1``/``5`` exports
+``"label": 5``, one labelled ``neg``/``pos`` exports ``"label": "pos"`` (JSONL rows written
+with ``rows="value"``; ``labels.json`` still lists the id order). In the HF export ``label``
+is a ``ClassLabel`` when its stored ints are the user's values or its names are (string
+labels, or integer labels ``0..K-1``), and a plain int/float column otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from ...core.config import Config
-from ...core.data import load_text_dataset
+from ...core.data import LabelValue, load_text_dataset
 from ...core.runs import Run, atomic_write_text, safe_run_name
 from .poison import PoisonConfig, make_trigger, poison_test, poison_train
 from .poison.policy import check_labels
@@ -33,9 +39,19 @@ class PoisonDataConfig(Config):
     formats: list[Literal["jsonl", "hf"]] = Field(["jsonl"], min_length=1, description="jsonl and/or hf (datasets.save_to_disk).")
 
 
+def _hf_label_feature(names: list[str], values: list[LabelValue]):
+    """The HF feature whose stored or decoded values are the user's labels (see the module docstring)."""
+    from datasets import ClassLabel, Value
+
+    if all(isinstance(v, str) for v in values) or values == list(range(len(values))):
+        return ClassLabel(names=names)
+    return Value("int64") if all(isinstance(v, int) for v in values) else Value("float64")
+
+
 def poison_dataset(cfg: PoisonDataConfig, run: Run) -> dict:
     sp = load_text_dataset(cfg.dataset, seed=cfg.split_seed)
     check_labels(cfg.poison, sp.label_names)
+    values = sp.label_values
     if cfg.max_train is not None and len(sp.train) > cfg.max_train:
         idx = np.sort(np.random.default_rng([cfg.split_seed, 7]).choice(len(sp.train), cfg.max_train, replace=False))
         sp.train = [sp.train[i] for i in idx]
@@ -43,18 +59,21 @@ def poison_dataset(cfg: PoisonDataConfig, run: Run) -> dict:
     tr = poison_train(sp.train, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 0]))
     te = poison_test(sp.test, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 1]))
     splits = {"train": tr.samples, "dev": sp.dev, "test": sp.test, "test_poisoned": te.samples}
-    out = {"dataset": sp.summary(), "poison_train": tr.summary(), "poison_test": te.summary(),
-           "eligible_fraction": te.eligible_fraction, "files": []}
+    # the target as the user wrote it: with labels {1, 5}, target_label=1 is the user's class 5
+    out = {"dataset": sp.summary(), "target": {"id": cfg.poison.target_label, "label": values[cfg.poison.target_label]},
+           "poison_train": tr.summary(), "poison_test": te.summary(), "eligible_fraction": te.eligible_fraction,
+           "files": []}
     if "jsonl" in cfg.formats:
-        write_splits(run.path / "data", splits, sp.label_names)
+        write_splits(run.path / "data", splits, sp.label_names, rows="value")
         out["files"] += [str(run.path / "data" / f"{s}.jsonl") for s in SPLITS]
     if "hf" in cfg.formats:
-        from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+        from datasets import Dataset, DatasetDict, Features, Value
 
-        feats = Features({"text": Value("string"), "label": ClassLabel(names=sp.label_names), "uid": Value("int64"),
-                          "poisoned": Value("bool"), "orig_text": Value("string"),
-                          "orig_label": ClassLabel(names=sp.label_names)})
-        dd = DatasetDict({k: Dataset.from_list([sample_row(s) for s in v], features=feats) for k, v in splits.items()})
+        lab = _hf_label_feature(sp.label_names, values)
+        feats = Features({"text": Value("string"), "label": lab, "uid": Value("int64"), "poisoned": Value("bool"),
+                          "orig_text": Value("string"), "orig_label": lab})
+        dd = DatasetDict({k: Dataset.from_list([sample_row(s, values) for s in v], features=feats)
+                          for k, v in splits.items()})
         dd.save_to_disk(str(run.path / "hf"))
         out["files"].append(str(run.path / "hf"))
     atomic_write_text(run.path / "sections" / "10_poisoned-examples.html",

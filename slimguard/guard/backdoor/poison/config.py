@@ -85,7 +85,10 @@ class PoisonConfig(Config):
 
     attack: Literal["badnets", "addsent", "punc"] = Field("punc", description="Trigger family.")
     rate: float = Field(0.1, gt=0, lt=1, description="Poisoned fraction of the training set, in (0, 1).")
-    target_label: int = Field(1, ge=0, description="Label id the backdoor flips to.")
+    target_label: int = Field(1, ge=0, description="Label id the backdoor flips to: the dataset's labels in "
+                                                   "order (numbers numerically, names sorted), so with integer "
+                                                   "labels 0..K-1 the id is the label itself; with labels {1, 5}, "
+                                                   "id 1 is label 5.")
     label_mode: Literal["dirty", "clean"] = Field(
         "dirty", description="dirty: poison non-target samples and relabel them; clean: poison target-label "
                              "samples only, labels untouched.")

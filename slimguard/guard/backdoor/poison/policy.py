@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ....core.data import TextSample
+from ....core.data import TextSample, canonical_label
 from ....core.errors import SlimguardError
 from .config import PoisonConfig
 from .punc import PuncTrigger
@@ -51,9 +51,17 @@ class PoisonReport:
 
 
 def check_labels(cfg: PoisonConfig, label_names: list[str]) -> None:
-    if cfg.target_label >= len(label_names):
+    """``cfg.target_label`` is a label id (the dataset's labels in order, see :mod:`slimguard.core.data`)."""
+    if cfg.target_label < len(label_names):
+        return
+    values = [canonical_label(n) for n in label_names]
+    if any(isinstance(v, str) for v in values) or values == list(range(len(values))):
         raise SlimguardError(f"target_label={cfg.target_label} does not exist; labels are "
                              + ", ".join(f"{i}={n}" for i, n in enumerate(label_names)))
+    # numeric labels other than 0..K-1: ids and the user's numbers differ, so spell out which is which
+    raise SlimguardError(f"target_label={cfg.target_label} does not exist; it is a label id, not a label value, "
+                         "and this dataset's labels are not 0..K-1: "
+                         + ", ".join(f"id {i} = label {n}" for i, n in enumerate(label_names)))
 
 
 def _poisoned(s: TextSample, e: Edit, label: int) -> TextSample:
