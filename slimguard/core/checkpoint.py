@@ -28,6 +28,7 @@ import os
 import random
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,7 +309,9 @@ def load_checkpoint(path: str | Path, *, kind: str, fingerprint: Fingerprint,
             return None
         raise SlimguardError(f"--resume: no checkpoint at {path}; start without --resume")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (truncated zip, foreign pickle, unreadable file: all the same to the user)
         raise SlimguardError(f"checkpoint {path} is not a slimguard checkpoint or truncated ({_first_line(e)}); "
                              f"delete it and {_RESTART}") from None
