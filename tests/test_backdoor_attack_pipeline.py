@@ -74,9 +74,42 @@ def test_resume_reproduces_uninterrupted_training(tiny_bert, tmp_path):
     assert b.resumed_from == 10 and b.steps == a.steps == 15
     texts = [s.text for s in dev]
     assert np.allclose(predict_proba(tmp_path / "a", texts), predict_proba(tmp_path / "b", texts), atol=1e-5)
-    with pytest.raises(SlimguardError, match="different data"):
+    with pytest.raises(SlimguardError, match=r"different config \(fields: seed\)"):
         train_victim(train, dev, _vcfg(tiny_bert, epochs=3), tmp_path / "b", label_names=["n", "p"], seed=4, progress=False,
                      resume=True, checkpoint_dir=tmp_path / "ck", keep_checkpoint=True)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(train=_toy(40, 5)), "train_data"),  # same size, other texts: the old check (size, seed, steps) let it pass
+    (dict(labels=["neg", "pos"]), "label_names"),
+    (dict(cfg={"lr": 1e-3}), "lr"),
+])
+def test_resume_refuses_a_checkpoint_of_other_data_or_settings(tiny_bert, tmp_path, change, field):
+    train = _toy(40)
+    train_victim(train, [], _vcfg(tiny_bert, epochs=3), tmp_path / "a", label_names=["n", "p"], seed=3, progress=False,
+                 keep_checkpoint=True, checkpoint_dir=tmp_path / "ck")
+    with pytest.raises(SlimguardError, match=rf"different config \(fields: {field}\)"):
+        train_victim(change.get("train", train), [], _vcfg(tiny_bert, epochs=3, **change.get("cfg", {})), tmp_path / "b",
+                     label_names=change.get("labels", ["n", "p"]), seed=3, progress=False, resume=True,
+                     checkpoint_dir=tmp_path / "ck")
+
+
+def test_victim_checkpoint_is_the_shared_format(tiny_bert, tmp_path):
+    from slimguard.core.checkpoint import load_checkpoint
+    from slimguard.guard.backdoor.victim import CKPT_KIND
+
+    (tmp_path / "ck").mkdir()
+    stale = tmp_path / "ck" / ".last.pt.k1ll3d_x"
+    stale.write_bytes(b"partial")
+    train_victim(_toy(40), [], _vcfg(tiny_bert, epochs=2), tmp_path / "a", label_names=["n", "p"], seed=3,
+                 progress=False, keep_checkpoint=True, checkpoint_dir=tmp_path / "ck")
+    assert not stale.exists()
+    with pytest.raises(SlimguardError, match="written by the backdoor-victim trainer, not quant-train"):
+        load_checkpoint(tmp_path / "ck" / "last.pt", kind="quant-train", fingerprint=None)
+    (tmp_path / "ck" / "last.pt").write_bytes(b"")
+    with pytest.raises(SlimguardError, match="not a slimguard checkpoint or truncated"):
+        train_victim(_toy(40), [], _vcfg(tiny_bert, epochs=2), tmp_path / "a", label_names=["n", "p"], seed=3,
+                     progress=False, resume=True, checkpoint_dir=tmp_path / "ck")
 
 
 @pytest.mark.parametrize("kw, message", [({"freeze_layers": 2}, "only 2 layers"), ({"model": "/nonexistent/dir"}, "nonexistent")])

@@ -164,7 +164,8 @@ def test_train_resume_and_load(tmp_path):
     cfg = TrainConfig(data=[str(data)], base=str(base), steps=2, batch_size=2, max_len=32, save_every=1, warmup=1,
                       eval_frac=0.2)
     ck = tmp_path / "ck"
-    r1 = train(cfg, tmp_path / "out", ckpt_dir=ck, progress=False)
+    # a resume must use the run's own config (steps shape the learning-rate decay), so the first call stops early
+    r1 = train(cfg.model_copy(update={"steps": 3}), tmp_path / "out", ckpt_dir=ck, progress=False, stop_at=2)
     assert r1.steps == 2 and (tmp_path / "out" / "model.safetensors").exists()
     r2 = train(cfg.model_copy(update={"steps": 3}), tmp_path / "out", ckpt_dir=ck, resume=True, progress=False)
     assert r2.steps == 3
@@ -172,6 +173,50 @@ def test_train_resume_and_load(tmp_path):
     assert m.config.num_labels == 2 and m.config.id2label[1] == "keep"
     out = PromptCompressor(str(tmp_path / "out"), rate_tokenizer="encoder").compress_prompt("the code is 1234 .", rate=0.5)
     assert out["compressed_prompt"]
+
+
+def _weights(d):
+    from safetensors.numpy import load_file
+
+    return load_file(str(d / "model.safetensors"))
+
+
+@pytest.mark.parametrize("steps, save_every, stop", [(4, 1, 1), (4, 2, 3), (5, 2, 4)])
+def test_train_resume_is_exact(tmp_path, steps, save_every, stop):
+    # dropout (global torch RNG) and the shuffled window order (a generator and a place in it) both carry over
+    from slimguard.slim.compress.train import train
+
+    cfg = TrainConfig(data=[str(_toy_dataset(tmp_path / "data"))], base=str(_tiny_bert(tmp_path / "base")), steps=steps,
+                      batch_size=2, max_len=32, save_every=save_every, warmup=1, eval_frac=0.2)
+    full = train(cfg, tmp_path / "full", ckpt_dir=tmp_path / "ck_full", progress=False)
+    ck = tmp_path / "ck"
+    train(cfg, tmp_path / "cut", ckpt_dir=ck, progress=False, stop_at=stop)
+    stale = ck / ".state.pt.k1ll3d_x"  # what a SIGKILL during a checkpoint write leaves
+    stale.write_bytes(b"partial")
+    res = train(cfg, tmp_path / "cut", ckpt_dir=ck, resume=True, progress=False)
+    assert not stale.exists()
+    assert res.steps == full.steps == steps and res.train_loss == full.train_loss
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("change, field", [({"lr": 1e-3}, "lr"), ({"steps": 3}, "steps"), ({"seed": 1}, "seed"),
+                                           ({"data": "a symlink"}, "data")])
+def test_train_resume_refuses_another_runs_checkpoint(tmp_path, change, field):
+    # before the shared checkpoint module, compress resumed any state.pt it found
+    from slimguard.core.errors import SlimguardError
+    from slimguard.slim.compress.train import train
+
+    data = _toy_dataset(tmp_path / "data")
+    cfg = TrainConfig(data=[str(data)], base=str(_tiny_bert(tmp_path / "base")), steps=2, batch_size=2, max_len=32,
+                      save_every=1, warmup=1, eval_frac=0.2)
+    train(cfg, tmp_path / "out", ckpt_dir=tmp_path / "ck", progress=False)
+    if "data" in change:  # the same dataset under another path is another run's input as far as resume knows
+        (tmp_path / "elsewhere").symlink_to(data, target_is_directory=True)
+        change = {"data": [str(tmp_path / "elsewhere")]}
+    other = cfg.model_copy(update=change)
+    with pytest.raises(SlimguardError, match=rf"different config \(fields: {field}\)"):
+        train(other, tmp_path / "out", ckpt_dir=tmp_path / "ck", resume=True, progress=False)
 
 
 @pytest.mark.integration

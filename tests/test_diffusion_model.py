@@ -52,13 +52,38 @@ def test_resume_continues_bit_for_bit(tmp_path, trained):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("change", [{"lr": 1e-3}, {"seed": 5}])
-def test_resume_refuses_a_different_config(tmp_path, trained, change):
+@pytest.mark.parametrize("change, fields", [({"lr": 1e-3}, "lr"), ({"seed": 5}, "seed")])
+def test_resume_refuses_a_different_config(tmp_path, trained, change, fields):
     cfg, _, _ = trained
     train_diffusion(cfg, tmp_path, progress=False, data=_tiny_data(cfg), stop_after=2)
-    with pytest.raises(SlimguardError, match="config differs"):
+    with pytest.raises(SlimguardError, match=rf"different config \(fields: {fields}\)"):
         other = cfg.model_copy(update=change)
         train_diffusion(other, tmp_path, progress=False, data=_tiny_data(other), resume=True)
+
+
+def test_resume_refuses_other_training_images(tmp_path, trained):
+    cfg, _, _ = trained
+    train_diffusion(cfg, tmp_path, progress=False, data=_tiny_data(cfg), stop_after=2)
+    data, _ = _tiny_data(cfg)
+    other = ImageSet(data.name, data.class_names, data.x_train[::-1].copy(), data.y_train, data.x_test, data.y_test)
+    with pytest.raises(SlimguardError, match=r"different config \(fields: train_data\)"):
+        train_diffusion(cfg, tmp_path, progress=False, data=(other, poison_dataset(other.x_train, other.y_train,
+                                                                                      cfg.poison, 3)), resume=True)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "not a slimguard checkpoint or truncated"),
+    (lambda p: torch.save({"unet": {}, "step": 2}, p), "not a slimguard checkpoint"),  # the format before this one
+    (lambda p: p.write_bytes(b""), "not a slimguard checkpoint or truncated"),
+])
+def test_resume_from_a_truncated_or_foreign_checkpoint_is_one_line(tmp_path, trained, damage, message):
+    # these used to end in a traceback (KeyError / zip reader error)
+    cfg, _, _ = trained
+    train_diffusion(cfg, tmp_path, progress=False, data=_tiny_data(cfg), stop_after=2)
+    damage(tmp_path / "checkpoint.pt")
+    with pytest.raises(SlimguardError, match=message) as e:
+        train_diffusion(cfg, tmp_path, progress=False, data=_tiny_data(cfg), resume=True)
+    assert "\n" not in str(e.value) and str(tmp_path / "checkpoint.pt") in str(e.value)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, trained):

@@ -73,6 +73,24 @@ def test_resume_rejects_a_checkpoint_with_another_optimizer_layout(tmp_path):
         _train(cfg, run=r, resume=True)
 
 
+def test_checkpoint_is_the_shared_format_and_killed_writes_are_cleaned(tmp_path):
+    from slimguard.core.checkpoint import load_checkpoint
+    from slimguard.slim.quant.train import CKPT, CKPT_KIND, config_fingerprint
+
+    cfg = tiny_config(steps=2, checkpoint_every=1)
+    r = Run.create("a", root=tmp_path, config=cfg)
+    stale = r.path / ".checkpoint.pt.k1ll3d_x"  # a SIGKILL during a write: up to ~1.3 GB for a real model
+    stale.write_bytes(b"partial")
+    _train(cfg, run=r, do_eval=False)
+    assert not stale.exists()
+    ck = load_checkpoint(r.path / CKPT, kind=CKPT_KIND, fingerprint=config_fingerprint(cfg))
+    assert ck.step == 2 and len(ck.extra["losses"]) == 2 and set(ck.rng.generators) == {"init"}
+    assert not any("embed_tokens" in k for k in ck.model)  # frozen embeddings are not saved
+    (r.path / CKPT).write_bytes((r.path / CKPT).read_bytes()[:1000])
+    with pytest.raises(SlimguardError, match="not a slimguard checkpoint or truncated"):
+        _train(cfg, run=r, resume=True)
+
+
 def test_resume_without_checkpoint(tmp_path):
     cfg = tiny_config(steps=2)
     with pytest.raises(SlimguardError, match="no checkpoint"):

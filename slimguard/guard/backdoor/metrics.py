@@ -1,8 +1,9 @@
 """Effectiveness and stealth metrics for textual backdoors (survey section 5; PuncAttack paper).
 
-Effectiveness: CACC (clean accuracy), ASR (share of NON-target test samples carrying the
-trigger that are classified as the target label), false-trigger rate (clean non-target
-texts that naturally contain the trigger and are classified as the target).
+Effectiveness: CACC (clean accuracy) and ASR (share of NON-target test samples carrying the
+trigger that are classified as the target label), both from :mod:`slimguard.core.metrics`,
+and the false-trigger rate (clean non-target texts that naturally contain the trigger and
+are classified as the target).
 Stealth: delta-perplexity under SmolLM2-135M (poisoned minus clean, per pair), delta
 grammar errors and MiniLM sentence-embedding similarity between clean and poisoned text.
 
@@ -20,6 +21,8 @@ import math
 import re
 
 import numpy as np
+
+from ...core.metrics import asr, cacc  # noqa: F401  (re-exported: attack.py calls M.cacc / M.asr)
 
 GRAMMAR_RULES = {
     "space_before_punct": "whitespace directly before , ; : ! ? . (e.g. 'film ,')",
@@ -71,24 +74,16 @@ def n_grammar_errors(text: str, *, lexicon: frozenset | None = None) -> int:
 # --------------------------------------------------------------------------- effectiveness
 
 
-def cacc(probs: np.ndarray, labels: list[int] | np.ndarray) -> float:
-    labels = np.asarray(labels)
-    return float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")
-
-
-def asr(probs_poisoned: np.ndarray, target: int) -> float:
-    """Share of triggered NON-target samples predicted as ``target`` (the caller passes only those)."""
-    return float((probs_poisoned.argmax(1) == target).mean()) if len(probs_poisoned) else float("nan")
+# CACC and ASR are defined once in core.metrics (they take class probabilities or labels)
 
 
 def false_trigger(present: list[bool], probs_clean: np.ndarray, labels: list[int], target: int) -> dict:
     """Among clean non-target texts that naturally hold the trigger, the share predicted as target."""
     labels = np.asarray(labels)
     sel = np.array(present, dtype=bool) & (labels != target)
-    n = int(sel.sum())
-    rate = float((probs_clean[sel].argmax(1) == target).mean()) if n else float("nan")
-    base = float((probs_clean[labels != target].argmax(1) == target).mean()) if (labels != target).any() else float("nan")
-    return {"false_trigger_rate": rate, "false_trigger_n": n, "nontarget_error_rate": base}
+    # the same count as ASR, on clean texts: with and without the natural trigger
+    return {"false_trigger_rate": asr(probs_clean[sel], target), "false_trigger_n": int(sel.sum()),
+            "nontarget_error_rate": asr(probs_clean[labels != target], target)}
 
 
 # --------------------------------------------------------------------------- stealth

@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
+from ...core.checkpoint import Fingerprint, clean_stale_temps, data_digest, load_checkpoint, save_checkpoint
 from ...core.config import Config
 from ...core.data import TextSample
 from ...core.errors import SlimguardError
-from ...core.runs import atomic_torch_save, atomic_write_json
+from ...core.runs import atomic_write_json
 
 META_FILE = "slimguard_victim.json"
+CKPT_KIND = "backdoor-victim"
 
 
 class VictimConfig(Config):
@@ -147,8 +149,9 @@ def train_victim(train_samples: list[TextSample], dev_samples: list[TextSample],
     """Fine-tune ``cfg.model`` on ``train_samples``; save a safetensors model folder to ``out_dir``.
 
     With ``resume=True`` training continues from the last checkpoint in ``checkpoint_dir``
-    (default ``<out_dir>/../checkpoints``); batch order is a function of (seed, epoch), so a
-    resumed run sees exactly the batches the interrupted one would have.
+    (default ``<out_dir>/../checkpoints``) if there is one, and refuses one written for other data
+    or settings; batch order is a function of (seed, epoch) and the torch RNG (dropout) is
+    restored, so a resumed run sees exactly the batches the interrupted one would have.
     """
     import torch
     from tqdm.auto import tqdm
@@ -177,15 +180,17 @@ def train_victim(train_samples: list[TextSample], dev_samples: list[TextSample],
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     step, history = 0, []
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state.get("total") != total or state.get("n_train") != len(train_samples) or state.get("seed") != seed:
-            raise SlimguardError(f"checkpoint {ckpt} was made with different data or epochs; drop --resume or delete it")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
-        step = int(state["step"])
-        history = json.loads(state.get("history", "[]"))
+    clean_stale_temps(ckpt_dir)
+    # the data is the caller's, not the config's: its digest (texts, labels, label names) is what makes a
+    # checkpoint this run's; prediction batch size and checkpoint cadence do not change the weights
+    fingerprint = Fingerprint.of(cfg, exclude=("checkpoint_every", "eval_batch_size"), seed=seed,
+                                 label_names=label_names,
+                                 train_data=data_digest([s.text for s in train_samples],
+                                                        [s.label for s in train_samples]))
+    ck = load_checkpoint(ckpt, kind=CKPT_KIND, fingerprint=fingerprint, missing_ok=True) if resume else None
+    if ck is not None:
+        ck.restore(model=model, optimizer=opt, scheduler=sched)
+        step, history = ck.step, list(ck.extra["history"])
     resumed_from = step
     texts = [s.text for s in train_samples]
     labels = torch.tensor([s.label for s in train_samples])
@@ -215,9 +220,8 @@ def train_victim(train_samples: list[TextSample], dev_samples: list[TextSample],
             bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
             if step % cfg.checkpoint_every == 0 and step < total:
                 history.append({"step": step, "loss": float(np.mean(running[-cfg.checkpoint_every:]))})
-                atomic_torch_save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                                   "step": step, "total": total, "n_train": len(train_samples), "seed": seed,
-                                   "history": json.dumps(history)}, ckpt)
+                save_checkpoint(ckpt, kind=CKPT_KIND, step=step, fingerprint=fingerprint, model=model, optimizer=opt,
+                                scheduler=sched, extra={"history": history})
                 if log:
                     log.info("checkpoint step %d/%d loss %.4f", step, total, history[-1]["loss"])
         epoch += 1

@@ -10,7 +10,8 @@ the one the generations moved towards: the cluster whose share grows from traini
 to generations, or the side of the top direction away from the training mean. (c) fits on
 training rows and generations pooled, with the same "moved towards" rule. AUROC is
 always measured on the training set (true poisoned indices); generations are also scored
-against the trigger detector's labels.
+against the trigger detector's labels. AUROC comes from :mod:`slimguard.core.metrics`: NaN
+with one class only, and a NaN score (degenerate features) ranks as the least suspicious.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ...core.metrics import auroc  # shared and NaN-safe; tests and callers import it from here too
 
 
 @dataclass
@@ -28,15 +31,6 @@ class DetectionResult:
     auroc_generations: float  # triggered vs clean generations (trigger-detector labels); nan if one class
     n_train: int
     n_poisoned: int
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels, bool)
-    if labels.all() or not labels.any():
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
 
 
 def _top_dir(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

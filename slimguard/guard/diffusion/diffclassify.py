@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...core.metrics import asr, cacc
 from .model import DiffusionModel, to_model_space
 from .poison import validate_images
 
@@ -71,8 +72,8 @@ def diffusion_errors(model: DiffusionModel, x: np.ndarray, *, keep_fracs: tuple[
 
 def evaluate(pred_clean: np.ndarray, y_clean: np.ndarray, pred_trig: np.ndarray, target: int, method: str,
              keep_frac: float | None = None) -> ClassifyResult:
-    return ClassifyResult(method, keep_frac, float((pred_clean == y_clean).mean()), float((pred_trig == target).mean()),
-                          len(y_clean), len(pred_trig))
+    return ClassifyResult(method, keep_frac, cacc(pred_clean, y_clean), asr(pred_trig, target), len(y_clean),
+                          len(pred_trig))
 
 
 def run_classification(model: DiffusionModel, data, ps, trigger, cfg, *, cnn=None, progress=None) -> list[ClassifyResult]:

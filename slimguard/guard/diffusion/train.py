@@ -15,11 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.checkpoint import Fingerprint, clean_stale_temps, data_digest, load_checkpoint, save_checkpoint
 from ...core.errors import SlimguardError
-from ...core.runs import atomic_torch_save, atomic_write_json
+from ...core.runs import atomic_write_json
 from .config import TrainConfig
 from .model import DiffusionModel, build_scheduler, build_unet, save_model, to_model_space
 from .poison import ImageSet, PoisonedSet, load_data, poison_dataset
+
+CKPT = "checkpoint.pt"
+CKPT_KIND = "diffusion-train"
 
 
 @dataclass
@@ -48,6 +52,12 @@ def _lr_lambda(cfg: TrainConfig):
         prog = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
     return f
+
+
+def config_fingerprint(cfg: TrainConfig, ps: PoisonedSet) -> Fingerprint:
+    """What a checkpoint must agree on to be resumed: the config but its checkpoint cadence, and the
+    (poisoned) training images, which a caller may pass instead of the configured dataset."""
+    return Fingerprint.of(cfg, exclude=("checkpoint_every",), train_data=data_digest(ps.x, ps.y))
 
 
 def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -81,21 +91,16 @@ def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = Fal
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     gen = torch.Generator().manual_seed(cfg.seed)
-    ckpt = run_dir / "checkpoint.pt"
+    ckpt = run_dir / CKPT
+    clean_stale_temps(run_dir)
+    fingerprint = config_fingerprint(cfg, ps)
     start, losses, prior_secs, prior_cpu = 0, [], 0.0, 0.0
     if resume:
-        if not ckpt.is_file():
-            raise SlimguardError(f"--resume: no checkpoint at {ckpt}; start without --resume")
-        state = torch.load(ckpt, weights_only=True, map_location=dev)
-        if state["config"] != cfg.to_dict():
-            raise SlimguardError(f"--resume: config differs from the checkpoint's in {run_dir}; use the same config or a new --run")
-        unet.load_state_dict(state["unet"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        lr_sched.load_state_dict(state["lr"])
-        gen.set_state(state["gen"].cpu())
-        start, losses, prior_secs = state["step"], list(state["losses"]), float(state.get("seconds", 0.0))
-        prior_cpu = state.get("cpu_seconds")
+        ck = load_checkpoint(ckpt, kind=CKPT_KIND, fingerprint=fingerprint)
+        ck.restore(model=unet, optimizer=opt, scheduler=lr_sched, generators={"data": gen})
+        ema.load_state_dict(ck.extra["ema"])  # same architecture: the fingerprint covers the model config
+        start, losses, prior_secs = ck.step, list(ck.extra["losses"]), float(ck.extra["seconds"])
+        prior_cpu = ck.extra["cpu_seconds"]
     x_all = to_model_space(ps.x).to(dev)
     y_all = torch.from_numpy(ps.y).to(dev)
     ac = sched.alphas_cumprod.to(dev)
@@ -131,10 +136,11 @@ def train_diffusion(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = Fal
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == end:
-            atomic_torch_save({"step": done, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                               "lr": lr_sched.state_dict(), "gen": gen.get_state(), "losses": losses,
-                               "config": cfg.to_dict(), "seconds": prior_secs + time.perf_counter() - t0,
-                               "cpu_seconds": None if prior_cpu is None else prior_cpu + time.process_time() - c0}, ckpt)
+            save_checkpoint(ckpt, kind=CKPT_KIND, step=done, fingerprint=fingerprint, model=unet, optimizer=opt,
+                            scheduler=lr_sched, generators={"data": gen},
+                            extra={"ema": ema.state_dict(), "losses": losses,
+                                   "seconds": prior_secs + time.perf_counter() - t0,
+                                   "cpu_seconds": None if prior_cpu is None else prior_cpu + time.process_time() - c0})
             if log:
                 log.info("step %d loss %.4f", done, float(np.mean(losses[-50:])))
     bar.close()

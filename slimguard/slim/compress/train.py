@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.checkpoint import Fingerprint, clean_stale_temps, load_checkpoint, save_checkpoint
 from ...core.errors import SlimguardError
-from ...core.runs import atomic_torch_save, atomic_write_json, git_commit, now_iso
+from ...core.runs import atomic_write_json, git_commit, now_iso
 from .config import TrainConfig
+
+CKPT = "state.pt"
+CKPT_KIND = "compress-train"
 
 
 @dataclass
@@ -108,8 +112,17 @@ def evaluate(model, windows: list[Window], pad: int, batch_size: int = 8) -> dic
     return {"accuracy": correct / max(1, total), "f1_keep": f1, "keep_fraction": kept / max(1, total), "tokens": total}
 
 
+def config_fingerprint(cfg: TrainConfig) -> Fingerprint:
+    """What a checkpoint must agree on to be resumed: all but the checkpoint cadence and the output folder.
+    ``steps`` stays in: the learning-rate decay is a function of it."""
+    return Fingerprint.of(cfg, exclude=("save_every", "out"))
+
+
 def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, log=None) -> TrainResult:
+          progress: bool = True, log=None, stop_at: int | None = None) -> TrainResult:
+    """Train and save the compressor to ``out``, checkpointing to ``ckpt_dir`` (default ``.<out>.ckpt``
+    beside it). ``stop_at`` ends training at that step (as a kill would, for time-boxed runs and tests);
+    ``resume=True`` continues from the last checkpoint exactly as an uninterrupted run would."""
     import torch
     from tqdm import tqdm
 
@@ -140,21 +153,22 @@ def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = No
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * max(0.0, 1 - s / cfg.steps))
     step, losses = 0, []
-    state = ckpt_dir / "state.pt"
+    state = ckpt_dir / CKPT
+    clean_stale_temps(ckpt_dir)
+    fingerprint = config_fingerprint(cfg)
+    perm = pos = None
     if resume:
-        if not state.exists():
-            raise SlimguardError(f"--resume: no checkpoint at {state}; start without --resume")
-        ck = torch.load(state, weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
-        step, losses = int(ck["step"]), list(ck["losses"])
+        ck = load_checkpoint(state, kind=CKPT_KIND, fingerprint=fingerprint)
+        ck.restore(model=model, optimizer=opt, scheduler=sched, generators={"data": gen})
+        # the epoch's order and the place in it, so a resumed run sees the batches the interrupted one would have
+        step, losses, perm, pos = ck.step, list(ck.extra["losses"]), ck.extra["perm"], int(ck.extra["pos"])
     model.train()
     pad = tok.pad_token_id or 0
-    perm, pos = torch.randperm(len(train_w), generator=gen), 0
+    if perm is None:
+        perm, pos = torch.randperm(len(train_w), generator=gen), 0
+    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     bar = tqdm(total=cfg.steps, initial=step, desc="train compressor", disable=not progress, unit="step")
-    while step < cfg.steps:
+    while step < end:
         if pos + cfg.batch_size > len(perm):
             perm, pos = torch.randperm(len(train_w), generator=gen), 0
         ws = [train_w[int(i)] for i in perm[pos:pos + cfg.batch_size]]
@@ -173,8 +187,9 @@ def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = No
         if log:
             log.info("step %d loss %.4f", step, losses[-1])
         if step % cfg.save_every == 0 or step == cfg.steps:
-            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                               "gen": gen.get_state(), "step": step, "losses": losses}, state)
+            save_checkpoint(state, kind=CKPT_KIND, step=step, fingerprint=fingerprint, model=model, optimizer=opt,
+                            scheduler=sched, generators={"data": gen},
+                            extra={"losses": losses, "perm": perm, "pos": pos})
     bar.close()
     ev = evaluate(model, eval_w, pad) if eval_w else {"accuracy": float("nan"), "f1_keep": float("nan"),
                                                       "keep_fraction": float("nan"), "tokens": 0}

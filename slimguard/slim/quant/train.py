@@ -13,8 +13,6 @@ CPU example::
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import os
 import time
@@ -23,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from ...core.checkpoint import Fingerprint, clean_stale_temps, load_checkpoint, save_checkpoint
 from ...core.errors import SlimguardError
-from ...core.runs import Run, atomic_torch_save
+from ...core.runs import Run
 from .config import QuantTrainConfig
 from .data import TokenBlocks, load_blocks
 from .evaluate import EvalResult, evaluate
@@ -33,6 +32,7 @@ from .prepare import attach_recorder, prepare_qat, quantizer_parameters, state_o
 from .quantizers import LSQPlus, WeightQuantizer, signed_range
 
 CKPT = "checkpoint.pt"
+CKPT_KIND = "quant-train"
 MODEL_FILE = "qat_model.safetensors"
 
 
@@ -90,12 +90,9 @@ def setup_dist(device: str) -> Dist:
     return Dist(rank, world, torch.device("cpu"))
 
 
-def config_fingerprint(cfg: QuantTrainConfig) -> str:
+def config_fingerprint(cfg: QuantTrainConfig) -> Fingerprint:
     """What a checkpoint must agree on to be resumed (everything but checkpoint cadence / eval size)."""
-    d = cfg.to_dict()
-    for k in ("checkpoint_every", "eval_batches"):
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return Fingerprint.of(cfg, exclude=("checkpoint_every", "eval_batches"))
 
 
 def _lr_lambda(cfg: QuantTrainConfig):
@@ -192,6 +189,8 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
     opt, sched = build_optimizer(model, cfg)
     start, losses, history = 0, [], []
     ckpt_path = run.path / CKPT if run is not None else None
+    if ckpt_path is not None and dist.main:
+        clean_stale_temps(run.path)  # a write killed mid-way leaves up to ~1.3 GB behind
     if resume:
         start, losses, history = _load_checkpoint(ckpt_path, cfg, model, opt, sched, gen)
     net = model
@@ -281,32 +280,19 @@ def _mean_across(x: torch.Tensor, dist: Dist) -> float:
 
 
 def _save_checkpoint(path: Path, cfg, step, model, opt, sched, gen, losses, history) -> None:
-    atomic_torch_save({"fingerprint": config_fingerprint(cfg), "step": step, "model": _trainable_state(model),
-                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                       "generator": gen.get_state(), "losses": losses, "history": history}, path)
+    save_checkpoint(path, kind=CKPT_KIND, step=step, fingerprint=config_fingerprint(cfg), model=_trainable_state(model),
+                    optimizer=opt, scheduler=sched, generators={"init": gen},
+                    extra={"losses": losses, "history": history})
 
 
 def _load_checkpoint(path: Path | None, cfg, model, opt, sched, gen):
-    if path is None or not path.is_file():
-        raise SlimguardError(f"--resume: no checkpoint at {path}; start without --resume")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise SlimguardError(f"--resume: cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if ck.get("fingerprint") != config_fingerprint(cfg):
-        raise SlimguardError(f"--resume: checkpoint {path} was written with a different config; "
-                             "use the run's own config.json or start a new --run")
-    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
-    if unexpected or any(k != "lm_head.weight" and "embed_tokens" not in k for k in missing):
-        raise SlimguardError(f"--resume: checkpoint {path} does not match the prepared model")
-    try:
-        opt.load_state_dict(ck["optimizer"])
-    except ValueError as e:  # e.g. written before quantizer steps got per-bit-width learning rates
-        raise SlimguardError(f"--resume: checkpoint {path} has a different optimizer layout ({str(e).splitlines()[0]}); "
-                             "it was written by another slimguard version: start without --resume") from None
-    sched.load_state_dict(ck["scheduler"])
-    gen.set_state(ck["generator"])
-    return ck["step"], list(ck["losses"]), list(ck["history"])
+    if path is None:
+        raise SlimguardError("--resume needs a run (--run NAME) to find its checkpoint; start without --resume")
+    ck = load_checkpoint(path, kind=CKPT_KIND, fingerprint=config_fingerprint(cfg))
+    # the frozen input embeddings (and the LM head tied to them) are not saved: they never change
+    ck.restore(model=model, optimizer=opt, scheduler=sched, generators={"init": gen},
+               allow_missing=lambda k: k == "lm_head.weight" or "embed_tokens" in k)
+    return ck.step, list(ck.extra["losses"]), list(ck.extra["history"])
 
 
 def load_trained(run_dir: str | Path, *, converted: bool = True):
