@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SlimguardError
+from .runs import atomic_torch_save
 
 FORMAT = "slimguard-checkpoint"
 VERSION = 1
 _RESTART = "start without --resume or use --overwrite"
 # tempfile.mkstemp appends 8 characters from this alphabet to the prefix ".<name>."
-_TEMP_SUFFIX = r"\.[a-z0-9_]{8}"
+_TEMP_SUFFIX = r"\.[A-Za-z0-9_]{8}(\.tmp)?"
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -245,34 +244,6 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]
     return gone
 
 
-def _stream_save(obj: Any, path: Path) -> None:
-    """``torch.save`` straight into a temp file next to ``path``, then rename: atomic without a second
-    in-memory copy (``runs.atomic_torch_save`` buffers the whole file first)."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform can open a directory
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
 def save_checkpoint(path: str | Path, *, kind: str, step: int, fingerprint: Fingerprint, model, optimizer,
                     scheduler=None, generators: Mapping[str, Any] | None = None,
                     numpy_generators: Mapping[str, Any] | None = None, python_random: bool = False,
@@ -289,7 +260,7 @@ def save_checkpoint(path: str | Path, *, kind: str, step: int, fingerprint: Fing
            "rng": RngState.capture(generators=generators, numpy_generators=numpy_generators,
                                    python_random=python_random).to_dict(),
            "extra": extra or {}}
-    _stream_save(obj, path)
+    atomic_torch_save(obj, path)
     return path
 
 
