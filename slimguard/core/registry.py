@@ -75,7 +75,11 @@ class Registry(Generic[T]):
     def _ensure(self) -> None:
         if not self._loaded:
             self._loaded = True  # before the import: the method files look themselves up while registering
-            importlib.import_module(self._load)
+            try:
+                importlib.import_module(self._load)
+            except BaseException:
+                self._loaded = False  # a failed import is reported again, not hidden behind a partial registry
+                raise
 
     def names(self) -> tuple[str, ...]:
         self._ensure()
