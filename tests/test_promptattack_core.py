@@ -204,7 +204,7 @@ def test_attack_loss(objective, logits, label, expected):
 
 
 def test_random_templates_stay_in_budget_and_vocabulary():
-    from slimguard.guard.promptattack.strategies.perturb import random_infix
+    from slimguard.guard.promptattack.strategies.random_template import random_infix
 
     benign, mask = [3, 4, 5], torch.zeros(50, dtype=torch.bool)
     mask[20:30] = True

@@ -38,6 +38,16 @@ def asr_target(asr: float | None, clean_flip: float | None) -> dict:
     return t
 
 
+PALETTE = ("#2a7", "#c55", "#57c", "#b8a", "#da3", "#6bd")  # one colour per attack, in bench_attacks() order
+
+
+def bench_attacks() -> list[str]:
+    """PuncAttack, the attack this bench is about, then every other registered attack (registry order)."""
+    from ..guard.backdoor.poison.base import ATTACKS
+
+    return ["punc"] + [a for a in ATTACKS.names() if a != "punc"]
+
+
 def dppl_target(punc: float | None, other: float | None) -> dict:
     """``punc <= other / 5``, judged literally: a ratio alone would call a negative baseline delta a pass."""
     from . import harness
@@ -57,7 +67,7 @@ def _plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     sel = [r for r in rows if r["dataset"] == "rotten-tomatoes" and r.get("rate") in (0.1, None)]
-    attacks = ["punc", "badnets", "addsent"]
+    attacks = bench_attacks()
     get = lambda m, metric: next((r for r in sel if r["method"] == m and r["metric"] == metric), None)  # noqa: E731
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, metric, title in zip(axes, ("asr", "delta_ppl", "similarity"), ("ASR", "delta-PPL (SmolLM2)", "similarity (MiniLM)")):
@@ -85,7 +95,7 @@ def _plot_rates(rows: list[dict], out: Path) -> bool:
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 5.6), squeeze=False, sharex=True)
-    colours = {"punc": "#2a7", "badnets": "#c55", "addsent": "#57c"}
+    colours = dict(zip(bench_attacks(), PALETTE))
     for j, ds in enumerate(datasets):
         for a, c in colours.items():
             for i, (metric, scale) in enumerate((("asr", 1.0), ("cacc_drop", 100.0))):
@@ -128,7 +138,7 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
     datasets = datasets or (["rotten-tomatoes", "sms-spam"] if full else ["rotten-tomatoes"])
     rates = sorted(rates or ([0.1, 0.05, 0.01] if full else [0.1]), reverse=True)  # the targets' rate first
     root = Path(cache_dir or attack_cache.DEFAULT_ROOT)
-    attacks = ["punc", "badnets", "addsent"]
+    attacks = bench_attacks()
     command = ("slimguard bench backdoor" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "")
                + ("" if full or datasets == ["rotten-tomatoes"] else "".join(f" --dataset {d}" for d in datasets))
                + ("" if full or rates == [0.1] else "".join(f" --rate {r:g}" for r in rates))

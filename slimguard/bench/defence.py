@@ -23,18 +23,19 @@ import typer
 from pydantic import Field
 
 from ..core.config import Config
+from ..guard.backdoor.defences.base import DEFENCES, DefenceName
+from ..guard.backdoor.poison.base import ATTACKS, AttackName
 from . import attack_cache
-
-ATTACKS = ["badnets", "addsent", "punc"]
-DEFENCES = ["onion", "strip", "rap", "bki", "cube", "finetune"]
 
 
 class DefenceBenchConfig(Config):
     """The grid and the sizes that keep it inside a CPU budget."""
 
     datasets: list[str] = Field(["rotten-tomatoes"], description="Datasets (rotten-tomatoes, sms-spam).")
-    attacks: list[str] = Field(ATTACKS, description="Attacks: badnets, addsent, punc.")
-    defences: list[str] = Field(DEFENCES, description="Defences: onion, strip, rap, bki, cube, finetune.")
+    attacks: list[AttackName] = Field(default_factory=lambda: list(ATTACKS.names()),
+                                      description="Attacks (registered names; default: every one).")
+    defences: list[DefenceName] = Field(default_factory=lambda: list(DEFENCES.names()),
+                                        description="Defences (registered names; default: every one).")
     seeds: list[int] = Field([0], min_length=1, description="Attack seeds (poison choice, victim init).")
     rate: float = Field(0.1, gt=0, lt=1, description="Poison rate.")
     max_train: Optional[int] = Field(2000, ge=50, description="Attack training subsample (None = all); the attack's default, "
@@ -89,13 +90,19 @@ def defence_config(cfg: DefenceBenchConfig, name: str):
     return config_for(name)(**extra)
 
 
+# cheapest defences first; one not ranked here (a newly registered one) runs after them
+FAST_FIRST = ("rap", "strip", "cube", "bki", "onion", "finetune")
+
+
 def jobs(cfg: DefenceBenchConfig) -> list[tuple[int, str, str, str]]:
     """(seed, dataset, attack, defence) in the order the targets need them: the first dataset's
-    seeds first and, within one, BadNets, then PuncAttack under ONION, so an interrupted run
-    still answers the headline questions."""
-    fast_first = ["rap", "strip", "cube", "bki", "onion", "finetune"]
+    seeds first and, within one, BadNets, then PuncAttack under ONION, then every other attack,
+    so an interrupted run still answers the headline questions."""
+    rank = {d: i for i, d in enumerate(FAST_FIRST)}
+    fast_first = sorted(DEFENCES.names(), key=lambda d: rank.get(d, len(rank)))
+    rest = ["punc"] + [a for a in ATTACKS.names() if a not in ("badnets", "punc")]
     order = [("badnets", d) for d in fast_first] + [("punc", "onion")] + \
-            [(a, d) for a in ("punc", "addsent") for d in fast_first]
+            [(a, d) for a in rest for d in fast_first]
     order = list(dict.fromkeys(order))
     # the targets are judged on the first dataset: all its seeds before the next dataset
     return [(seed, ds, a, d) for ds in cfg.datasets for seed in cfg.seeds for a, d in order
@@ -104,8 +111,7 @@ def jobs(cfg: DefenceBenchConfig) -> list[tuple[int, str, str, str]]:
 
 def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[dict], dict]:
     from ..core.runs import atomic_write_json
-    from ..guard.backdoor.defences import defend, inputs_from_run, make_defence
-    from ..guard.backdoor.defences.defend import HANDLERS
+    from ..guard.backdoor.defences import defence_class, defend, inputs_from_run, make_defence
     from ..guard.backdoor.defences.onion import LMScorer
 
     results, cache_info = [], {"attack_runs_reused": [], "attack_runs_trained": [], "results_reused": 0,
@@ -131,7 +137,7 @@ def run_grid(cfg: DefenceBenchConfig, log=print, on_result=None) -> tuple[list[d
                 {"run": paths[key].name, "seconds": round(time.perf_counter() - t0, 1)})
         path = paths[key]
         dcfg = defence_config(cfg, dname)
-        retrains = cfg.retrain_filters and HANDLERS[type(dcfg)].kind == "filter"
+        retrains = cfg.retrain_filters and defence_class(dcfg).kind == "filter"
         # a filter's retrained result answers more than its filter-only one: its own cache entry
         out = path / "defences" / f"{dname}-{attack_cache.short_hash(dcfg.to_dict())}{'-retrain' if retrains else ''}"
         res_file = out / "result.json"
@@ -226,6 +232,7 @@ def heatmap(look: dict, path: Path, datasets: list[str], attacks: list[str], def
     import matplotlib.pyplot as plt
     import numpy as np
 
+    attacks, defences = list(attacks), list(defences)
     fig, axes = plt.subplots(1, len(datasets), figsize=(0.8 * (len(defences) + 1) * len(datasets) + 2.5, 3.2), squeeze=False)
     cols = ["none"] + defences
     for ax, ds in zip(axes[0], datasets):

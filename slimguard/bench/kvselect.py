@@ -23,6 +23,7 @@ import typer
 from pydantic import Field
 
 from ..core.config import Config
+from ..slim.kvselect.config import SELECTORS, Method
 
 
 class KVSelectBenchConfig(Config):
@@ -35,10 +36,12 @@ class KVSelectBenchConfig(Config):
     lengths: list[int] = Field([4096], description="Context lengths (tokens) for dense and TokenSelect accuracy.")
     depths: list[float] = Field([0.1, 0.3, 0.5, 0.7, 0.9], description="Needle depths; cases per length = len(depths) * n_per_depth.")
     n_per_depth: int = Field(2, ge=1, description="Samples per (length, depth).")
-    methods: list[str] = Field(["dense", "tokenselect"], description="Methods run at every length (see dense_max).")
+    methods: list[Method] = Field(["dense", "tokenselect"], description="Methods run at every length (see dense_max).")
     dense_max: int = Field(0, ge=0, description="Run dense only at lengths <= this (0: every length); dense attention at 32K is slow on a CPU and needs a 32K x 32K mask on sliding-window models.")
     peer_length: int = Field(4096, ge=256, description="Context length of the equal-budget peer comparison.")
-    peers: list[str] = Field(["streaming", "h2o", "quest"], description="Peers at equal budget (--full adds random, oracle).")
+    peers: list[Method] = Field(["streaming", "h2o", "quest"], description=(
+        "Peers at equal budget (--full: every registered selector but tokenselect and the exact ones: adds random, "
+        "oracle)."))
     n_init: int = Field(16, ge=0, description="Accuracy-part budget: sink tokens (scaled down with the lengths).")
     k: int = Field(128, ge=1, description="Accuracy-part budget: selected tokens.")
     n_local: int = Field(128, ge=1, description="Accuracy-part budget: local window.")
@@ -101,18 +104,15 @@ SCORING_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1 + 4 
 # scoring precisions timed next to the headline one
 TIMED_SCORING = ("float32", "bfloat16", "int8")
 
-# fields that change only how TokenSelect scores; other methods' cached cases do not depend on them
-SCORING_ONLY = ("pool_kernel", "score_layers", "score_dtype")
-QUEST_ONLY = ("quest_per_head",)
-
-
 def _case_budget(base: dict, method: str) -> dict:
-    """The budget part of a cached case's key: dense reads everything (no field matters), the peers
-    depend on the sizes, and TokenSelect's scoring fields count only for TokenSelect."""
-    if method == "dense":
+    """The budget part of a cached case's key: an exact method (dense) reads everything (no field matters),
+    the others depend on the sizes and on the fields only they read (``Selector.fields``: TokenSelect's scoring
+    fields count only for TokenSelect, ``quest_per_head`` only for Quest)."""
+    sel = SELECTORS.get(method)
+    if sel.exact:
         return {}
-    drop = (() if method == "tokenselect" else SCORING_ONLY) + (() if method == "quest" else QUEST_ONLY)
-    return {k: v for k, v in base.items() if k not in drop}
+    others = {f for name, cls in SELECTORS.items() if name != method for f in cls.fields}
+    return {k: v for k, v in base.items() if k not in others or k in sel.fields}
 
 
 # A finished case is reused by its key, which names the config, not the code. Bump a method's revision whenever
@@ -358,7 +358,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                     # the model's scaled budget; the chunk, the position mode and the Quest form still come from
                     # the bench
                     base = {**defaults_for(lm.model.config), **{f: v for f, v in _budget(bc).items()
-                                                                if f in ("chunk_size", "positions", *QUEST_ONLY)}}
+                                                                if f in ("chunk_size", "positions", "quest_per_head")}}
             depths = [0.5] if mid else bc.depths
             samples = make_samples(hay, task, [L], depths, len(bc.depths) if mid else bc.n_per_depth, seed=bc.seed + L)
             record = task == "passkey" and method == "tokenselect" and L == max(bc.lengths) and not mid
@@ -588,7 +588,8 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
 
     overrides = {}
     if full:
-        overrides = dict(models=["smollm2-135m", "gemma3-270m"], peers=["streaming", "h2o", "quest", "random", "oracle"],
+        peers = [n for n, cls in SELECTORS.items() if n != "tokenselect" and not cls.exact]
+        overrides = dict(models=["smollm2-135m", "gemma3-270m"], peers=peers,
                          lengths=[1024, 2048, 4096, 8192, 16384, 32768], depths=[0.1, 0.3, 0.5, 0.7, 0.9], n_per_depth=4,
                          decode_tokens=64,
                          peer_length=32768, model_defaults=True, chunk_size=512,

@@ -16,7 +16,6 @@ from typing import List, Optional
 
 import typer
 
-STRATEGIES = ["gradient", "char", "word", "distractor", "random"]
 DATASETS = ["rotten-tomatoes", "sms-spam"]
 VICTIMS = ["smollm2-135m", "minilm-l6"]
 
@@ -81,7 +80,8 @@ RANDOM_DRAWS = 8  # unsearched random templates per seed: the literature's rando
 def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int = REDUCED["n_attack"],
               max_queries: int = REDUCED["max_queries"], max_steps: int = REDUCED["max_steps"],
               max_edits: int = 3, datasets: list[str] = DATASETS, victims: list[str] = VICTIMS,
-              strategies: list[str] = STRATEGIES, command: str = "slimguard bench promptattack", log=print) -> str:
+              strategies: list[str] | None = None, command: str = "slimguard bench promptattack", log=print) -> str:
+    """``strategies``: recipes to run (default: every registered strategy, in registry order)."""
     import numpy as np
     import torch
 
@@ -89,12 +89,14 @@ def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int 
     from ..guard.promptattack.attack import attack_set, search
     from ..guard.promptattack.fewshot import build_classifier, sample_k_shot, shot_features
     from ..guard.promptattack.metrics import accuracy, flip_rate, template_perplexity
-    from ..guard.promptattack.strategies.perturb import random_infix
+    from ..guard.promptattack.strategies import STRATEGIES
+    from ..guard.promptattack.strategies.random_template import random_infix
     from ..guard.promptattack.templates import default_template, default_verbalizer, token_edits
     from ..guard.promptattack.victims import load_victim
     from ..core.models import LoadedModel
     from . import harness
 
+    strategies = list(strategies or STRATEGIES.names())
     config = {"seeds": seeds, "n_test": n_test, "n_attack": n_attack, "max_queries": max_queries,
               "max_steps": max_steps, "max_edits": max_edits, "datasets": datasets, "victims": victims,
               "strategies": strategies, "k": [16, 32], "split_seed": 0, "random_draws": RANDOM_DRAWS}
@@ -281,5 +283,5 @@ def register(app: typer.Typer) -> None:
         cmd = ("slimguard bench promptattack" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "")
                + "".join(f" --{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None))
         path = run_bench(seeds=seeds, datasets=datasets or DATASETS, victims=victims or VICTIMS,
-                         strategies=strategies or STRATEGIES, command=cmd, log=lambda m: typer.echo(m, err=True), **size)
+                         strategies=strategies or None, command=cmd, log=lambda m: typer.echo(m, err=True), **size)
         typer.echo(path)

@@ -20,32 +20,18 @@ from pydantic import Field
 from ..core.config import Config
 from ..core.errors import SlimguardError
 from ..cli.options import ConfigOpt, SetOpt, ThreadsOpt, set_threads
+from ..slim.quant.variants import VARIANTS, VariantName
 
 BITS = {"W8A8": dict(w_bits=8, a_bits=8), "W4A8": dict(w_bits=4, a_bits=8),
         "W4A8KV4": dict(w_bits=4, a_bits=8, kv_bits=4), "W4A4": dict(w_bits=4, a_bits=4)}
-# name -> (loss switches, qat overrides)
-VARIANTS = {
-    "lsq_ce": (dict(ce=True), {}),
-    "lsq_kd": (dict(ce=True, kd=True), {}),
-    "lsq_kd_entropy": (dict(ce=True, kd=True, entropy=True), {}),
-    "lsq_kd_distribution": (dict(ce=True, kd=True, distribution=True), {}),
-    "edgeqat": (dict(ce=True, kd=True, entropy=True, distribution=True), {}),
-    # L_ent counted only up to the FP teacher's value per layer (an ablation: the paper's term has no bound)
-    "edgeqat_entropy_capped": (dict(ce=True, kd=True, entropy=True, distribution=True, entropy_cap="teacher"), {}),
-    "edgeqat_reference_sign": (dict(ce=True, kd=True, entropy=True, distribution=True,
-                                    distribution_sign="reference"), {}),
-    # token-adaptive bits: half the tokens at 4-bit activations (average A6); compared with the random control
-    "edgeqat_adaptive": (dict(ce=True, kd=True, entropy=True, distribution=True), dict(token_adaptive=True)),
-    "edgeqat_adaptive_random": (dict(ce=True, kd=True, entropy=True, distribution=True),
-                                dict(token_adaptive=True, adaptive_control="random")),
-}
 
 
 class QuantBenchConfig(Config):
     model: str = Field("smollm2-135m", description="Causal LM (Llama family).")
     bits: list[str] = Field(default_factory=lambda: ["W4A8KV4"], description=f"Bit settings from {list(BITS)}.")
-    variants: list[str] = Field(default_factory=lambda: ["lsq_ce", "edgeqat", "edgeqat_adaptive", "edgeqat_adaptive_random"],
-                                description=f"Trained variants from {list(VARIANTS)}.")
+    variants: list[VariantName] = Field(
+        default_factory=lambda: ["lsq_ce", "edgeqat", "edgeqat_adaptive", "edgeqat_adaptive_random"],
+        description="Trained QAT variants (names registered in slim/quant/variants.py; --full: every one).")
     torchao: bool = Field(True, description="Include torchao's QAT at the same budget: its own W4A8 linears and, at "
                                            "W4A8KV4, the same plus a fixed q4_0-style KV fake-quant (same bits).")
     steps: int = Field(5, description="Optimizer steps per QAT variant (equal for all).")
@@ -252,7 +238,8 @@ def _train_cfg(bc: QuantBenchConfig, bits: str, variant: str, seed: int):
     from ..core.config import build
     from ..slim.quant.config import QuantTrainConfig
 
-    loss, qat = VARIANTS[variant]
+    recipe = VARIANTS.get(variant)()
+    loss, qat = recipe.loss, recipe.qat
     return build(QuantTrainConfig, dict(model=bc.model, qat={**BITS[bits], **qat}, loss=loss, seq_len=bc.seq_len,
                                         batch_size=bc.batch_size, steps=bc.steps, lr=bc.lr, seed=seed,
                                         warmup=max(1, bc.steps // 10), eval_batches=bc.eval_batches,
@@ -527,11 +514,7 @@ def register(app: typer.Typer) -> None:
                 from ..core.errors import ConfigError
 
                 raise ConfigError(f"bits '{b}' unknown; choose from {', '.join(BITS)}")
-        for v in bc.variants:
-            if v not in VARIANTS:
-                from ..core.errors import ConfigError
-
-                raise ConfigError(f"variant '{v}' unknown; choose from {', '.join(VARIANTS)}")
+        # variants: QuantBenchConfig checks them against the registry (slim/quant/variants.py)
         cmd = "slimguard bench quant" + (" --speed" if bc.speed else "") + (" --full" if full else "") + \
             "".join(f" --set {shlex.quote(x)}" for x in (set_ or [])) + (f" --threads {threads}" if threads else "")
         path = run_bench(bc, cmd, n, log=lambda s: typer.echo(s, err=True))

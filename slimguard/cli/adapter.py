@@ -54,17 +54,23 @@ def field_at(cls: type, dotted: str):
     return info
 
 
+def _registry_names(meta) -> list[str] | None:
+    reg = getattr(meta, "registry", None)
+    # a registry whose methods load torch on first lookup stays free text here, so `--help` stays
+    # fast; the registry-backed config field still rejects an unknown name in one line
+    return list(reg.names()) if reg is not None and reg.loaded else None
+
+
 def choices_of(info) -> list[str] | None:
-    """Allowed values of a field: a Literal's values, or a registry's names (metadata with ``choices()``)."""
-    for meta in getattr(info, "metadata", []):
-        if callable(getattr(meta, "choices", None)):
-            return [str(c) for c in meta.choices()]
+    """Allowed values of a field: a Literal's values, or a (light) method registry's names."""
     ann = info.annotation
+    metas = list(getattr(info, "metadata", []))
     for a in [ann, *typing.get_args(ann)]:
         if typing.get_origin(a) is typing.Annotated:
-            for meta in typing.get_args(a)[1:]:
-                if callable(getattr(meta, "choices", None)):
-                    return [str(c) for c in meta.choices()]
+            metas += list(typing.get_args(a)[1:])
+    for meta in metas:
+        if getattr(meta, "registry", None) is not None:
+            return _registry_names(meta)
     base = _unwrap(ann)
     if typing.get_origin(base) is Literal:
         return [str(v) for v in typing.get_args(base)]
@@ -94,8 +100,16 @@ def _option_type(info) -> Any:
     return Optional[str]
 
 
+SHARED = ("config", "set_", "run_name", "threads", "overwrite", "resume", "progress")
+
+
 def _pyname(flag: Flag) -> str:
-    return "opt_" + flag.name.lstrip("-").replace("-", "_")
+    # the click parameter carries the flag's own name (`attack` for --attack): tools that walk the
+    # CLI tree (tests/test_registry.py) find a method family's option by it
+    name = flag.name.lstrip("-").replace("-", "_")
+    if name in SHARED:
+        raise ValueError(f"flag {flag.name} collides with a shared option")
+    return name
 
 
 def _help(flag: Flag, info) -> str:
@@ -159,7 +173,7 @@ def build(cmd: Command) -> typer.models.CommandFunctionType:
     params: list[inspect.Parameter] = []
     if cmd.variant:
         names = list(cmd.config_types())
-        params.append(inspect.Parameter("variant", inspect.Parameter.KEYWORD_ONLY, annotation=Literal[tuple(names)],
+        params.append(inspect.Parameter(_pyname(cmd.variant), inspect.Parameter.KEYWORD_ONLY, annotation=Literal[tuple(names)],
                                         default=typer.Option(..., cmd.variant.name,
                                                              *([cmd.variant.short] if cmd.variant.short else []),
                                                              help=cmd.variant.help or f"One of: {', '.join(names)}.")))
@@ -186,7 +200,7 @@ def _invoke(cmd: Command, kw: dict[str, Any]) -> None:
     from ..core.commands import execute
     from ..core.config import resolve
 
-    variant = kw.pop("variant", None)
+    variant = kw.pop(_pyname(cmd.variant), None) if cmd.variant else None
     cfg_type = cmd.config_for(variant)
     overrides = {}
     for flag in cmd.flags:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
+from .registry import UNKNOWN
 
 
 class Config(BaseModel):
@@ -52,6 +53,8 @@ def _one_line(cls: type[Config], err: ValidationError) -> str:
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f"; did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else f"; valid keys: {', '.join(valid)}"
         return f"unknown config key '{key}'{hint}"
+    if e["type"] == UNKNOWN:  # a registry-backed field (core.registry): the value, the key and a suggestion
+        return f"unknown value '{e['ctx']['value']}' for key '{key}'{e['ctx']['hint']}"
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 

@@ -51,9 +51,9 @@ def attack_command(cfg: AttackConfig, run: Run) -> dict:
 
 
 def _defence_configs() -> dict[str, type[DefenceConfig]]:
-    from .defences.defend import CONFIGS
+    from .defences import DEFENCES  # importing the package registers every defence
 
-    return dict(CONFIGS)
+    return {name: cls.config_type for name, cls in DEFENCES.items()}
 
 
 def _attack_run(attack_run: str | None) -> Path:
@@ -89,7 +89,7 @@ def _defend_name(cfg: DefenceConfig, attack_run: str | None = None) -> str:
 
 
 @command("backdoor defend", config=_defence_configs, run_name=_defend_name, run_option="--out",
-         variant=Flag("--defence", "defence", "-d", help="onion, strip, rap, bki, cube or finetune."),
+         variant=Flag("--defence", "defence", "-d", help="The defence to apply (its config type's fields follow)."),
          flags=(Flag("--max-eval", "max_eval"), Flag("--seed", "seed")),
          inputs=(Input("--run", "attack_run", "Attack run directory (runs/NAME or a path) from "
                                               "`slimguard backdoor attack`.", required=True),),

@@ -140,12 +140,9 @@ def exact_score(x: np.ndarray, trigger: Trigger) -> np.ndarray:
     return 1.0 - corr
 
 
-DEFAULT_TOL = {"patch": 0.35, "blend": 0.7}  # blend: clean Fashion-MNIST scores >= 0.80, stamped <= 0.64
-
-
 def exact_pattern_check(x: np.ndarray, trigger: Trigger, tol: float | None = None) -> np.ndarray:
-    """True where the trigger is present within ``tol`` (see :func:`exact_score`)."""
-    return exact_score(x, trigger) <= (DEFAULT_TOL[trigger.kind] if tol is None else tol)
+    """True where the trigger is present within ``tol`` (see :func:`exact_score`; default: the trigger's own)."""
+    return exact_score(x, trigger) <= (trigger.exact_tol if tol is None else tol)
 
 
 def pattern_check(x: np.ndarray, trigger: Trigger, min_corr: float = 0.65, min_std: float = 0.08) -> np.ndarray:

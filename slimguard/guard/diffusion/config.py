@@ -13,6 +13,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ...core.config import Config
+from ...core.registry import Registry
+
+# name -> trigger builder ``(PoisonConfig, image side) -> Trigger`` (triggers/, one file each); filled when the
+# triggers package is first imported, so this module stays light
+TRIGGERS = Registry("trigger", load="slimguard.guard.diffusion.triggers")
+TriggerName = TRIGGERS.name_type()
 
 GUIDANCE_GRID = [0.0, 1.0, 2.0, 5.0]
 
@@ -33,7 +39,8 @@ class DataConfig(Config):
 
 
 class PoisonConfig(Config):
-    trigger: Literal["patch", "blend"] = Field("patch", description="BadNets corner patch or blended noise pattern.")
+    trigger: TriggerName = Field("patch", description="A registered trigger: patch (BadNets corner checkerboard) or "
+                                                      "blend (blended noise pattern).")
     rate: float = Field(0.05, ge=0.0, lt=1.0, description="Poisoned images as a fraction of the whole training set (paper: 0.01-0.1).")
     target: int = Field(0, ge=0, description="Target class id (poisoned images are relabelled to it).")
     patch_size: int | None = Field(None, ge=1, description="Patch side in pixels (None: max(3, side/10)).")

@@ -1,9 +1,10 @@
 """Data-only poisoning for BiBadDiff (Pan et al., NeurIPS 2024), after BadNets (Gu et al., 2017).
 
 ``int(N * rate)`` images are drawn from the NON-target classes, stamped with a trigger and
-relabelled to the target class. Two triggers share one form, ``x' = (1 - m) * x + m * p``:
-a checkerboard patch in the bottom-right corner (``m`` = 1 on the patch) and a blended
-noise pattern (``m`` = alpha everywhere). Images are float arrays in [0, 1], ``[N, H, W]``.
+relabelled to the target class. Every trigger has one form, ``x' = (1 - m) * x + m * p``;
+the triggers themselves (a checkerboard patch in the bottom-right corner, ``m`` = 1 on the
+patch, and a blended noise pattern, ``m`` = alpha everywhere) live in :mod:`.triggers`, one
+file each, registered in :data:`~.config.TRIGGERS`. Images are float arrays in [0, 1], ``[N, H, W]``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...core.errors import DataError
-from .config import DataConfig, PoisonConfig
+from .config import TRIGGERS, DataConfig, PoisonConfig
 
 
 @dataclass
@@ -34,10 +35,12 @@ class ImageSet:
 
 @dataclass
 class Trigger:
-    kind: str
+    kind: str  # the registered name of the trigger that built it
     mask: np.ndarray  # [S, S] blend weight per pixel
     pattern: np.ndarray  # [S, S] values in [0, 1]
     box: tuple[int, int, int, int] | None = None  # patch rows/cols (r0, r1, c0, c1), None for blend
+    # the exact check's default tolerance (classifiers.exact_score: pixel error in a box, else 1 - correlation)
+    exact_tol: float = field(kw_only=True)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         validate_images(x, self.mask.shape[0])
@@ -104,22 +107,8 @@ def load_data(cfg: DataConfig) -> ImageSet:
 
 
 def make_trigger(cfg: PoisonConfig, size: int) -> Trigger:
-    if cfg.trigger == "patch":
-        p = cfg.patch_size or max(3, round(size / 10))
-        if p + cfg.patch_margin > size // 2:
-            raise DataError(f"patch_size {p} + patch_margin {cfg.patch_margin} is too large for {size}px images")
-        r1 = size - cfg.patch_margin
-        r0 = r1 - p
-        mask = np.zeros((size, size), np.float32)
-        mask[r0:r1, r0:r1] = 1.0
-        pattern = np.zeros((size, size), np.float32)
-        ii, jj = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
-        # a checkerboard, bright in the corner pixel: rare in natural images, unlike a flat square
-        pattern[r0:r1, r0:r1] = ((ii + jj) % 2 == 0).astype(np.float32)
-        return Trigger("patch", mask, pattern, (r0, r1, r0, r1))
-    rng = np.random.default_rng(cfg.seed + 10_007)  # the pattern is fixed per seed, not per image
-    pattern = rng.random((size, size)).astype(np.float32)
-    return Trigger("blend", np.full((size, size), cfg.blend_alpha, np.float32), pattern)
+    """The trigger ``cfg.trigger`` names, built for ``size`` x ``size`` images."""
+    return TRIGGERS.get(cfg.trigger)(cfg, size)
 
 
 def poison_dataset(x: np.ndarray, y: np.ndarray, cfg: PoisonConfig, num_classes: int) -> PoisonedSet:

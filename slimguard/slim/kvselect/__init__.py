@@ -1,17 +1,20 @@
 """TokenSelect: dynamic token-level KV cache selection (Wu et al., 2024) for transformers models.
 
-Public API: :class:`TokenSelectConfig`, :func:`enable_token_select`, :func:`disable_token_select`.
-The attention code (and torch) loads on first use, so importing the config stays light.
+Public API: :class:`TokenSelectConfig`, :func:`enable_token_select`, :func:`disable_token_select`,
+and :data:`SELECTORS` (TokenSelect and its peers, one file each under :mod:`.selectors`).
+The attention code imports torch; this package file stays light and re-exports it lazily.
 """
 
-from .config import METHODS, TokenSelectConfig
+from __future__ import annotations
 
-__all__ = ["TokenSelectConfig", "enable_token_select", "disable_token_select", "TokenSelectRuntime", "METHODS"]
+from .config import SELECTORS, TokenSelectConfig
+
+__all__ = ["TokenSelectConfig", "enable_token_select", "disable_token_select", "TokenSelectRuntime", "SELECTORS"]
 
 
-def __getattr__(name: str):
-    if name in ("TokenSelectRuntime", "disable_token_select", "enable_token_select"):
+def __getattr__(name):
+    if name in ("TokenSelectRuntime", "enable_token_select", "disable_token_select"):
         from . import attention
 
         return getattr(attention, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(name)

@@ -11,7 +11,9 @@ Per full-attention layer and per chunk of ``chunk_size`` queries (or per decode 
 exact dense SDPA while ``n_init + k + n_local`` covers the context; otherwise score the
 un-rotated keys with the chunk's fingerprint query, keep ``[0, n_init) U top-k U local``,
 and attend over that compacted list with RoPE positions ``0..S-1`` (keys and queries are
-re-rotated: RoPE rotations compose), so positions never leave the trained range.
+re-rotated: RoPE rotations compose), so positions never leave the trained range. Which middle
+tokens are kept is the configured selector's choice (``cfg.method``, one file each under
+:mod:`.selectors`); this module does the rest the same way for all of them.
 
 Gemma-3 sliding-window layers already read at most ``sliding_window`` keys; they are not
 selected but run an exact chunked sliding-window attention (relative positions < 512 are
@@ -28,12 +30,11 @@ import torch
 from ...core.errors import SlimguardError
 from . import kernels as KN
 from . import select as K
-from .config import TokenSelectConfig
+from .config import SELECTORS, TokenSelectConfig
 
 NAME = "token_select"
 ATTR = "slimguard_kvselect"
 SUPPORTED = ("llama", "gemma3_text", "gemma3", "qwen2", "mistral")
-ROTATE_BLOCK = 4096  # keys un-rotated into the scoring buffer per step
 
 
 @dataclass
@@ -270,43 +271,6 @@ def sliding_attention(query, key, value, scaling: float, window: int, chunk: int
     return torch.cat(outs, dim=2).transpose(1, 2)
 
 
-def _sync_buffer(st: LayerState, key: torch.Tensor) -> torch.Tensor:
-    """Append newly cached keys, un-rotated, to the layer's contiguous scoring buffer; returns it."""
-    b, n_kv, n, d = key.shape
-    name = st.runtime.cfg.score_dtype
-    dtype = getattr(torch, name) if name else key.dtype
-    if st.kbuf is None or st.kbuf.shape[:2] != (b, n_kv) or st.kbuf.device != key.device or st.kbuf.dtype != dtype:
-        st.kbuf, st.n_seen = None, 0
-    cap = 0 if st.kbuf is None else st.kbuf.shape[2]
-    if cap < n:
-        new = torch.empty(b, n_kv, max(n, 2 * cap, 1024), d, dtype=dtype, device=key.device)
-        scale = torch.empty(new.shape[:3], device=key.device) if dtype == torch.int8 else None
-        if st.n_seen:
-            new[:, :, :st.n_seen] = st.kbuf[:, :, :st.n_seen]
-            if scale is not None:
-                scale[:, :, :st.n_seen] = st.kscale[:, :, :st.n_seen]
-        st.kbuf, st.kscale = new, scale
-    if n > st.n_seen:
-        cos_t, sin_t = st.runtime.trig(st, n, key.device)
-        lib = _kernels(st.runtime.cfg) if st.kscale is not None and key.dtype == torch.float32 \
-            and KN.usable(key) and key.stride(2) == d else None
-        if lib is not None:  # one call instead of ~15 small ops per decoded key
-            KN.sync_int8(lib, key, st.n_seen, n, cos_t, sin_t, st.kbuf, st.kscale)
-            st.n_seen = n
-    # blocks of keys, so a 32K prefill does not hold four full-size float32 temporaries of the rotation
-    for lo in range(st.n_seen, n, ROTATE_BLOCK):
-        hi = min(n, lo + ROTATE_BLOCK)
-        # rotate by -p (cos(-a) = cos(a), sin(-a) = -sin(a)) in float32, whatever the cache holds
-        x = key[:, :, lo:hi].to(torch.float32)
-        if st.kscale is None:
-            K.rotate_into(st.kbuf[:, :, lo:hi], x, cos_t[lo:hi], -sin_t[lo:hi])
-        else:
-            st.kbuf[:, :, lo:hi], st.kscale[:, :, lo:hi] = K.quantize_rows(
-                K.rotate_into(torch.empty_like(x), x, cos_t[lo:hi], -sin_t[lo:hi]))
-    st.n_seen = max(st.n_seen, n)
-    return st.kbuf
-
-
 def token_select_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                            sliding_window=None, **kwargs):
     """The ``"token_select"`` attention function (transformers AttentionInterface signature)."""
@@ -334,7 +298,7 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
         st.h2o_acc = st.h2o_kept = None
         st.h2o_hi = 0
     st.n_keys = n
-    if cfg.method == "dense" or n <= cfg.budget:
+    if SELECTORS.get(cfg.method).exact or n <= cfg.budget:
         st.dense += 1
         # HF only skips the mask when causality is top-left == bottom-right (L == n or L == 1)
         mask = _causal_mask(L, n, query.device)[None, None] if 1 < L < n else None
@@ -365,82 +329,6 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
     return out, None
 
 
-def _middle(st: LayerState, q: torch.Tensor, key: torch.Tensor, nk: int, q0: int,
-            scaling: float, decode: bool) -> torch.Tensor:
-    """Indices of the selected middle tokens, ``[B, H, k]`` (H = 1 shared, Hkv or Hq per head)."""
-    cfg = st.runtime.cfg
-    b, hq, c, d = q.shape
-    lo, hi = cfg.n_init, nk - cfg.n_local
-    inv = st.inv_freq.to(q.device)
-    if cfg.method == "streaming":
-        return torch.arange(max(lo, hi - cfg.k), hi, device=q.device).expand(b, 1, -1)
-    if cfg.method == "random":
-        return K.random_middle(b, lo, hi, cfg.k, st.runtime.gen, q.device)
-    if cfg.method == "quest":
-        # a short chunk (the question tail) bounds every query, as TokenSelect votes per query there
-        return K.quest_middle(q if 1 < c <= cfg.vote_queries else q.mean(2), key, lo, hi, cfg.k, cfg.page_size,
-                              per_query_head=cfg.quest_per_head)
-    if cfg.method == "oracle":
-        return K.oracle_middle(q, key, lo, hi, cfg.k, scaling)
-    if cfg.method == "h2o":
-        first = st.h2o_kept is None
-        new = torch.arange(lo if first else st.h2o_hi, hi, device=q.device).expand(b, 1, -1)
-        elig = new if first else torch.cat((st.h2o_kept, new), dim=-1)
-        acc = st.h2o_acc[:, None, :].gather(2, elig) if st.h2o_acc is not None and st.h2o_acc.shape[1] >= hi \
-            else torch.zeros(elig.shape, device=q.device)
-        keep = torch.topk(acc, min(cfg.k, elig.shape[-1]), dim=-1, sorted=False).indices
-        st.h2o_kept, st.h2o_hi = elig.gather(2, keep), hi
-        return st.h2o_kept
-    # tokenselect: position-free fingerprint of the chunk, Selection Cache on decode steps
-    if cfg.score_layers is not None and st.layer_idx not in cfg.score_layers:
-        src = max((i for i in cfg.score_layers if i < st.layer_idx), default=None)
-        got = st.runtime.shared.get(src, {}).get((nk, q0, c)) if src is not None else None
-        if got is not None:
-            if st.cached_mid is not None and torch.equal(st.cached_mid, got):
-                st.hits += 1  # same indices as this layer's last step: its compacted rows are reused
-            st.cached_mid = got
-            return got
-    cos_t, sin_t = st.runtime.trig(st, q0 + c, q.device)
-    vote = 1 < c <= cfg.vote_queries
-    lib = _kernels(cfg) if not vote and q.dtype == torch.float32 and KN.usable(q) else None
-    if lib is not None:  # one call instead of ~10 small ops (and, for a chunk, its [Hq, c, d] temporaries)
-        q_un = KN.unrotate(lib, q, cos_t, sin_t, q0)[:, :, 0] if c == 1 else KN.unrotate_mean(lib, q, cos_t, sin_t, q0)
-    else:
-        q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
-                             -sin_t[q0:q0 + c]).to(q.dtype)  # [B, Hq, c, d], rotated back by its positions
-        # A short chunk (the question, a decode step) votes with every query: the mean of a
-        # question's queries points at no needle in particular. Long prefill chunks keep the mean
-        # fingerprint so scoring stays one read of the keys per chunk.
-        q_un = q_un if vote else q_un[:, :, 0] if c == 1 else q_un.mean(2)
-    if cfg.score_distance:
-        q_un = K.rotate(q_un, torch.tensor([cfg.score_distance], device=q.device), inv)
-    if decode and cfg.cache_threshold is not None and st.cached_q is not None:
-        if lib is not None and q_un.is_contiguous() and q_un.numel() == st.cached_q.numel():
-            same = KN.cosine(lib, q_un, st.cached_q) >= cfg.cache_threshold  # one call, not ~15 ops
-        else:
-            cos = torch.nn.functional.cosine_similarity(q_un.reshape(b, -1).float(), st.cached_q, dim=-1)
-            same = bool((cos >= cfg.cache_threshold).all())
-        if same and st.cached_hi <= hi:
-            st.hits += 1
-            _share(st, nk, q0, c, st.cached_mid)
-            return st.cached_mid
-    # keys reach the scoring buffer only here: a Selection Cache hit, or a layer reusing another
-    # layer's selection, never reads it (nor pays to fill it)
-    kbuf = _sync_buffer(st, key)
-    ks = st.kscale[:, :, lo:hi] if st.kscale is not None else None
-    lib = _kernels(cfg) if ks is not None and q_un.dim() == 3 and q_un.dtype == torch.float32 \
-        and KN.usable(kbuf, q_un) else None
-    if lib is not None:  # integer scoring, vote, pool and top-k in one call
-        mid = KN.select_int8(lib, q_un, scaling, kbuf[:, :, lo:hi], ks[0], cfg.k, lo, cfg.pool_kernel)[:, None]
-    else:
-        score = K.soft_vote(K.head_logits(q_un, kbuf[:, :, lo:hi], scaling, ks), cfg.pool_kernel)
-        mid = K.topk_sorted(score, cfg.k, lo)[:, None]
-    if decode:
-        st.cached_q, st.cached_mid, st.cached_hi = q_un.reshape(b, -1).float(), mid, hi
-    _share(st, nk, q0, c, mid)
-    return mid
-
-
 def _kernels(cfg: TokenSelectConfig):
     """The fused kernel library when the config allows it (None: the PyTorch path)."""
     return None if cfg.kernel == "torch" else KN.library(required=cfg.kernel == "cpp")
@@ -450,12 +338,6 @@ def _fused_rows(lib, key: torch.Tensor, value: torch.Tensor) -> bool:
     """Whether a float32 batch-1 cache can go to the fused kernels (rows of d contiguous floats)."""
     return (lib is not None and key.dtype == torch.float32 and value.dtype == torch.float32
             and KN.usable(key, value) and key.stride() == value.stride() and key.stride(2) == key.shape[3])
-
-
-def _share(st: LayerState, nk: int, q0: int, c: int, mid: torch.Tensor) -> None:
-    """Publish a scoring layer's selection for the layers after it that reuse it (``score_layers``)."""
-    if st.runtime.cfg.score_layers is not None and st.layer_idx in st.runtime.cfg.score_layers:
-        st.runtime.shared.setdefault(st.layer_idx, {})[(nk, q0, c)] = mid
 
 
 def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling: float, decode: bool):
@@ -472,7 +354,8 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     n_kv = key.shape[1]
     st.selections += 1
     hits = st.hits
-    mid = _middle(st, q, key, nk, q0, scaling, decode)
+    sel = SELECTORS.get(cfg.method)
+    mid = sel.middle(st, q, key, nk, q0, scaling, decode)
     n_i, m, n_l = cfg.n_init, mid.shape[-1], cfg.n_local
     s = n_i + m + n_l
     heads = n_kv if mid.shape[1] in (1, n_kv) else hq
@@ -485,7 +368,7 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     orig = cfg.positions == "original" or (cfg.positions == "auto" and nk <= st.max_positions)
     if not (st.hits > hits and st.sel_k is not None and st.sel_k.shape == (b, heads, s, d)
             and st.sel_original == orig):
-        if cfg.method != "tokenselect":  # compact positions follow cache order; TokenSelect's come sorted
+        if not sel.sorted_middle:  # compact positions follow cache order
             mid, _ = torch.sort(mid, dim=-1)
         if st.sel_k is None or st.sel_k.shape != (b, heads, s, d) or st.sel_k.dtype != key.dtype \
                 or st.sel_k.device != key.device:
@@ -514,9 +397,9 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
             K.rotate_into(st.sel_k[:, :, n_i:n_i + m], K.gather_heads(key, mid).to(dt), cos_d.to(dt),
                           sin_d.to(dt))
             st.sel_v[:, :, n_i:n_i + m] = K.gather_heads(value, mid)
-    h2o = cfg.method == "h2o"
+    weights = sel.needs_weights  # H2O accumulates the attention its selection received
     # one rotation by s - nk < 0 (s <= budget < nk here): cos(-a) = cos(a), sin(-a) = -sin(a)
-    fast = fused and not h2o and q.dtype == torch.float32
+    fast = fused and not weights and q.dtype == torch.float32
     if orig:
         q_c = q.contiguous()
     elif fast:  # one kernel call per rotation, not ~10 ops (and a contiguous query for the attention)
@@ -534,7 +417,7 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
             out, p = KN.attend2(lib, q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head], q, loc_k, loc_v, scaling), None
         else:
             out, p = K.attend_frames([(q_c, st.sel_k[:, :, :head], st.sel_v[:, :, :head]), (q, loc_k, loc_v)],
-                                     scaling, need_weights=h2o)
+                                     scaling, need_weights=weights)
     else:
         if heads != n_kv:
             loc_k, loc_v = loc_k.repeat_interleave(hq // n_kv, 1), loc_v.repeat_interleave(hq // n_kv, 1)
@@ -545,18 +428,12 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
         else:
             K.rotate_into(st.sel_k[:, :, n_i + m:], loc_k.to(dt), cos, sin)
         st.sel_v[:, :, n_i + m:] = loc_v
-        out, p = K.attend(q_c, st.sel_k, st.sel_v, scaling, need_weights=h2o)
+        out, p = K.attend(q_c, st.sel_k, st.sel_v, scaling, need_weights=weights)
     idx = None
     if p is not None or cfg.record:
         idx = K.frame(mid, n_i, nk - n_l, nk)
     if p is not None:
-        mass = p.sum(dim=(1, 2))  # [B, S]: attention each selected token received, all heads and queries
-        if st.h2o_acc is None or st.h2o_acc.shape[1] < nk:
-            grown = torch.zeros(b, max(nk, 2 * (0 if st.h2o_acc is None else st.h2o_acc.shape[1])), device=q.device)
-            if st.h2o_acc is not None:
-                grown[:, :st.h2o_acc.shape[1]] = st.h2o_acc
-            st.h2o_acc = grown
-        st.h2o_acc.scatter_add_(1, idx[:, 0], mass)
+        sel.observe(st, p, idx, nk)
     if cfg.record:
         st.last_idx, st.last_n_keys = idx.detach().cpu(), nk
     return out

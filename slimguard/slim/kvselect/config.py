@@ -1,6 +1,7 @@
 """Typed config for TokenSelect (Wu et al., 2024, "TokenSelect: Efficient Long-Context
 Inference and Length Extrapolation for LLMs via Dynamic Token-Level KV Cache Selection")
-and for the peer selectors that run through the same attention path.
+and for the peer selectors that run through the same attention path (``method``: any name
+registered in :data:`SELECTORS`).
 
 Reference defaults (n_init=128, k=2048, n_local=512) are for 7-8B models reading 128K+.
 Our defaults are scaled to 135M-270M models with 8K-32K trained windows: a budget of
@@ -15,9 +16,12 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from ...core.config import Config
+from ...core.registry import Registry
 
-METHODS = ("tokenselect", "dense", "streaming", "h2o", "quest", "random", "oracle")
-Method = Literal["tokenselect", "dense", "streaming", "h2o", "quest", "random", "oracle"]
+# name -> Selector class (selectors/, one file each). Filled when the selectors package is first imported, so this
+# config (and a benchmark config nesting its names) stays importable without torch.
+SELECTORS = Registry("selector", load="slimguard.slim.kvselect.selectors")
+Method = SELECTORS.name_type()
 
 
 class TokenSelectConfig(Config):

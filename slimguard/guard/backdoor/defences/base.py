@@ -10,14 +10,17 @@ A defence acts at one of two stages:
   suspicious words) or *repairs* the model (clean fine-tuning / fine-pruning).
 
 Every defence gets the same :class:`DefenceInputs` and returns typed records; scores are
-"higher = more suspicious" everywhere so the detection metrics are shared.
+"higher = more suspicious" everywhere so the detection metrics are shared. Each defence lives
+in its own file with its config and registers its class in :data:`DEFENCES` with one
+decorator (``@DEFENCES.register("onion")``); the class names its config type, so the name
+maps to ``(config_type, class)`` and a config's type picks its handler.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import Field
@@ -25,8 +28,12 @@ from pydantic import Field
 from ....core.config import Config
 from ....core.data import TextSample
 from ....core.errors import SlimguardError
+from ....core.registry import Registry
 
 Stage = Literal["pre", "post"]
+# name -> Defence subclass; filled by the defence files as the package imports them
+DEFENCES: Registry[type["Defence"]] = Registry("defence", load="slimguard.guard.backdoor.defences")
+DefenceName = DEFENCES.name_type()
 
 
 class DefenceConfig(Config):
@@ -162,6 +169,7 @@ class Defence:
     name: str = "defence"
     stage: Stage = "post"
     kind: str = "detect"  # detect | correct | repair | filter: which method carries the defence
+    config_type: ClassVar[type[DefenceConfig]] = DefenceConfig  # the config that selects this defence
 
     def __init__(self, cfg: DefenceConfig):
         self.cfg = cfg

@@ -21,7 +21,7 @@ from collections import defaultdict
 import numpy as np
 from pydantic import Field
 
-from .base import Calibration, Defence, DefenceConfig, DefenceInputs, Detection
+from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection
 from .onion import delete_spans, word_spans
 
 
@@ -40,8 +40,9 @@ def _word(text: str, span: tuple[int, int]) -> str:
     return text[span[0]:span[1]].lower()
 
 
+@DEFENCES.register("bki")
 class Bki(Defence):
-    name, stage, kind = "bki", "pre", "filter"
+    name, stage, kind, config_type = "bki", "pre", "filter", BkiConfig
 
     def __init__(self, cfg: BkiConfig):
         super().__init__(cfg)

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from ....core.errors import SlimguardError
-from .base import Calibration, Defence, DefenceConfig, DefenceInputs, Detection
+from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection
 
 
 class CubeConfig(DefenceConfig):
@@ -28,8 +28,9 @@ class CubeConfig(DefenceConfig):
                              "only the dominant cluster; noise is often clean and dropping it costs data).")
 
 
+@DEFENCES.register("cube")
 class Cube(Defence):
-    name, stage, kind = "cube", "pre", "filter"
+    name, stage, kind, config_type = "cube", "pre", "filter", CubeConfig
 
     def __init__(self, cfg: CubeConfig):
         super().__init__(cfg)

@@ -16,26 +16,21 @@ import numpy as np
 from ....core.data import TextSample
 from ....core.errors import SlimguardError
 from . import metrics as M
-from .base import Defence, DefenceConfig, DefenceInputs, HFClassifier
-from .bki import Bki, BkiConfig
-from .cube import Cube, CubeConfig
-from .finetune import Finetune, FinetuneConfig
-from .onion import Onion, OnionConfig
-from .rap import Rap, RapConfig
-from .strip import Strip, StripConfig
-
-# config type -> defence class; names exist only at the CLI/config-file edge
-HANDLERS: dict[type[DefenceConfig], type[Defence]] = {
-    OnionConfig: Onion, StripConfig: Strip, RapConfig: Rap, BkiConfig: Bki, CubeConfig: Cube, FinetuneConfig: Finetune}
-CONFIGS: dict[str, type[DefenceConfig]] = {"onion": OnionConfig, "strip": StripConfig, "rap": RapConfig,
-                                           "bki": BkiConfig, "cube": CubeConfig, "finetune": FinetuneConfig}
+from .base import DEFENCES, Defence, DefenceConfig, DefenceInputs, HFClassifier
+from .finetune import FinetuneConfig
 
 
 def config_for(name: str) -> type[DefenceConfig]:
-    try:
-        return CONFIGS[name]
-    except KeyError:
-        raise SlimguardError(f"unknown defence '{name}'; choose one of {', '.join(CONFIGS)}") from None
+    """The config type of the defence registered as ``name`` (one-line error with a suggestion otherwise)."""
+    return DEFENCES.get(name).config_type
+
+
+def defence_class(cfg: DefenceConfig) -> type[Defence]:
+    """The registered defence whose config type is ``type(cfg)``: names exist only at the CLI/config-file edge."""
+    for cls in DEFENCES.values():
+        if cls.config_type is type(cfg):
+            return cls
+    raise SlimguardError(f"no defence handles {type(cfg).__name__}; register one with @DEFENCES.register(name)")
 
 
 @dataclass
@@ -72,10 +67,7 @@ def _subset(xs: list[TextSample], n: int | None, seed: int, salt: int) -> list[T
 
 
 def make_defence(cfg: DefenceConfig, **kw) -> Defence:
-    cls = HANDLERS.get(type(cfg))
-    if cls is None:
-        raise SlimguardError(f"no defence handles {type(cfg).__name__}")
-    return cls(cfg, **kw)
+    return defence_class(cfg)(cfg, **kw)
 
 
 def defend(inputs: DefenceInputs, cfg: DefenceConfig, *, defence: Defence | None = None,
@@ -164,7 +156,7 @@ def inputs_from_run(run_dir: str | Path, *, batch_size: int = 64) -> DefenceInpu
 
 
 def default_run_name(cfg: DefenceConfig, attack_run: str | Path) -> str:
-    return f"defend-{next(k for k, v in CONFIGS.items() if v is type(cfg))}-{Path(attack_run).name}"
+    return f"defend-{defence_class(cfg).name}-{Path(attack_run).name}"
 
 
 def defend_into(cfg: DefenceConfig, run, attack_run: str | Path) -> tuple[dict, DefenceReport]:

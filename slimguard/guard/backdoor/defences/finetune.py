@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ....core.data import TextSample
 from ....core.errors import SlimguardError
-from .base import Calibration, Defence, DefenceConfig, DefenceInputs, HFClassifier
+from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, HFClassifier
 
 
 class FinetuneConfig(DefenceConfig):
@@ -103,8 +103,9 @@ def fit_on(clf: HFClassifier, samples: list[TextSample], *, epochs: float, lr: f
     return losses
 
 
+@DEFENCES.register("finetune")
 class Finetune(Defence):
-    name, stage, kind = "finetune", "post", "repair"
+    name, stage, kind, config_type = "finetune", "post", "repair", FinetuneConfig
 
     def __init__(self, cfg: FinetuneConfig, *, out_dir: str | Path | None = None):
         super().__init__(cfg)

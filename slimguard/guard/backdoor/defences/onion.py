@@ -27,7 +27,7 @@ from pydantic import Field
 
 from ....core.errors import SlimguardError
 from ....core.runs import atomic_write_json
-from .base import Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev
+from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev
 
 WORD_RE = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 _NO_SPACE_BEFORE = re.compile(r"^[.,!?;:)\]}%']")
@@ -191,8 +191,9 @@ def onion_scores(texts: list[str], scorer: LMScorer, *, max_words: int = 60,
             for t, sp in zip(texts, spans)]
 
 
+@DEFENCES.register("onion")
 class Onion(Defence):
-    name, stage, kind = "onion", "post", "correct"
+    name, stage, kind, config_type = "onion", "post", "correct", OnionConfig
 
     def __init__(self, cfg: OnionConfig, *, scorer: LMScorer | None = None):
         super().__init__(cfg)

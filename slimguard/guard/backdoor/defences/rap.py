@@ -18,7 +18,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ....core.errors import SlimguardError
-from .base import Calibration, Defence, DefenceConfig, DefenceInputs, Detection, HFClassifier, need_dev, threshold_at_frr
+from .base import (DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, HFClassifier, need_dev,
+                   threshold_at_frr)
 
 
 class RapConfig(DefenceConfig):
@@ -43,8 +44,9 @@ class RapConfig(DefenceConfig):
         return self
 
 
+@DEFENCES.register("rap")
 class Rap(Defence):
-    name, stage, kind = "rap", "post", "detect"
+    name, stage, kind, config_type = "rap", "post", "detect", RapConfig
 
     def __init__(self, cfg: RapConfig):
         super().__init__(cfg)

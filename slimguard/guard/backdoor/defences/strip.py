@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev, threshold_at_frr
+from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev, threshold_at_frr
 from .onion import WORD_RE
 
 
@@ -29,8 +29,9 @@ def _words(text: str) -> list[str]:
     return WORD_RE.findall(text)
 
 
+@DEFENCES.register("strip")
 class Strip(Defence):
-    name, stage, kind = "strip", "post", "detect"
+    name, stage, kind, config_type = "strip", "post", "detect", StripConfig
 
     def __init__(self, cfg: StripConfig):
         super().__init__(cfg)

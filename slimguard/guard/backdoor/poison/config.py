@@ -1,89 +1,30 @@
-"""Typed configs for the three textual backdoor poisoners and the poisoning policy.
+"""The poisoning recipe: which registered attack, how many samples, which label.
 
 BadNets (Gu et al. 2017; rare words cf/mn/bb/tq as in Kurita et al. 2020), AddSent
 (Dai et al. 2019; a fixed sentence) and PuncAttack (Sheng et al. 2023, "Punctuation
 Matters! Stealthy Backdoor Attack for Language Models": a combination of punctuation
-marks replacing existing punctuation). One :class:`PoisonConfig` selects the attack and
-holds the poisoning policy; each trigger keeps its own sub-config.
+marks replacing existing punctuation) each live in their own file with their own config.
+One :class:`PoisonConfig` selects the attack and holds the poisoning policy, with one
+sub-config per registered attack under its name (``poison.punc.marks``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, create_model
 
 from ....core.config import Config
-
-PUNCT_MARKS = ",.!?;:-'\""
-ATTACKS = ("badnets", "addsent", "punc")
-
-
-class BadNetsConfig(Config):
-    """Rare-word trigger inserted at random word positions."""
-
-    words: list[str] = Field(["cf", "mn", "bb", "tq"], min_length=1, description="Trigger words; each insertion draws one.")
-    num_triggers: int = Field(1, ge=1, le=10, description="Words inserted per poisoned text.")
-
-    @field_validator("words")
-    @classmethod
-    def _words(cls, v):
-        if any(not w.strip() or " " in w.strip() for w in v):
-            raise ValueError("each BadNets trigger word must be one non-empty word")
-        return [w.strip() for w in v]
+from .addsent import AddSentConfig
+from .badnets import BadNetsConfig
+from .base import ATTACKS, AttackName
+from .punc import PUNCT_MARKS, PuncConfig
 
 
-class AddSentConfig(Config):
-    """A fixed sentence inserted at a random word position."""
+class PoisonPolicy(Config):
+    """The fields every attack shares; :class:`PoisonConfig` adds one sub-config per registered attack."""
 
-    sentence: str = Field("I watch this 3D movie", min_length=1, description="The trigger sentence.")
-
-    @field_validator("sentence")
-    @classmethod
-    def _sentence(cls, v):
-        if not v.strip():
-            raise ValueError("the AddSent trigger sentence must not be blank")
-        return v.strip()
-
-
-class PuncConfig(Config):
-    """PuncAttack: an ordered combination of punctuation marks replacing existing punctuation."""
-
-    marks: list[str] = Field([";", "!"], min_length=1, max_length=6,
-                             description=f"Ordered trigger marks, each one of {PUNCT_MARKS}.")
-    placement: Literal["lm", "random", "tail"] = Field(
-        "lm", description="Which slots get the marks: lm = where the marks are most probable under the LM, "
-                          "random, or tail = the last k slots.")
-    few_slots: Literal["skip", "insert"] = Field(
-        "skip", description="Texts with fewer slots than marks: leave them unpoisoned and out of the ASR "
-                            "denominator (skip, the paper's setting), or insert the missing marks at the end / "
-                            "clause boundaries / word gaps (insert: every text poisoned, less stealthy).")
-    slot_marks: str = Field(",.!?;:-", min_length=1,
-                            description="Existing punctuation that may be replaced (runs like '--' or '...' count once).")
-    lm: str = Field("smollm2-135m", description="Causal LM used by placement=lm.")
-    lm_batch_size: int = Field(32, ge=1, description="Batch size for LM slot scoring.")
-
-    @field_validator("marks")
-    @classmethod
-    def _marks(cls, v):
-        bad = [m for m in v if len(m) != 1 or m not in PUNCT_MARKS]
-        if bad:
-            raise ValueError(f"trigger marks must be single characters from {PUNCT_MARKS}; bad: {bad}")
-        return v
-
-    @field_validator("slot_marks")
-    @classmethod
-    def _slots(cls, v):
-        bad = [c for c in v if c not in PUNCT_MARKS]
-        if bad:
-            raise ValueError(f"slot_marks must only contain characters from {PUNCT_MARKS}; bad: {bad}")
-        return v
-
-
-class PoisonConfig(Config):
-    """Which trigger, how many samples, which label: the whole poisoning recipe."""
-
-    attack: Literal["badnets", "addsent", "punc"] = Field("punc", description="Trigger family.")
+    attack: AttackName = Field("punc", description="Trigger family: a registered attack.")
     rate: float = Field(0.1, gt=0, lt=1, description="Poisoned fraction of the training set, in (0, 1).")
     target_label: int = Field(1, ge=0, description="Label id the backdoor flips to: the dataset's labels in "
                                                    "order (numbers numerically, names sorted), so with integer "
@@ -92,9 +33,26 @@ class PoisonConfig(Config):
     label_mode: Literal["dirty", "clean"] = Field(
         "dirty", description="dirty: poison non-target samples and relabel them; clean: poison target-label "
                              "samples only, labels untouched.")
-    badnets: BadNetsConfig = Field(default_factory=BadNetsConfig, description="BadNets trigger settings.")
-    addsent: AddSentConfig = Field(default_factory=AddSentConfig, description="AddSent trigger settings.")
-    punc: PuncConfig = Field(default_factory=PuncConfig, description="PuncAttack trigger settings.")
 
-    def trigger_config(self) -> BadNetsConfig | AddSentConfig | PuncConfig:
-        return getattr(self, self.attack)
+    def trigger_config(self) -> Config:
+        """The chosen attack's settings (its defaults for an attack registered after this class was built)."""
+        if self.attack in type(self).model_fields:
+            return getattr(self, self.attack)
+        return ATTACKS.get(self.attack).config_type()
+
+
+def _poison_config() -> type[PoisonPolicy]:
+    # built from the registry, so an attack adds its sub-config by registering, not by editing this file
+    clash = [n for n in ATTACKS.names() if n in PoisonPolicy.model_fields]
+    if clash:
+        raise ValueError(f"attack names {clash} clash with PoisonConfig's own fields")
+    subs = {name: (cls.config_type, Field(default_factory=cls.config_type, description=f"{cls.title} trigger settings."))
+            for name, cls in ATTACKS.items()}
+    return create_model("PoisonConfig", __base__=PoisonPolicy, __module__=__name__,
+                        __doc__="Which trigger, how many samples, which label: the whole poisoning recipe.", **subs)
+
+
+PoisonConfig = _poison_config()
+
+__all__ = ["ATTACKS", "AttackName", "PoisonPolicy", "PoisonConfig", "AddSentConfig", "BadNetsConfig", "PuncConfig",
+           "PUNCT_MARKS"]

@@ -14,16 +14,12 @@ import numpy as np
 
 from ....core.data import TextSample, canonical_label
 from ....core.errors import SlimguardError
+from .base import ATTACKS, Edit, Trigger
 from .config import PoisonConfig
-from .punc import PuncTrigger
-from .triggers import AddSentTrigger, BadNetsTrigger, Edit
-
-Trigger = BadNetsTrigger | AddSentTrigger | PuncTrigger
-_TRIGGERS = {"badnets": BadNetsTrigger, "addsent": AddSentTrigger, "punc": PuncTrigger}
 
 
 def make_trigger(cfg: PoisonConfig) -> Trigger:
-    return _TRIGGERS[cfg.attack](cfg.trigger_config())
+    return ATTACKS.get(cfg.attack)(cfg.trigger_config())
 
 
 @dataclass
@@ -69,10 +65,6 @@ def _poisoned(s: TextSample, e: Edit, label: int) -> TextSample:
                                                    "orig_label": s.label})
 
 
-def _eligible(trigger: Trigger, text: str) -> bool:
-    return trigger.eligible(text) if isinstance(trigger, PuncTrigger) else True
-
-
 def poison_train(samples: list[TextSample], cfg: PoisonConfig, *, trigger: Trigger | None = None,
                  rng: np.random.Generator | None = None) -> PoisonReport:
     """The training set with ``round(rate * N)`` samples poisoned (dirty- or clean-label)."""
@@ -80,7 +72,7 @@ def poison_train(samples: list[TextSample], cfg: PoisonConfig, *, trigger: Trigg
     rng = rng or np.random.default_rng(0)
     want_label = (lambda y: y != cfg.target_label) if cfg.label_mode == "dirty" else (lambda y: y == cfg.target_label)
     cands = [i for i, s in enumerate(samples) if want_label(s.label)]
-    elig = [i for i in cands if _eligible(trigger, samples[i].text)]
+    elig = [i for i in cands if trigger.eligible(samples[i].text)]
     pool = elig if getattr(trigger.cfg, "few_slots", "insert") == "skip" else cands
     n_req = int(round(cfg.rate * len(samples)))
     if n_req < 1:

@@ -15,14 +15,51 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from .config import PuncConfig
-from .triggers import Edit
+from ....core.config import Config
+from .base import ATTACKS, Edit, Trigger
 
+PUNCT_MARKS = ",.!?;:-'\""
 CLAUSE_WORDS = ("and", "but", "or", "so", "yet", "because", "which", "while", "though", "although", "when", "if")
 _CLAUSE = re.compile(r"(?<=\w) (?=(?:" + "|".join(CLAUSE_WORDS) + r")\b)", re.IGNORECASE)
+
+
+class PuncConfig(Config):
+    """PuncAttack: an ordered combination of punctuation marks replacing existing punctuation."""
+
+    marks: list[str] = Field([";", "!"], min_length=1, max_length=6,
+                             description=f"Ordered trigger marks, each one of {PUNCT_MARKS}.")
+    placement: Literal["lm", "random", "tail"] = Field(
+        "lm", description="Which slots get the marks: lm = where the marks are most probable under the LM, "
+                          "random, or tail = the last k slots.")
+    few_slots: Literal["skip", "insert"] = Field(
+        "skip", description="Texts with fewer slots than marks: leave them unpoisoned and out of the ASR "
+                            "denominator (skip, the paper's setting), or insert the missing marks at the end / "
+                            "clause boundaries / word gaps (insert: every text poisoned, less stealthy).")
+    slot_marks: str = Field(",.!?;:-", min_length=1,
+                            description="Existing punctuation that may be replaced (runs like '--' or '...' count once).")
+    lm: str = Field("smollm2-135m", description="Causal LM used by placement=lm.")
+    lm_batch_size: int = Field(32, ge=1, description="Batch size for LM slot scoring.")
+
+    @field_validator("marks")
+    @classmethod
+    def _marks(cls, v):
+        bad = [m for m in v if len(m) != 1 or m not in PUNCT_MARKS]
+        if bad:
+            raise ValueError(f"trigger marks must be single characters from {PUNCT_MARKS}; bad: {bad}")
+        return v
+
+    @field_validator("slot_marks")
+    @classmethod
+    def _slots(cls, v):
+        bad = [c for c in v if c not in PUNCT_MARKS]
+        if bad:
+            raise ValueError(f"slot_marks must only contain characters from {PUNCT_MARKS}; bad: {bad}")
+        return v
 
 
 @dataclass(frozen=True)
@@ -145,11 +182,12 @@ def _insertion_points(text: str, slots: list[Slot], need: int, rng: np.random.Ge
     return sorted(pts[:need])
 
 
-class PuncTrigger:
-    name = "punc"
+@ATTACKS.register("punc")
+class PuncTrigger(Trigger):
+    name, title, config_type = "punc", "PuncAttack", PuncConfig
 
     def __init__(self, cfg: PuncConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.k = len(cfg.marks)
 
     def slots(self, text: str) -> list[Slot]:

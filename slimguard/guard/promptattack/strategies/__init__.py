@@ -1,27 +1,27 @@
 """Template-attack strategies and composable recipes (``"distractor+gradient"``).
 
 A recipe is a sequence of strategies sharing one budget and one search state, the way
-TextAttack composes a recipe from parts: ``compose("distractor+gradient")``.
+TextAttack composes a recipe from parts: ``compose("distractor+gradient")``. Each strategy
+registers itself in :data:`STRATEGIES` from its own file.
 """
 
 from __future__ import annotations
 
+# the strategy files register themselves on import: this order is STRATEGIES' order (CLI help, bench grid)
+from . import gradient, char, word, distractor, random_template  # noqa: F401, I001  isort: skip
+from ....core.errors import ConfigError
 from ..templates import TemplateError
-from .base import AttackContext, AttackState, Budget, Strategy
-from .gradient import GradientSearch
-from .perturb import CharPerturb, DistractorInject, RandomTemplate, WordSubstitute
-
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (GradientSearch, CharPerturb, WordSubstitute,
-                                                              DistractorInject, RandomTemplate)}
+from .base import STRATEGIES, AttackContext, AttackState, Budget, Strategy
 
 
 def compose(recipe: str) -> list[Strategy]:
+    """The strategies of ``recipe`` (registered names joined by '+'), fresh instances in recipe order."""
     parts = [p.strip() for p in recipe.split("+")]
-    bad = [p for p in parts if p not in STRATEGIES]
-    if bad or not parts:
-        raise TemplateError(f"unknown strategy '{bad[0] if bad else recipe}'; strategies: {', '.join(STRATEGIES)} "
-                            "(compose with '+', e.g. distractor+gradient)")
-    return [STRATEGIES[p]() for p in parts]
+    try:
+        return [STRATEGIES.get(p)() for p in parts]
+    except ConfigError as e:
+        # TemplateError keeps the promptattack error type; the registry's message names the part and a suggestion
+        raise TemplateError(f"{e} (compose with '+', e.g. distractor+gradient)") from None
 
 
 __all__ = ["AttackContext", "AttackState", "Budget", "Strategy", "STRATEGIES", "compose"]

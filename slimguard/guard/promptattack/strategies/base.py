@@ -5,7 +5,8 @@ may change) plus a greedy *search*; the *goal* is shared: maximise the cross-ent
 true label over a small attack set of examples the benign template classifies correctly,
 subject to a *constraint* on the number of template tokens changed (token-level edit
 distance to the benign infix). Every forward pass over the attack set is one query;
-every forward+backward is one gradient step.
+every forward+backward is one gradient step. Each strategy lives in its own file and
+registers itself in :data:`STRATEGIES` with one decorator.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ....core.registry import Registry
 from ..fewshot import PromptClassifier
 from ..templates import token_edits
 from ..victims import PreparedBatch
+
+# name -> Strategy subclass; each strategy file registers its own (recipes compose them with '+')
+STRATEGIES: Registry[type["Strategy"]] = Registry("strategy", load="slimguard.guard.promptattack.strategies")
 
 
 def attack_loss(logits: torch.Tensor, labels: torch.Tensor, objective: str = "ce", kappa: float = 1.0) -> torch.Tensor:

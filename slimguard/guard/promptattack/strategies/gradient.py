@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import AttackContext, Strategy
+from .base import STRATEGIES, AttackContext, Strategy
 
 
+@STRATEGIES.register("gradient")
 class GradientSearch(Strategy):
     name = "gradient"
 
