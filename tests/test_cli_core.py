@@ -70,19 +70,51 @@ def test_bench_harness_shape_and_markdown(tmp_path):
     ms = mean_std([0.8, 0.9, 1.0])
     assert ms["n"] == 3 and abs(ms["value"] - 0.9) < 1e-9 and abs(ms["std"] - 0.1) < 1e-9
     assert target(0.5, ">= 0.9")["met"] is False and target(0.1, "<= 0.2")["met"] is True
-    path = write_result("unit", command="slimguard bench unit", config={"x": 1},
+    path = write_result("core", command="slimguard bench core --repeats 1", config={"x": 1},
                         rows=[{"method": "a", "value": 1.0}], targets={"t": target(2.0, ">= 1")}, results_dir=tmp_path)
+    assert path == tmp_path / "core.json"
     doc = json.loads(path.read_text())
-    assert {"command", "git_commit", "rows", "targets", "machine", "timestamp"} <= set(doc)
+    assert {"command", "git_commit", "rows", "targets", "machine", "timestamp", "purpose"} <= set(doc)
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "slimguard bench unit" in md and "| t | 2 | >= 1 | yes |" in md
+    assert "slimguard bench core --repeats 1" in md and "- `t`: 2 (goal >= 1): met" in md
 
 
-def test_headline_lists_measured_targets_first():
-    from slimguard.bench.harness import headline_table, target
+def _head_doc(rows, value, goal=">= 0.90"):
+    from slimguard.bench.harness import target
 
-    tg = {"a": target(None, ">= 1"), "b": target(0.5, ">= 1"), "c": target(None, ">= 1"), "d": target(2.0, ">= 1")}
-    row = headline_table([{"benchmark": "x", "targets": tg, "git_commit": "abc"}])[2]
-    assert row == "| [x](BENCHMARKS.md#x) | 1 of 2 | b 0.5 / >= 1 (no); d 2 / >= 1 | `abc` |"
-    empty = headline_table([{"benchmark": "y", "targets": {"a": target(None, ">= 1")}, "git_commit": "abc"}])[2]
-    assert "| 0 of 0 | none measured |" in empty
+    return {"benchmark": "compress", "git_commit": "abc", "rows": rows, "targets": {"retention_at_3x": target(value, goal)}}
+
+
+def _ret(method, value, length=500, rate=0.33):
+    return {"method": method, "length": length, "rate": rate, "metric": "answer_retention", "value": value}
+
+
+@pytest.mark.parametrize("rows, value, row", [
+    # ours averaged over lengths; the strongest peer is the best one of this run; other rates do not count
+    ([_ret("slimguard", 0.9), _ret("slimguard", 1.0, 2000), _ret("random", 0.3), _ret("selective-context", 0.8),
+      _ret("selective-context", 0.9, 2000), _ret("selective-context", 1.0, rate=0.5)], 0.95,
+     "| [compress](BENCHMARKS.md#compress) | answer retention at 3x compression (mean over lengths) | 0.95 (slimguard) "
+     "| 0.85 (selective-context) | `retention_at_3x` 0.95 (>= 0.90) | yes |"),
+    # nothing measured: n/a, never 0, and no peer invented
+    ([], None, "| [compress](BENCHMARKS.md#compress) | answer retention at 3x compression (mean over lengths) "
+               "| n/a (slimguard) | none measured | `retention_at_3x` n/a (>= 0.90) | n/a |"),
+])
+def test_headline_is_one_row_with_key_number_strongest_peer_and_goal(rows, value, row):
+    from slimguard.bench.render import headline_table
+
+    table = headline_table({"compress": _head_doc(rows, value)})
+    assert table[2:] == [row]
+
+
+def test_headline_picks_the_lowest_peer_when_lower_is_better_and_keeps_a_recorded_entry():
+    from slimguard.bench.harness import target
+    from slimguard.bench.render import headline_table
+
+    rows = [{"method": m, "bits": b, "metric": "ppl", "value": v} for m, b, v in
+            [("edgeqat", "W4A8KV4", 47.0), ("lsq_ce", "W4A8KV4", 49.0), ("rtn_per_group", "W4A8KV4", 70.0),
+             ("lsq_ce", "W8A8", 40.0)]]
+    doc = {"rows": rows, "targets": {"edgeqat_w4a8kv4_ppl_ratio_to_fp": target(0.98, "<= 1.10")}}
+    assert "| 47 (edgeqat) | 49 (lsq_ce) |" in headline_table({"quant": doc})[2]
+    recorded = {**doc, "headline": {"target": "t", "value": 1.0, "goal": ">= 2", "met": False, "label": "x",
+                                    "method": {"name": "m", "value": 3.0}, "peer": {"name": "p", "value": 4.0}}}
+    assert headline_table({"quant": recorded})[2] == "| [quant](BENCHMARKS.md#quant) | x | 3 (m) | 4 (p) | `t` 1 (>= 2) | no |"

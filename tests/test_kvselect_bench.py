@@ -1,4 +1,4 @@
-"""bench kvselect: the recorded command reproduces the run; partial runs can keep their own result file."""
+"""bench kvselect: the recorded command reproduces the run; partial runs keep their own study file."""
 
 from __future__ import annotations
 
@@ -27,15 +27,14 @@ def test_recorded_command_carries_sets_and_skips(tmp_path, monkeypatch):
 
     results = tmp_path / "benchmarks" / "results"
     monkeypatch.setattr(harness, "RESULTS_DIR", results)
-    monkeypatch.setattr(harness, "_refresh_readme", lambda head: None)
     path = run_bench(full=False, sets=["result=kvselect-part", "models=[gemma3-270m]"],
                      skip=["timing", "cache", "accuracy"])
-    assert path == results / "kvselect-part.json"
+    assert path == results / "kvselect" / "part.json"  # a study: its own file beside the canonical one
     doc = json.loads(path.read_text())
     assert doc["command"] == ("slimguard bench kvselect --set result=kvselect-part --set 'models=[gemma3-270m]' "
                               "--skip timing,cache,accuracy")
     assert doc["targets"]["passkey_tokenselect_16k_gemma3-270m"]["value"] is None  # not run: null, never 0
-    assert (tmp_path / "BENCHMARKS.md").read_text().count("## kvselect-part") == 1
+    assert (tmp_path / "BENCHMARKS.md").read_text().count("(benchmarks/results/kvselect/part.json)") == 1
 
 
 def test_a_selector_revision_keeps_its_old_cached_cases_from_being_reused(monkeypatch):
@@ -58,7 +57,6 @@ def test_full_sizes_are_a_base_that_set_still_overrides(tmp_path, monkeypatch):
     from slimguard.bench.kvselect import run_bench
 
     monkeypatch.setattr(harness, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(harness, "_refresh_readme", lambda head: None)
     path = run_bench(full=True, sets=["result=kvselect-fullpart", "models=[smollm2-135m]", "n_per_depth=2"],
                      skip=["timing", "cache", "accuracy"])
     cfg = json.loads(path.read_text())["config"]

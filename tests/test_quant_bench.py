@@ -62,8 +62,8 @@ def test_model_size_targets_are_judged_apart_from_the_file_ratios():
     assert t["gguf_model_size_ratio_vs_f16"]["met"] is False
 
 
-@pytest.mark.parametrize("name", ["quant", "quant-long"])
-def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch, name):
+@pytest.mark.parametrize("name, file", [("quant", "quant.json"), ("quant-long", "quant/long.json")])
+def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch, name, file):
     """`--set speed_only=true` re-times llama.cpp: old speed rows go, perplexity rows and their targets stay."""
     import json
 
@@ -74,7 +74,6 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
     monkeypatch.setattr(harness, "RESULTS_DIR", results)
-    monkeypatch.setattr(harness, "_refresh_readme", lambda head: None)
     monkeypatch.setenv("SLIMGUARD_RUNS", str(tmp_path / "runs"))
     (tmp_path / "runs" / f"bench-{name}").mkdir(parents=True)
     (tmp_path / "runs" / f"bench-{name}" / bq.PACKED).write_bytes(b"")
@@ -85,7 +84,8 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
            {"method": "lsq_ce", "bits": "W4A8KV4", "metric": "kl_to_fp", "value": 0.6},
            {"method": "rtn_per_group", "bits": "W4A8KV4", "metric": "ppl", "value": 70.0},
            {"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 8.0}]
-    (results / f"{name}.json").write_text(json.dumps({"command": "slimguard bench quant --speed",
+    (results / file).parent.mkdir(parents=True, exist_ok=True)
+    (results / file).write_text(json.dumps({"command": "slimguard bench quant --speed",
                                                       "config": {"eval_batches": 8, "seq_len": 64},
                                                     "rows": old, "note": "Trained on 2 cores."}))
     new = [{"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 100.0}]
@@ -96,7 +96,7 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
                         {**speed, "quantized_model_source": source, "windows": windows})
     bc = QuantBenchConfig(speed_only=True, result=name)
     path = bq._speed_only(bc, type("LM", (), {"model": None})(), "again", 2, print)
-    assert path.name == f"{name}.json"  # a named run's speed rows go into its own file
+    assert path == results / file  # a named run's (a study's) speed rows go into its own file
     doc = json.loads(path.read_text())
     assert doc["speed"]["windows"] == [[8, 64]]  # llama.cpp reads the re-timed run's held-out split
     assert [r["value"] for r in doc["rows"] if r["method"].startswith("llama.cpp")] == [100.0]

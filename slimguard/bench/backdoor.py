@@ -187,8 +187,8 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
                              extra={"note": note, "cells_done": done, "cells_reused": reused,
                                     "elapsed_s": time.perf_counter() - t_start})
         try:
-            _plot(rows, harness.RESULTS_DIR / f"{CAP}_attacks.png")
-            _plot_rates(rows, harness.RESULTS_DIR / f"{CAP}_rates.png")
+            _plot(rows, harness.artefact_path(CAP, None, "_attacks.png"))
+            _plot_rates(rows, harness.artefact_path(CAP, None, "_rates.png"))
         except Exception:  # a plot is a convenience; never lose results over it  # noqa: BLE001
             pass
 
@@ -241,7 +241,7 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
                         f"{m['attack_seconds']:.0f}s wall, {m['attack_cpu_seconds']:.0f}s CPU{' (cached)' if hit else ''}")
                     write()
     write()
-    return harness.RESULTS_DIR / f"{CAP}.json"
+    return harness.result_path(CAP)
 
 
 def register(app: typer.Typer) -> None:

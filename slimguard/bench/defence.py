@@ -268,7 +268,7 @@ def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets
     """Attack x defence grid: ASR/CACC after each defence, detection AUROC, poison removed."""
     from ..cli.options import set_threads
     from ..core.config import resolve
-    from .harness import RESULTS_DIR, write_result
+    from .harness import artefact_path, result_path, write_result
 
     n_threads = set_threads(threads)
     explicit = {}
@@ -300,7 +300,7 @@ def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets
             "value": round(cell_min, 1), "goal": "<= 60", "met": (cell_min <= 60) if done else None,
             "attack_training_minutes_not_counted": round(att_s / 60, 1)}
         cache["this_invocation_minutes"] = round(minutes, 1)
-        png = heatmap(look, RESULTS_DIR / "defence_asr_heatmap.png", cfg.datasets, cfg.attacks, cfg.defences)
+        png = heatmap(look, artefact_path("defence", None, "_asr_heatmap.png"), cfg.datasets, cfg.attacks, cfg.defences)
         note = (f"{'FULL' if full else 'REDUCED'} grid{'' if done else f' (PARTIAL: {len(results)}/{total} cells so far)'}: "
                 f"datasets {cfg.datasets}, seeds {cfg.seeds}, attack training subsample {cfg.max_train} "
                 f"(victim MiniLM-L6, {cfg.victim_epochs:g} epochs at lr {cfg.victim_lr:g}, {cfg.freeze_layers} lower layers frozen), eval "
@@ -326,7 +326,7 @@ def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets
 
     results, cache = run_grid(cfg, log=lambda m: typer.echo(m, err=True), on_result=write)
     write(results, cache, done=True)
-    typer.echo(f"wrote {RESULTS_DIR / 'defence.json'} and {RESULTS_DIR / 'defence_asr_heatmap.png'}")
+    typer.echo(f"wrote {result_path('defence')} and {artefact_path('defence', None, '_asr_heatmap.png')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -217,16 +217,14 @@ def bench_diffusion(seeds: int = typer.Option(1, help="Seeds (each trains one di
         os.environ["SLIMGUARD_DEVICE"] = resolve_device(device)
     except SlimguardError as e:
         raise typer.BadParameter(str(e), param_hint="--device") from None
-    from pathlib import Path
-
     from ..cli.options import set_threads
     from ..guard.diffusion.config import GUIDANCE_GRID
-    from .harness import RESULTS_DIR, write_result
+    from .harness import result_path, write_result
 
     n_threads = set_threads(threads)
     if full:
         seeds = max(seeds, 3)
-    out_dir = Path(RESULTS_DIR)
+    out_dir = result_path("diffusion").parent  # plots go next to the result's JSON
     out_dir.mkdir(parents=True, exist_ok=True)
     log = lambda s: typer.echo(f"[bench diffusion] {s}", err=True)  # noqa: E731
     if only_seed:

@@ -1,24 +1,71 @@
 """Benchmark plumbing shared by every ``slimguard bench <capability>``.
 
-Results follow one JSON shape (``benchmarks/results/<capability>.json``, see
-docs/benchmarks.md): command, commit, machine, resolved config, rows, and every target
-the issue names, met or not. BENCHMARKS.md is regenerated from all result files.
+Results follow one JSON shape (see docs/benchmarks.md): command, commit, machine, resolved
+config, rows, and every target the issue names, met or not. Where a result lands is one rule
+(:func:`result_path`): the canonical run of a capability is ``benchmarks/results/<capability>.json``;
+a study (any other ``result`` name) is ``benchmarks/results/<capability>/<name>.json`` and carries a
+one-line ``purpose``. BENCHMARKS.md and the README headline are regenerated from these files
+(``slimguard.bench.render``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
+import re
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..core.runs import atomic_write_json, atomic_write_text, git_commit, now_iso
+from ..core.errors import SlimguardError
+from ..core.runs import atomic_write_json, git_commit, now_iso
 
-RESULTS_DIR = Path(os.environ.get("SLIMGUARD_BENCH_DIR", Path(__file__).resolve().parents[2] / "benchmarks" / "results"))
+ROOT = Path(__file__).resolve().parents[2]
+# the default results folder; SLIMGUARD_BENCH_DIR moves it (read at call time, see results_root)
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+# every capability with a `slimguard bench <capability>` and so one canonical result file
+CAPABILITIES = ("core", "compress", "kvselect", "quant", "backdoor", "defence", "promptattack", "diffusion")
+STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def results_root() -> Path:
+    """The results folder: ``$SLIMGUARD_BENCH_DIR`` when set, else ``benchmarks/results/`` of this tree."""
+    env = os.environ.get("SLIMGUARD_BENCH_DIR")
+    return Path(env) if env else RESULTS_DIR
+
+
+def study_name(capability: str, name: str | None) -> str | None:
+    """The study a result name stands for, or None for the canonical result (``name`` unset or the capability).
+
+    A leading ``<capability>-`` is dropped, so ``--set result=kvselect-gemma3`` and ``result=gemma3`` both name
+    ``kvselect/gemma3.json`` (results written before studies had their own folder carried the prefix)."""
+    if capability not in CAPABILITIES:
+        raise SlimguardError(f"unknown benchmark capability {capability!r}; one of: {', '.join(CAPABILITIES)}")
+    if name is None or name == capability:
+        return None
+    for sep in ("-", "_"):
+        if name.startswith(capability + sep) and len(name) > len(capability) + 1:
+            name = name[len(capability) + 1:]
+            break
+    if not STUDY_NAME.match(name):
+        raise SlimguardError(f"result name {name!r} is not a plain file name: use lower-case letters, digits, "
+                             "'-' and '_' (e.g. --set result=gemma3-16k)")
+    return name
+
+
+def result_path(capability: str, name: str | None = None, results_dir: Path | None = None) -> Path:
+    """``<results>/<capability>.json`` for the canonical run, ``<results>/<capability>/<study>.json`` otherwise."""
+    root = Path(results_dir) if results_dir is not None else results_root()
+    study = study_name(capability, name)
+    return root / f"{capability}.json" if study is None else root / capability / f"{study}.json"
+
+
+def artefact_path(capability: str, name: str | None, suffix: str, results_dir: Path | None = None) -> Path:
+    """A plot or log of a result, next to its JSON: ``quant_diagnostics.png``, ``quant/steps40_diagnostics.png``."""
+    p = result_path(capability, name, results_dir)
+    return p.with_name(p.stem + suffix)
 
 
 def machine() -> dict:
@@ -116,101 +163,38 @@ def target(value: float | None, goal: str) -> dict:
     return {"value": value, "goal": goal, "met": met}
 
 
+
+
 def write_result(capability: str, *, command: str, config: dict, rows: list[dict], targets: dict,
-                 extra: dict | None = None, results_dir: Path | None = None) -> Path:
-    """Write ``benchmarks/results/<capability>.json`` and regenerate BENCHMARKS.md."""
-    doc = {"benchmark": capability, "command": command, "git_commit": git_commit(), "timestamp": now_iso(),
+                 extra: dict | None = None, results_dir: Path | None = None, name: str | None = None,
+                 purpose: str | None = None) -> Path:
+    """Write one result (path rule: :func:`result_path`) and regenerate BENCHMARKS.md.
+
+    ``name`` other than the capability makes it a study; its ``purpose`` (one line) says what it measures
+    and defaults to ``"study: <command>"``. The result carries its ``headline`` (key number and strongest
+    peer, chosen in :mod:`slimguard.bench.headline`)."""
+    from .headline import headline
+    from .render import render_benchmarks_md
+
+    study = study_name(capability, name)
+    if purpose is not None and "\n" in purpose.strip():
+        raise SlimguardError("a result's purpose is one line; put the discussion in docs/notes/")
+    doc = {"benchmark": capability, **({"study": study} if study else {}),
+           "purpose": (purpose or "").strip() or ("canonical" if study is None else f"study: {command}"),
+           "command": command, "git_commit": git_commit(), "timestamp": now_iso(),
            "machine": machine(), "config": config, "rows": rows, "targets": targets}
     if extra:
-        doc.update(extra)
-    out_dir = results_dir or RESULTS_DIR
-    path = atomic_write_json(out_dir / f"{capability}.json", doc)
-    render_benchmarks_md(out_dir)
+        doc.update({k: v for k, v in extra.items() if k not in doc})
+    head = headline(capability, doc)
+    if head is not None:
+        doc["headline"] = head
+    path = atomic_write_json(result_path(capability, name, results_dir), doc)
+    render_benchmarks_md(results_dir)
     return path
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-HEADLINE_TARGETS = 3  # the first measured targets of each result file (issue order: the headline ones first)
-README_MARKERS = ("<!-- headline:start -->", "<!-- headline:end -->")
-
-
-def headline_table(docs: list[dict]) -> list[str]:
-    """One row per benchmark: how many targets are met, and its first few measured targets (a partial run, e.g.
-    one model at one length, leaves most of the issue's targets unmeasured; listing those would hide what it did
-    measure)."""
-    out = ["| benchmark | targets met | first measured targets (value / goal) | commit |", "|---|---|---|---|"]
-    for d in docs:
-        tg = d.get("targets", {})
-        judged = [(k, t) for k, t in tg.items() if t.get("met") is not None]
-        first = "; ".join(f"{k} {_fmt(t.get('value'))} / {t.get('goal')}{'' if t.get('met') else ' (no)'}"
-                          for k, t in judged[:HEADLINE_TARGETS]) or "none measured"
-        out.append(f"| [{d.get('benchmark')}](BENCHMARKS.md#{d.get('benchmark')}) | "
-                   f"{sum(bool(t['met']) for _, t in judged)} of {len(judged)} | {first} | `{d.get('git_commit')}` |")
-    return out
-
-
-def _refresh_readme(head: list[str]) -> None:
-    """Rewrite the README's headline block (between the markers), if it has one."""
-    readme = RESULTS_DIR.parent.parent / "README.md"
-    if not readme.is_file():
-        return
-    text = readme.read_text()
-    a, b = README_MARKERS
-    if a in text and b in text:
-        new = text[:text.index(a) + len(a)] + "\n" + "\n".join(head) + "\n" + text[text.index(b):]
-        if new != text:
-            atomic_write_text(readme, new)
-
-
 def render_benchmarks_md(results_dir: Path | None = None) -> Path:
-    """BENCHMARKS.md from every result file: targets first, then the rows."""
-    results_dir = results_dir or RESULTS_DIR
-    out = results_dir.parent.parent / "BENCHMARKS.md" if results_dir == RESULTS_DIR else results_dir / "BENCHMARKS.md"
-    lines = ["# Benchmarks", "",
-             "Generated from `benchmarks/results/*.json` by `slimguard bench render`; do not edit by hand.",
-             "Each section names the exact command and machine. Timings are medians of repeats after",
-             "warm-up; accuracy-like numbers are mean +- std over seeds (n given).", ""]
-    docs = []
-    for f in sorted(results_dir.glob("*.json")):
-        try:
-            docs.append((f, json.loads(f.read_text())))
-        except json.JSONDecodeError:
-            continue
-    head = headline_table([d for _, d in docs])
-    lines += ["## Headline", "", *head, ""]
-    if results_dir == RESULTS_DIR:
-        _refresh_readme(head)
-    for f, d in docs:
-        m = d.get("machine", {})
-        lines += [f"## {d.get('benchmark', f.stem)}", "",
-                  f"- command: `{d.get('command')}`",
-                  f"- commit `{d.get('git_commit')}`, {d.get('timestamp')}",
-                  f"- machine: {m.get('cpu')}, {m.get('cores')} cores, torch threads {m.get('threads')}, "
-                  f"GPU {m.get('gpu') or 'none'}, torch {m.get('torch')}", ""]
-        if d.get("note"):
-            lines += [str(d["note"]), ""]
-        tg = d.get("targets", {})
-        if tg:
-            lines += ["| target | value | goal | met |", "|---|---|---|---|"]
-            for k, t in tg.items():
-                met = {True: "yes", False: "**no**", None: "n/a"}[t.get("met")]
-                lines.append(f"| {k} | {_fmt(t.get('value'))} | {t.get('goal')} | {met} |")
-            lines.append("")
-        rows = d.get("rows", [])
-        if rows:
-            cols: list[str] = []
-            for r in rows:
-                cols += [c for c in r if c not in cols]
-            shown = rows[:60]
-            lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            for r in shown:
-                lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
-            if len(rows) > len(shown):
-                lines.append(f"\n({len(rows) - len(shown)} more rows in `{f.relative_to(results_dir.parent.parent) if results_dir == RESULTS_DIR else f.name}`)")
-            lines.append("")
-    return atomic_write_text(out, "\n".join(lines) + "\n")
+    """BENCHMARKS.md (and, in a source tree, the README headline and the guides' numbers); see ``render``."""
+    from .render import render_benchmarks_md as render
+
+    return render(results_dir)

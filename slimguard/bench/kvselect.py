@@ -79,7 +79,11 @@ class KVSelectBenchConfig(Config):
     timing_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
         "dtype of the timing part's q/k/v (auto: float32 on the CPU, bfloat16 on a GPU, where dense SDPA in float32 "
         "has no fused kernel for grouped heads and materialises the 32K+ attention matrix)."))
-    result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description="Result file name under benchmarks/results/ (a partial run, e.g. one model, can keep its own file).")
+    result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description=(
+        "Result name: 'kvselect' writes the canonical benchmarks/results/kvselect.json; any other name is a study, "
+        "benchmarks/results/kvselect/NAME.json (a leading 'kvselect-' dropped), e.g. a partial run of one model."))
+    purpose: Optional[str] = Field(None, description=(
+        "One line saying what a study measures (stored as its `purpose`; default: 'study: ' + the command)."))
 
 
 def _budget(bc: KVSelectBenchConfig) -> dict:
@@ -391,7 +395,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                 secs += done[key]["seconds"]
                 atomic_write_json(cache_path, done)
             if record and rt.selected():
-                _selection_plot(rt, samples[-1], model_name, plot_dir, bc.result)
+                _selection_plot(rt, samples[-1], model_name, plot_dir, _plot_stem(bc.result))
             disable_token_select(lm.model)
             ms = mean_std(hits)
             acc[(model_name, task + MID if mid else task, L, method)] = ms["value"]
@@ -517,6 +521,13 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
     return " ".join(parts)
 
 
+def _plot_stem(result: str) -> str:
+    """The stem a result's plots share with its JSON: ``kvselect`` or the study's name (``gemma3-16k``)."""
+    from .harness import result_path
+
+    return result_path("kvselect", result).stem
+
+
 def selection_plot_name(result: str, model_name: str) -> str:
     """``<result>_selection_<model>.png``; a model given as a folder path is named by its path's parts, so the file
     lands in the results folder instead of failing on the path's slashes."""
@@ -525,8 +536,8 @@ def selection_plot_name(result: str, model_name: str) -> str:
 
 
 def _selection_plot(rt, sample, model_name: str, plot_dir: Path, result: str = "kvselect") -> None:
-    """Which tokens each layer selected at the last decode step; a named result keeps its own file
-    (``<result>_selection_<model>.png``), so a partial run at another length leaves the default plot alone."""
+    """Which tokens each layer selected at the last decode step; a study keeps its own file next to its JSON
+    (``kvselect/<study>_selection_<model>.png``), so a partial run at another length leaves the default plot alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -584,7 +595,7 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
 
     from ..core.config import resolve
     from ..core.models import resolve_device
-    from .harness import RESULTS_DIR, target, write_result
+    from .harness import result_path, target, write_result
 
     overrides = {}
     if full:
@@ -611,7 +622,8 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
         e2e = end_to_end_rows(cache, timing, h, bc.timing_lengths, bc.e2e_decode_tokens, bc.decode_tokens)
         rows.extend(e2e)
         extra["e2e_speedup_32k_estimated"] = next(r["speedup"] for r in e2e if r["context"] == n32 and "speedup" in r)
-    acc = accuracy_part(bc, rows, extra, RESULTS_DIR) if "accuracy" not in skip else {}
+    # plots go next to the result's JSON: the results folder for the canonical run, kvselect/ for a study
+    acc = accuracy_part(bc, rows, extra, result_path("kvselect", bc.result).parent) if "accuracy" not in skip else {}
     tg = {}
     Lmax = max(bc.lengths)
     for m in bc.models:
@@ -644,6 +656,7 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
     cmd = ("slimguard bench kvselect" + (" --full" if full else "") + (f" --config {config}" if config else "")
            + "".join(f" --set {shlex.quote(s)}" for s in sets or [])
            + (f" --skip {','.join(x for x in skip if x)}" if any(skip) else ""))
-    path = write_result(bc.result, command=cmd, config=bc.to_dict(), rows=rows, targets=tg, extra=extra)
+    path = write_result("kvselect", name=bc.result, purpose=bc.purpose, command=cmd, config=bc.to_dict(), rows=rows,
+                        targets=tg, extra=extra)
     typer.echo(str(path))
     return path

@@ -48,7 +48,7 @@ def _plots(rows: list[dict], matrix: list[dict], out_dir) -> list[str]:
         p = out_dir / "promptattack_strategies.png"
         fig.savefig(p, dpi=110, bbox_inches="tight")
         plt.close(fig)
-        paths.append(str(p))
+        paths.append(p.name)  # next to the result's JSON: a name, not this machine's path
     if matrix:
         srcs = list(dict.fromkeys(m["source"] for m in matrix))
         tgts = list(dict.fromkeys(m["target"] for m in matrix))
@@ -68,7 +68,7 @@ def _plots(rows: list[dict], matrix: list[dict], out_dir) -> list[str]:
         p = out_dir / "promptattack_transfer.png"
         fig.savefig(p, dpi=110, bbox_inches="tight")
         plt.close(fig)
-        paths.append(str(p))
+        paths.append(p.name)  # next to the result's JSON: a name, not this machine's path
     return paths
 
 
@@ -237,7 +237,7 @@ def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int 
     targets["transfer_matrix_cells"] = harness.target(float(len(matrix)), ">= 4")
     from ..guard.promptattack.mlm_head import mlm_record
 
-    plots = _plots(rows, matrix, harness.RESULTS_DIR)
+    plots = _plots(rows, matrix, harness.result_path("promptattack").parent)
     note = (f"Size: n_test={n_test} per setting (fixed split seed 0), attack set {n_attack} dev examples, "
             f"budget {max_edits} template tokens / {max_queries} queries / {max_steps} gradient steps, {seeds} seeds. "
             "Causal victim = SmolLM2-135M-Instruct dequantised from Q4_1 GGUF; masked victim = all-MiniLM-L6-v2 with a "

@@ -56,8 +56,12 @@ class QuantBenchConfig(Config):
     device: str = Field("cpu", description="Where training and evaluation run: cpu, cuda or auto "
                                            "(llama.cpp speed always runs on the CPU).")
     result: str = Field("quant", pattern="^[a-z0-9][a-z0-9_-]*$", description=(
-        "Result name: benchmarks/results/NAME.json, NAME_diagnostics.png and runs/bench-NAME/ (the EdgeQAT model "
-        "--set speed_only=true times). A longer run keeps its own file instead of replacing the default one."))
+        "Result name: 'quant' writes the canonical benchmarks/results/quant.json (and quant_diagnostics.png); any "
+        "other name is a study, benchmarks/results/quant/NAME.json and NAME_diagnostics.png (a leading 'quant-' "
+        "dropped). runs/bench-NAME/ keeps the EdgeQAT model --set speed_only=true times. A longer run keeps its own "
+        "file instead of replacing the canonical one."))
+    purpose: Optional[str] = Field(None, description=(
+        "One line saying what a study measures (stored as its `purpose`; default: 'study: ' + the command)."))
     jobs: int = Field(1, ge=0, le=64, description=(
         "Training runs at once, each in its own worker process (a GPU holds several of these small runs, which are "
         "bound by kernel launches more than by the GPU). 0: as many as the GPU's free memory holds at ~10 GiB a "
@@ -334,8 +338,7 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
         except SlimguardError as e:  # llama-cpp-python is optional: keep the QAT results
             log(f"speed skipped: {e}")
     targets = _targets(bc, results, fp_res.ppl, speed)
-    out = harness.RESULTS_DIR
-    _plot(diag, out / f"{bc.result}_diagnostics.png")
+    _plot(diag, harness.artefact_path("quant", bc.result, "_diagnostics.png"))
     if speed:
         rows += speed["rows"]
     on_gpu = bc.device != "cpu"
@@ -351,7 +354,8 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
               "quantizes only the linears; each torchao_qat_w*a8kv* row adds a fixed per-token K/V fake-quant (32-wide "
               "absmax blocks, q4_0-style at 4 bits) at the K/V bits EdgeQAT uses, kept on during its training, and the "
               "torchao targets compare against the W4A8KV4 one.")
-    return harness.write_result(bc.result, command=command, config=bc.to_dict(), rows=rows, targets=targets,
+    return harness.write_result("quant", name=bc.result, purpose=bc.purpose, command=command, config=bc.to_dict(),
+                                rows=rows, targets=targets,
                                 extra={"note": note, "diagnostics": diag, "speed": speed,
                                        "seconds": time.perf_counter() - t_start})
 
@@ -426,7 +430,7 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     from ..slim.quant.export import load_packed
 
     packed = runs_root() / f"bench-{bc.result}" / PACKED
-    res_path = harness.RESULTS_DIR / f"{bc.result}.json"
+    res_path = harness.result_path("quant", bc.result)
     if not packed.is_file() or not res_path.is_file():
         raise SlimguardError(f"--set speed_only=true needs a previous `slimguard bench quant` run ({packed} and "
                              f"{res_path}); run it first")
@@ -448,7 +452,9 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     # a later re-timing replaces the previous one instead of piling up after it
     extra["note"] = extra.get("note", "").split(RETIMED)[0] + RETIMED + _speed_note(speed)
     extra["speed"] = speed
-    return harness.write_result(bc.result, command=f"{doc['command'].split(' && ')[0]} && {command}",
+    # a re-timed study keeps the purpose it was given (a --set purpose=... on the re-timing replaces it)
+    return harness.write_result("quant", name=bc.result, purpose=bc.purpose or doc.get("purpose"),
+                                command=f"{doc['command'].split(' && ')[0]} && {command}",
                                 config=doc["config"], rows=rows, targets=targets, extra=extra)
 
 
