@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.errors import SlimguardError
 from .core.runs import Run
+from .report.step import StepResult  # defined in report/ so demo steps need not import this runner; kept here too
 
 # (step name, module holding demo_step)
 STEPS = [
@@ -25,15 +25,6 @@ STEPS = [
     ("promptattack", "slimguard.guard.promptattack.demo"),
     ("diffusion", "slimguard.guard.diffusion.demo"),
 ]
-
-
-@dataclass
-class StepResult:
-    """What one demo step shows: headline numbers (vs baselines) and an HTML fragment."""
-
-    title: str
-    summary: list[dict] = field(default_factory=list)  # rows: {"metric":..., "slimguard":..., "baseline":...}
-    html: str = ""
 
 
 def available_steps() -> list[str]:

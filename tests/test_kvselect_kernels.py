@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -159,6 +160,122 @@ def test_required_kernels_without_a_compiler_is_one_line_error(monkeypatch, tmp_
     monkeypatch.setattr(KN, "_state", {})
     with pytest.raises(SlimguardError, match="no C\\+\\+ compiler"):
         KN.library(required=True)
+    monkeypatch.setattr(KN, "_state", {})
+    with pytest.warns(UserWarning, match="PyTorch path"):
+        assert KN.library() is None
+
+
+# --------------------------------------------------------------------------- the kernel cache's build record
+
+
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory):
+    """One real build into a private SLIMGUARD_HOME; each case below works on its own copy of it."""
+    home = tmp_path_factory.mktemp("kernel-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLIMGUARD_HOME", str(home))
+    try:
+        lib, sha = KN._build()
+    finally:
+        mp.undo()
+    return home / "kernels", lib.name, sha
+
+
+def _flip_byte(kdir, lib, rec):
+    b = bytearray((kdir / lib).read_bytes())
+    b[len(b) // 2] ^= 0xFF  # one byte of code changed: same size, same name
+    (kdir / lib).write_bytes(bytes(b))
+
+
+def _edit_record(**change):
+    def edit(kdir, lib, rec):
+        doc = json.loads(rec.read_text())
+        doc.update(change)
+        rec.write_text(json.dumps(doc))
+    return edit
+
+
+def _foreign_library(kdir, lib, rec):
+    # a library the record does not vouch for, dropped beside it and named in the record
+    (kdir / "evil.so").write_bytes((kdir / lib).read_bytes() + b"\0")
+    _edit_record(library="evil.so")(kdir, lib, rec)
+
+
+def _record_gone(kdir, lib, rec):
+    rec.unlink()  # what an older slimguard's cache looks like: a library without a record
+
+
+@pytest.mark.parametrize("tamper", [
+    _flip_byte,
+    _edit_record(source_sha256="0" * 64),  # kernels.cpp changed since the build
+    _edit_record(library="../kvselect-elsewhere.so"),  # a record pointing out of the cache
+    _edit_record(format="slimguard-kernel/0"),
+    _foreign_library,
+    lambda kdir, lib, rec: rec.write_text("{not json"),
+    _record_gone,
+], ids=["library-byte-flipped", "source-changed", "path-escape", "old-format", "foreign-library", "record-not-json",
+        "no-record"])
+def test_record_check_rejects_tampering(built_cache, tmp_path, monkeypatch, tamper):
+    src_dir, lib, sha = built_cache
+    kdir = tmp_path / "kernels"
+    shutil.copytree(src_dir, kdir)
+    monkeypatch.setenv("SLIMGUARD_HOME", str(tmp_path))
+    src_sha, tag, rec = KN._recipe("g++")
+    assert KN._recorded(rec, src_sha, tag) == (kdir / lib, sha)  # the untouched copy verifies
+    tamper(kdir, lib, rec)
+    assert KN._recorded(rec, src_sha, tag) is None
+
+
+def test_tampered_library_is_rebuilt_not_loaded(built_cache, tmp_path, monkeypatch):
+    import ctypes
+    import hashlib
+
+    src_dir, lib, sha = built_cache
+    kdir = tmp_path / "kernels"
+    shutil.copytree(src_dir, kdir)
+    _flip_byte(kdir, lib, None)
+    tampered = hashlib.sha256((kdir / lib).read_bytes()).hexdigest()
+    loaded = []
+    real_cdll = ctypes.CDLL
+
+    def spy(path, *a, **kw):
+        with open(path, "rb") as f:  # what ctypes is about to map, read through the same name it was given
+            loaded.append(hashlib.sha256(f.read()).hexdigest())
+        return real_cdll(path, *a, **kw)
+
+    monkeypatch.setenv("SLIMGUARD_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "g++")
+    monkeypatch.setattr(KN, "_state", {})
+    monkeypatch.setattr(ctypes, "CDLL", spy)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        assert KN.library(required=True) is not None
+    assert tampered != sha and loaded == [sha]  # the rebuild, identical to the first build (g++ is deterministic)
+    doc = json.loads(next(kdir.glob("*.json")).read_text())
+    assert doc["sha256"] == sha and hashlib.sha256((kdir / doc["library"]).read_bytes()).hexdigest() == sha
+
+
+def test_verified_kernel_cache_loads_without_rebuilding(built_cache, tmp_path, monkeypatch):
+    src_dir, lib, sha = built_cache
+    shutil.copytree(src_dir, tmp_path / "kernels")
+    monkeypatch.setenv("SLIMGUARD_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "g++")
+    monkeypatch.setattr(KN, "_state", {})
+    monkeypatch.setattr(KN.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt a library that verifies"))
+    assert KN.library(required=True) is not None
+
+
+def test_tampered_kernel_cache_without_a_compiler_is_refused(built_cache, tmp_path, monkeypatch):
+    src_dir, lib, sha = built_cache
+    kdir = tmp_path / "kernels"
+    shutil.copytree(src_dir, kdir)
+    _flip_byte(kdir, lib, None)
+    monkeypatch.setenv("SLIMGUARD_HOME", str(tmp_path))
+    monkeypatch.setattr(KN, "_state", {})
+    monkeypatch.setattr(KN.shutil, "which", lambda name: None)  # the record names g++, which must stay in the tag
+    monkeypatch.setattr(KN.ctypes, "CDLL", lambda *a, **k: pytest.fail("loaded a library that does not verify"))
+    with pytest.raises(SlimguardError, match="does not match .*refusing to load it") as e:
+        KN.library(required=True)
+    assert "\n" not in str(e.value)
     monkeypatch.setattr(KN, "_state", {})
     with pytest.warns(UserWarning, match="PyTorch path"):
         assert KN.library() is None

@@ -11,16 +11,15 @@ one-line ``purpose``. BENCHMARKS.md and the README headline are regenerated from
 from __future__ import annotations
 
 import os
-import platform
 import re
 import statistics
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 from ..core.errors import SlimguardError
 from ..core.runs import atomic_write_json, git_commit, now_iso
+# the timing helpers live in the library (slim/ and guard/ time things too); bench code keeps using them from here
+from ..core.timing import Timing, machine, time_interleaved, time_it  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 # the default results folder; SLIMGUARD_BENCH_DIR moves it (read at call time, see results_root)
@@ -66,84 +65,6 @@ def artefact_path(capability: str, name: str | None, suffix: str, results_dir: P
     """A plot or log of a result, next to its JSON: ``quant_diagnostics.png``, ``quant/steps40_diagnostics.png``."""
     p = result_path(capability, name, results_dir)
     return p.with_name(p.stem + suffix)
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__.split("+")[0],
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
-
-
-@dataclass
-class Timing:
-    median_s: float
-    times_s: list[float]
-    threads: int
-
-    def to_dict(self) -> dict:
-        return {"median_s": self.median_s, "times_s": self.times_s, "threads": self.threads}
-
-
-def time_it(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, threads: int | None = None,
-            sync: Callable[[], None] | None = None, before: Callable[[], None] | None = None) -> Timing:
-    """Median wall time of ``fn`` after warm-up, with the torch thread count fixed and recorded.
-
-    ``before`` runs untimed ahead of every timed call (e.g. to evict the CPU caches)."""
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    for _ in range(warmup):
-        fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(max(1, repeats)):
-        if before:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), times, torch.get_num_threads())
-
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 9, warmup: int = 1,
-                     before: Callable[[], None] | None = None,
-                     sync: Callable[[], None] | None = None) -> dict[str, Timing]:
-    """Median wall time of each of ``fns``, timed round-robin (one call of each per round), so a
-    machine whose speed drifts during the run slows every contender alike instead of whichever
-    happened to be timed then. ``before`` runs untimed ahead of every timed call; ``sync`` (e.g.
-    ``torch.cuda.synchronize``) closes every call, so asynchronous GPU work is counted where it ran."""
-    import torch
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(max(1, repeats)):
-        for name, fn in fns.items():
-            if before:
-                before()
-            if sync:
-                sync()
-            t0 = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            times[name].append(time.perf_counter() - t0)
-    return {k: Timing(statistics.median(v), v, torch.get_num_threads()) for k, v in times.items()}
 
 
 def mean_std(values: Iterable[float]) -> dict:

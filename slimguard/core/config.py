@@ -67,12 +67,16 @@ def build(cls: type[C], data: dict[str, Any]) -> C:
 
 def load_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; pass a .yaml, .toml or .json file (e.g. {p}/config.json)")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    except OSError as e:  # unreadable: permissions, a device, a broken mount
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e}); check its permissions") from None
     try:
         if p.suffix.lower() == ".toml":
             data = tomllib.loads(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 def demo_step(quick: bool, out_dir: Path):
     import torch
 
-    from ..demo import StepResult
+    from ..report.step import StepResult
     from ..report.html import esc
     from .models import load_causal_lm
 

@@ -3,14 +3,22 @@
 Every capability goes through these two functions, so that ``--model smollm2-135m`` and
 ``--model /path/to/my/model`` behave the same everywhere. Hub ids are passed through to
 ``transformers`` unchanged for users who do have a hub.
+
+Every other reader of model files (classifiers, the compressor, QAT weights, diffusion models)
+wraps its loads in :func:`reading_model` too, so a truncated or corrupt file anywhere is one
+:class:`SlimguardError` line that names the file and says how to get a good copy.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import assets
 from .errors import AssetError, SlimguardError
@@ -33,6 +41,110 @@ def resolve_model_dir(name_or_path: str, *, kind: str | None = None) -> str:
     # neither a path nor an asset nor a hub id: the asset lookup gives the best error
     assets.get(name_or_path)
     raise AssertionError("unreachable")
+
+
+def remedy(path: str | Path) -> str:
+    """What to do about a broken file at ``path``: re-fetch it when it is part of a cached asset."""
+    p = Path(path).expanduser().resolve()
+    try:
+        name = p.relative_to(assets.assets_dir().resolve()).parts[0]
+    except (ValueError, IndexError):
+        return "re-run the command that wrote it"
+    return f"re-fetch the asset (`slimguard assets fetch {name} --force`)"
+
+
+def check_safetensors(path: str | Path, *, fix: str | None = None) -> None:
+    """Raise :class:`SlimguardError` naming ``path`` unless it is a whole safetensors file.
+
+    Reads the header only: safetensors' own message ("header too small", "file not fully covered")
+    never names the file, and a folder can hold several. The data section must end exactly where the
+    tensors the header lists end, which is what a truncated copy breaks."""
+    p = Path(path)
+    bad = f"{p} is truncated or not a safetensors file; {fix or remedy(p)}"
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 2 or n > size - 8 or n > 100 << 20:
+                raise SlimguardError(bad)
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise SlimguardError(f"cannot read {p}: {e.strerror}") from None
+    except ValueError:  # JSON or UTF-8
+        raise SlimguardError(bad) from None
+    if not isinstance(header, dict):
+        raise SlimguardError(bad)
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise SlimguardError(bad) from None
+    if end != size - 8 - n:
+        raise SlimguardError(bad)
+
+
+def _check_json(path: Path, fix: str | None) -> None:
+    try:
+        json.loads(path.read_bytes())
+    except OSError as e:
+        raise SlimguardError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError:
+        raise SlimguardError(f"{path} is truncated or not valid JSON; {fix or remedy(path)}") from None
+
+
+def check_model_files(path: str | Path, *, json_files: bool = True, fix: str | None = None) -> None:
+    """Raise :class:`SlimguardError` naming the first broken file of a model folder (or of one file):
+    every ``*.safetensors`` by its header, every ``*.json`` by parsing it (``json_files``). ``fix`` replaces
+    the default advice (re-fetch the asset, or re-run the command that wrote the file)."""
+    p = Path(path)
+    if p.is_file():  # one file is checked for what it is meant to be, whatever its name (`quant eval x.bin`)
+        if p.suffix == ".json":
+            _check_json(p, fix)
+        else:
+            check_safetensors(p, fix=fix)
+        return
+    if not p.is_dir():
+        return
+    for f in sorted(p.rglob("*.safetensors")):
+        check_safetensors(f, fix=fix)
+    for f in sorted(p.rglob("*.json")) if json_files else []:
+        _check_json(f, fix)
+
+
+# what a broken or foreign file raises while transformers, diffusers or safetensors read it
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, pickle.UnpicklingError)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors is a dependency; keep the guard usable without it
+        return _READ_ERRORS
+    return _READ_ERRORS + (SafetensorError,)
+
+
+@contextmanager
+def reading_model(path: str | Path, what: str = "model", *, fix: str | None = None) -> Iterator[None]:
+    """Wrap any loading of the model files at ``path`` (a folder or one file): a truncated or corrupt file
+    becomes one :class:`SlimguardError` naming it and saying how to get a good copy.
+
+    The weights' headers are checked before loading (cheap: a few bytes per file), so the error names the
+    file even where a loader would only say "header too small"; when loading still fails, the JSON files
+    are checked too, and an error that none of them explains is reported with the folder's name. Anything
+    else (a bug, not a bad file) propagates unchanged."""
+    p = Path(path)
+    local = p.exists()
+    if local:
+        check_model_files(p, json_files=False, fix=fix)
+    try:
+        yield
+    except SlimguardError:
+        raise
+    except _read_errors() as e:
+        if local:
+            check_model_files(p, fix=fix)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SlimguardError(f"could not load {what} from {path}: {first}" + (f"; {fix}" if fix else "")) from None
 
 
 @dataclass
@@ -71,11 +183,9 @@ def load_causal_lm(name_or_path: str = "smollm2-135m", *, dtype: str = "float32"
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    try:
+    with reading_model(src, "causal LM"):
         tok = AutoTokenizer.from_pretrained(src)
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except OSError as e:
-        raise SlimguardError(f"could not load causal LM from '{name_or_path}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.to(device).eval()
@@ -103,10 +213,9 @@ def load_encoder(name_or_path: str = "minilm-l6", *, head: str | None = None, nu
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        tok = AutoTokenizer.from_pretrained(src)
-        model = cls.from_pretrained(src, **kwargs)
-    except OSError as e:
-        raise SlimguardError(f"could not load encoder from '{name_or_path}': {str(e).splitlines()[0]}") from None
+        with reading_model(src, "encoder"):
+            tok = AutoTokenizer.from_pretrained(src)
+            model = cls.from_pretrained(src, **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
     model.to(device).eval()

@@ -69,6 +69,11 @@ def pack(name: str, out: str | Path, *, part_bytes: int = 60 << 20) -> Path:
     """Write asset ``name`` as ``NAME.partNNN`` files and ``NAME.pack.json`` into ``out``; returns the index."""
     if part_bytes < 1 << 20:
         raise AssetError(f"part size {part_bytes} bytes is below 1 MiB")
+    # the parts go into a folder; refuse a file (or a path through one) before anything is written or deleted
+    clash = next((p for p in (Path(out), *Path(out).parents) if p.exists() and not p.is_dir()), None)
+    if clash is not None:
+        raise AssetError(f"--out {out}: {clash} is a file, not a folder; give a folder for the parts "
+                         "(it is created if missing)")
     asset = A.get(name)
     root = asset.path()
     if not asset.is_cached():
@@ -76,7 +81,10 @@ def pack(name: str, out: str | Path, *, part_bytes: int = 60 << 20) -> Path:
     manifest = json.loads((root / A.MANIFEST).read_text())
     files = sorted(rel for rel in manifest["files"] if not any(fnmatch.fnmatch(rel, g) for g in asset.rebuilt))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AssetError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     for old in out.glob(f"{name}.part*"):
         old.unlink()  # a stale part of an earlier pack would be mistaken for this one's
     w = _PartWriter(out, name, part_bytes)

@@ -110,26 +110,52 @@ def status_banner(run_dir: str | Path, info: dict) -> str:
     return f'<p class="{cls}" id="run-status"><b>Run status: {esc(status)}</b>: {esc(text)}</p>'
 
 
+def _read_record(p: Path) -> dict:
+    """A run's JSON record (run.json, metrics.json, config.json) as a dict, or one line naming the file."""
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SlimguardError(f"cannot read {p}: {e.strerror or e}") from None
+    except ValueError as e:  # JSON or UTF-8
+        raise SlimguardError(f"{p} is not valid JSON ({str(e).splitlines()[0]}); re-run the command that wrote it, "
+                             "or move the file away to report the rest") from None
+    if not isinstance(doc, dict):
+        raise SlimguardError(f"{p} holds a JSON {type(doc).__name__}, not an object of keys and values; re-run the "
+                             "command that wrote it, or move the file away to report the rest")
+    return doc
+
+
+def _read_fragment(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SlimguardError(f"cannot read report section {p} as UTF-8 text ({e}); re-run the command that wrote "
+                             "it, or move the file away") from None
+
+
 def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Render ``run_dir`` to ``run_dir/report.html`` (or ``out``)."""
+    """Render ``run_dir`` to ``run_dir/report.html`` (or ``out``). Every input is read before anything is
+    written, so a broken file fails with its name and leaves the folder as it was."""
     d = Path(run_dir)
     if not d.is_dir():
         raise SlimguardError(f"run directory {d} does not exist")
+    target = Path(out) if out else d / "report.html"
+    if target.is_dir():
+        raise SlimguardError(f"report output {target} is a folder; give a file path such as {target / 'report.html'}")
     sections: list[tuple[str, str]] = []
     info = d / "run.json"
     if info.exists():
-        run_info = json.loads(info.read_text())
+        run_info = _read_record(info)
         sections.append(("Run", status_banner(d, run_info) + kv_table(run_info)))
     for name, title in (("metrics.json", "Metrics"), ("config.json", "Config")):
         p = d / name
         if p.exists():
-            sections.append((title, kv_table(json.loads(p.read_text()))))
+            sections.append((title, kv_table(_read_record(p))))
     for frag in sorted((d / "sections").glob("*.html")) if (d / "sections").is_dir() else []:
-        sections.append((frag.stem.split("_", 1)[-1].replace("-", " ").capitalize(), frag.read_text(encoding="utf-8")))
+        sections.append((frag.stem.split("_", 1)[-1].replace("-", " ").capitalize(), _read_fragment(frag)))
     pngs = sorted(d.glob("*.png"))
     if pngs:
         sections.append(("Figures", "\n".join(f"<h3>{esc(p.stem)}</h3>{img_file(p)}" for p in pngs)))
     if not sections:
         raise SlimguardError(f"run directory {d} holds nothing to report (no run.json, metrics.json or config.json)")
-    target = Path(out) if out else d / "report.html"
     return atomic_write_text(target, page(f"slimguard run: {d.name}", sections))

@@ -84,7 +84,11 @@ def evaluate(model_dir, sp_test: list[TextSample], test_poisoned: list[TextSampl
 def run_attack(cfg: AttackConfig, run: Run, *, resume: bool = False, progress: bool = True,
                splits: TextSplits | None = None) -> dict:
     """Poison, train, evaluate; writes the run directory and returns the metrics."""
+    from ...core.models import check_model_files, resolve_model_dir
+
     t_all, c_all = time.perf_counter(), time.process_time()
+    # a broken victim folder fails here, by name, before the poisoned splits are written into the run
+    check_model_files(resolve_model_dir(cfg.victim.model))
     sp = splits or load_splits(cfg)
     check_labels(cfg.poison, sp.label_names)
     target = cfg.poison.target_label

@@ -19,7 +19,7 @@ def demo_step(quick: bool, out_dir: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ...demo import StepResult
+    from ...report.step import StepResult
     from ...report.html import esc, figure
     from .attack import AttackConfig, attack
     from .records import load_run

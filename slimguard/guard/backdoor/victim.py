@@ -77,18 +77,17 @@ def load_for_training(model: str, label_names: list[str]):
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ...core.models import resolve_model_dir
+    from ...core.models import reading_model, resolve_model_dir
 
     src = resolve_model_dir(model)
     n = len(label_names)
     v = _silence()
     try:
-        tok = AutoTokenizer.from_pretrained(src)
-        m = AutoModelForSequenceClassification.from_pretrained(
-            src, num_labels=n, id2label=dict(enumerate(label_names)), label2id={k: i for i, k in enumerate(label_names)},
-            ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as e:
-        raise SlimguardError(f"could not load '{model}' as a sequence classifier: {str(e).splitlines()[0]}") from None
+        with reading_model(src, f"'{model}' as a sequence classifier"):
+            tok = AutoTokenizer.from_pretrained(src)
+            m = AutoModelForSequenceClassification.from_pretrained(
+                src, num_labels=n, id2label=dict(enumerate(label_names)),
+                label2id={k: i for i, k in enumerate(label_names)}, ignore_mismatched_sizes=True)
     finally:
         transformers.logging.set_verbosity(v)
     if tok.pad_token is None:  # causal LMs: pad with EOS so the head can find the last real token
@@ -249,13 +248,16 @@ def load_victim(model_dir: str | Path):
     import transformers  # noqa: F401
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from ...core.models import reading_model
+
     d = Path(model_dir)
     if not (d / "config.json").is_file():
         raise SlimguardError(f"{d} is not a transformers model folder (no config.json)")
     v = _silence()
     try:
-        tok = AutoTokenizer.from_pretrained(d)
-        model = AutoModelForSequenceClassification.from_pretrained(d)
+        with reading_model(d, "victim classifier", fix="re-run the `backdoor attack` (or defence) that wrote it"):
+            tok = AutoTokenizer.from_pretrained(d)
+            model = AutoModelForSequenceClassification.from_pretrained(d)
     finally:
         transformers.logging.set_verbosity(v)
     if tok.pad_token is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 def demo_step(quick: bool, out_dir: Path):
     from ...core.runs import runs_root
-    from ...demo import StepResult
+    from ...report.step import StepResult
     from ...report.html import esc, img_file, table
     from .amplify import measure_amplification, plot_curve
     from .classifiers import train_cnn

@@ -95,18 +95,24 @@ def save_model(model: DiffusionModel, out_dir: str | Path) -> Path:
 def load_model(path: str | Path, device: str | None = None) -> DiffusionModel:
     """Load ``<run>/model`` (or a run directory holding ``model/``) onto ``device`` (default:
     :func:`slimguard.core.models.resolve_device`)."""
-    from ...core.models import resolve_device
+    from ...core.models import check_model_files, reading_model, resolve_device
 
     p = Path(path)
     if (p / "model" / "diffusion.json").is_file():
         p = p / "model"
     if not (p / "diffusion.json").is_file():
         raise SlimguardError(f"{path} is not a diffusion model folder (no diffusion.json); pass a `slimguard diffusion train` run")
+    fix = "re-run the `slimguard diffusion train` that wrote it"
+    check_model_files(p / "diffusion.json", fix=fix)
     meta = json.loads((p / "diffusion.json").read_text())
-    diffusers = _diffusers()
-    unet = diffusers.UNet2DModel.from_pretrained(p / "unet").eval().to(resolve_device(device))
-    sched = diffusers.DDPMScheduler.from_pretrained(p / "scheduler")
-    nc, size = meta.pop("num_classes"), meta.pop("image_size")
+    with reading_model(p, "diffusion model", fix=fix):  # checks the weights' headers before diffusers imports
+        diffusers = _diffusers()
+        unet = diffusers.UNet2DModel.from_pretrained(p / "unet").eval().to(resolve_device(device))
+        sched = diffusers.DDPMScheduler.from_pretrained(p / "scheduler")
+    try:
+        nc, size = meta.pop("num_classes"), meta.pop("image_size")
+    except (KeyError, AttributeError):
+        raise SlimguardError(f"{p / 'diffusion.json'} lacks num_classes or image_size; {fix}") from None
     return DiffusionModel(unet, sched, nc, size, meta)
 
 

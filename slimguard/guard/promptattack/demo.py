@@ -18,7 +18,7 @@ def demo_step(quick: bool, out_dir: Path):
     import numpy as np
 
     from ...core.data import load_text_dataset
-    from ...demo import StepResult
+    from ...report.step import StepResult
     from ...report.html import esc, figure, table
     from .attack import attack_set, search
     from .fewshot import build_classifier

@@ -43,7 +43,7 @@ def train_mlm_head(encoder: str = "minilm-l6", *, steps: int = 60, batch_size: i
     from tqdm import tqdm
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    from ...core.models import resolve_model_dir
+    from ...core.models import reading_model, resolve_model_dir
 
     if steps < 1 or batch_size < 1:
         raise SlimguardError(f"MLM head training needs steps >= 1 and batch_size >= 1 (got {steps}, {batch_size})")
@@ -51,8 +51,9 @@ def train_mlm_head(encoder: str = "minilm-l6", *, steps: int = 60, batch_size: i
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        tok = AutoTokenizer.from_pretrained(src)
-        model = BertForMaskedLM.from_pretrained(src)
+        with reading_model(src, "encoder"):
+            tok = AutoTokenizer.from_pretrained(src)
+            model = BertForMaskedLM.from_pretrained(src)
     finally:
         transformers.logging.set_verbosity(verbosity)
     g = torch.Generator().manual_seed(seed)
@@ -109,6 +110,7 @@ def load_or_train_mlm(encoder: str = "minilm-l6", *, steps: int = 60, seed: int 
     import transformers
     from transformers import AutoTokenizer, BertForMaskedLM
 
+    from ...core.models import reading_model
     from ...core.runs import atomic_write_json
 
     out = trained_dir() / f"{Path(encoder).name}-mlm-head-s{steps}-seed{seed}"
@@ -116,10 +118,9 @@ def load_or_train_mlm(encoder: str = "minilm-l6", *, steps: int = 60, seed: int 
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
         try:
-            model = BertForMaskedLM.from_pretrained(out)
-            tok = AutoTokenizer.from_pretrained(out)
-        except OSError as e:
-            raise SlimguardError(f"trained MLM head in {out} is unreadable ({e}); delete that folder to retrain") from None
+            with reading_model(out, "trained MLM head", fix=f"delete {out} to train it again"):
+                model = BertForMaskedLM.from_pretrained(out)
+                tok = AutoTokenizer.from_pretrained(out)
         finally:
             transformers.logging.set_verbosity(verbosity)
         return model.eval(), tok

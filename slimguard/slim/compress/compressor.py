@@ -109,6 +109,19 @@ def _as_text(x: Any, i: int) -> str:
     raise SlimguardError(f"context {i} must be a string, got {type(x).__name__}")
 
 
+def _contexts(context: str | bytes | list, *, allow_empty: bool = False) -> list[str]:
+    """The prompt as a list of texts; an empty prompt (no text, or only whitespace) is refused unless
+    ``allow_empty`` (llmlingua's ``compress_prompt`` returns an empty result for it, and so does ours)."""
+    try:
+        items = [context] if isinstance(context, (str, bytes, bytearray)) else list(context)
+    except TypeError:
+        raise SlimguardError(f"the prompt must be a string or a list of strings, got {type(context).__name__}") from None
+    texts = [_as_text(c, i) for i, c in enumerate(items)]
+    if not allow_empty and not any(t.strip() for t in texts):
+        raise SlimguardError("the prompt is empty (no text, or only whitespace); give some text to compress")
+    return texts
+
+
 class PromptCompressor:
     """``PromptCompressor(model_name=DIR, use_llmlingua2=True).compress_prompt(context, rate=0.33)``.
 
@@ -126,11 +139,11 @@ class PromptCompressor:
             raise SlimguardError("slimguard's PromptCompressor implements LLMLingua-2 only; pass use_llmlingua2=True")
         self.path = resolve_compressor(model_name)
         self.device = device_map if device_map in ("cpu", "cuda", "mps") or device_map.startswith("cuda:") else "cpu"
-        try:
+        from ...core.models import reading_model
+
+        with reading_model(self.path, "compressor"):
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), use_fast=True)
             self.model = AutoModelForTokenClassification.from_pretrained(str(self.path), attn_implementation="sdpa")
-        except (OSError, ValueError) as e:
-            raise SlimguardError(f"could not load compressor from {self.path}: {str(e).splitlines()[0]}") from None
         if not self.tokenizer.is_fast:
             raise SlimguardError(f"{self.path}: a fast tokenizer (tokenizer.json) is required")
         self.model.to(self.device).eval()
@@ -178,12 +191,15 @@ class PromptCompressor:
             "rate_tokenizer": rate_tokenizer or self.default_rate_tokenizer, "threshold": threshold,
             "chunk_end_tokens": [".", "\n"] if chunk_end_tokens is None else chunk_end_tokens,
             "batch_size": self.batch_size, "dtype": dtype})
-        return self.compress(context, cfg).to_llmlingua(return_word_label=return_word_label, word_sep=word_sep,
-                                                        label_sep=label_sep)
+        return self._compress(_contexts(context, allow_empty=True), cfg).to_llmlingua(
+            return_word_label=return_word_label, word_sep=word_sep, label_sep=label_sep)
 
     def compress(self, context: str | list[str], cfg: CompressConfig) -> CompressResult:
-        """The typed entry point: one :class:`CompressConfig`, one :class:`CompressResult`."""
-        contexts = [_as_text(c, i) for i, c in enumerate([context] if isinstance(context, (str, bytes)) else context)]
+        """The typed entry point: one :class:`CompressConfig`, one :class:`CompressResult`. An empty prompt
+        is an error here (there is nothing to compress, and a rate of an empty text means nothing)."""
+        return self._compress(_contexts(context), cfg)
+
+    def _compress(self, contexts: list[str], cfg: CompressConfig) -> CompressResult:
         counter = self.counter(cfg.rate_tokenizer)
         t0 = time.perf_counter()
         ctxs = self._analyse(contexts, cfg)
@@ -198,7 +214,7 @@ class PromptCompressor:
         """Score once, select at several rates (for sweeps; each result's model_s is the shared scoring time)."""
         from ...core.config import build
 
-        contexts = [_as_text(c, i) for i, c in enumerate([context] if isinstance(context, (str, bytes)) else context)]
+        contexts = _contexts(context)
         counter = self.counter(cfg.rate_tokenizer)
         t0 = time.perf_counter()
         ctxs = self._analyse(contexts, cfg)
@@ -484,6 +500,7 @@ def compress(context: str | list[str], cfg: CompressConfig | None = None, *, com
              ) -> CompressResult:
     """One call: ``compress(text, CompressConfig(model=DIR, rate=0.33))``."""
     cfg = cfg or CompressConfig()
+    _contexts(context)  # an empty prompt fails before the compressor loads
     pc = compressor or PromptCompressor(cfg.model, device_map=cfg.device, rate_tokenizer=cfg.rate_tokenizer,
                                         batch_size=cfg.batch_size)
     return pc.compress(context, cfg)

@@ -79,7 +79,8 @@ class CompressConfig(Config):
     model: str = Field("default", description="Trained compressor directory, a name under "
                        "~/.cache/slimguard/compressors/, or 'default'.")
     rate: float = Field(0.5, description="Fraction of tokens to keep, in (0, 1].")
-    target_token: int = Field(-1, description="Keep about this many tokens (overrides rate when > 0).")
+    target_token: int = Field(-1, description="Keep about this many tokens (overrides rate); -1 (the default, as in "
+                              "llmlingua) means unset.")
     force_tokens: list[str] = Field(default_factory=list, description="Words always kept (e.g. '?', '\\n').")
     force_reserve_digit: bool = Field(False, description="Always keep words containing a digit.")
     drop_consecutive: bool = Field(False, description="Drop a force token repeating the previous kept word.")
@@ -104,6 +105,15 @@ class CompressConfig(Config):
     def _rate(cls, v):
         if not 0 < v <= 1:
             raise ValueError("rate is the kept fraction and must be in (0, 1], e.g. 0.33 for 3x compression")
+        return v
+
+    @field_validator("target_token")
+    @classmethod
+    def _target(cls, v):
+        # llmlingua treats every value <= 0 as "unset", so a typo like -5 or 0 silently compressed at `rate`
+        if v != -1 and v < 1:
+            raise ValueError("target_token is the number of tokens to keep and must be >= 1 (or -1, the default, "
+                             "to use rate)")
         return v
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from pathlib import Path
 def demo_step(quick: bool, out_dir: Path):
     import numpy as np
 
-    from ...demo import StepResult
+    from ...report.step import StepResult
     from ...report.html import esc, figure, table
     from .baselines import RandomDrop, SelectiveContext
     from .compressor import PromptCompressor

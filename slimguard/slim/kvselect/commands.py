@@ -9,15 +9,13 @@ Example (CPU)::
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 from pydantic import Field
 
 from ...core.commands import Flag, command
 from ...core.config import build
-from ...core.errors import SlimguardError
 from ...core.runs import Run, safe_run_name
 from .config import TokenSelectConfig, defaults_for
+from .context import long_input, read_context
 
 
 class GenerateConfig(TokenSelectConfig):
@@ -30,19 +28,6 @@ class GenerateConfig(TokenSelectConfig):
     context_file: str = Field(..., description="UTF-8 text file read as the long context.")
     prompt: str = Field("", description="Text appended after the context (the question).")
     max_new_tokens: int = Field(32, ge=1, description="Tokens to generate (greedy).")
-
-
-def read_context(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise SlimguardError(f"--context-file {p} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SlimguardError(f"--context-file {p} is not UTF-8 text") from None
-    if not text.strip():
-        raise SlimguardError(f"--context-file {p} is empty; give it the long text to read")
-    return text
 
 
 def scaled_to(cfg: GenerateConfig, model_config) -> GenerateConfig:
@@ -74,7 +59,7 @@ def generate_command(cfg: GenerateConfig, run: Run) -> dict:
     cfg = scaled_to(cfg, lm.model.config)
     run.save_config(cfg)  # the budget actually used
     rt = enable_token_select(lm.model, cfg)
-    ids = lm.tokenizer(text + ("\n\n" + cfg.prompt if cfg.prompt else ""), return_tensors="pt")["input_ids"]
+    ids = lm.tokenizer(long_input(text, cfg.prompt), return_tensors="pt")["input_ids"]
     run.log.info("%d context tokens, method=%s, budget=%d (n_init=%d, k=%d, n_local=%d), pool_kernel=%s, "
                  "scoring layers %s (%s keys), %d threads", ids.shape[1], cfg.method, cfg.budget, cfg.n_init, cfg.k,
                  cfg.n_local, cfg.pool_kernel, cfg.score_layers or "all", cfg.score_dtype or "cache dtype",

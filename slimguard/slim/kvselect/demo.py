@@ -15,9 +15,9 @@ def demo_step(quick: bool, out_dir: Path):
     import matplotlib.pyplot as plt
     import torch
 
-    from ...bench.harness import time_it
+    from ...core.timing import time_it
     from ...core.models import load_causal_lm
-    from ...demo import StepResult
+    from ...report.step import StepResult
     from ...report.html import esc, figure
     from .attention import disable_token_select, enable_token_select, standalone_layer, token_select_attention
     from .config import TokenSelectConfig

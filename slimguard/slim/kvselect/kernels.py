@@ -9,7 +9,9 @@ rotate the middle rows, rotate the query into the compact frame, attend over the
 frames; a Selection Cache check is one more (the cosine). Prefill chunks use the gather,
 the rotations and the fingerprint. Plain C++ with a C ABI, compiled once per machine with
 ``$CXX`` (default ``g++``) into ``$SLIMGUARD_HOME/kernels/`` and loaded with ctypes; no torch
-headers, so the build takes seconds. Without a compiler, or for anything but float32
+headers, so the build takes seconds. A JSON record beside each library holds its sha256 and the
+source it was built from; a library is loaded only when both still match (else it is rebuilt),
+since ctypes runs whatever native code it is handed. Without a compiler, or for anything but float32
 batch-1 CPU tensors, the PyTorch path in ``select.py`` runs; it is also the reference the
 tests compare against.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -50,36 +53,118 @@ _state: dict[str, object] = {}
 _local = threading.local()
 
 
-def _build() -> Path:
+RECORD_FORMAT = "slimguard-kernel/1"
+
+
+def _sha256_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _sha256_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _recipe(cxx: str) -> tuple[str, str, Path]:
+    """(source sha256, build tag, record path) for building ``kernels.cpp`` with ``cxx`` on this machine."""
     from ...core.assets import home
 
-    cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
-        raise SlimguardError(f"no C++ compiler '{cxx}' on PATH (set CXX)")
     src = SOURCE.read_bytes()
     tag = hashlib.sha256(src + " ".join([cxx, *FLAGS, platform.machine(), platform.node()]).encode()).hexdigest()[:16]
-    out = home() / "kernels" / f"kvselect-{tag}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    return hashlib.sha256(src).hexdigest(), tag, home() / "kernels" / f"kvselect-{tag}.json"
+
+
+def _recorded(record: Path, src_sha: str, tag: str) -> tuple[Path, str] | None:
+    """(library, its recorded sha256) when ``record`` says it was built from this source with this recipe and
+    the library's bytes still hash to what was recorded; None for anything else (missing, foreign, stale,
+    tampered), which the caller treats as "not built"."""
+    try:
+        rec = json.loads(record.read_text())
+        lib = record.parent / rec["library"]
+        ok = (rec.get("format") == RECORD_FORMAT and rec.get("tag") == tag and rec.get("source_sha256") == src_sha
+              and Path(rec["library"]).name == rec["library"] and lib.is_file())
+        return (lib, rec["sha256"]) if ok and _sha256(lib) == rec["sha256"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _build() -> tuple[Path, str]:
+    """A verified library for the current source: (path, sha256). Builds it (seconds) when the cache holds
+    none, or only one whose bytes or build record do not match; the record is written after the library,
+    both atomically, and names the library by its hash, so concurrent builds never mix one's record with
+    another's bytes."""
+    cxx = os.environ.get("CXX", "g++")
+    src_sha, tag, record = _recipe(cxx)
+    found = _recorded(record, src_sha, tag)
+    if found is not None:
+        return found
+    # a record that no longer matches means the library, the record or the source changed since the build;
+    # a library with no record at all (an older slimguard's cache) is simply never loaded
+    if shutil.which(cxx) is None:
+        if record.exists():
+            raise SlimguardError(f"kernel cache {record.parent}: {record.name} does not match the library it names "
+                                 f"or the current {SOURCE.name} (changed since it was built); refusing to load it. "
+                                 f"Install a C++ compiler (set CXX) to rebuild it, or delete {record.parent}")
+        raise SlimguardError(f"no C++ compiler '{cxx}' on PATH (set CXX)")
+    if record.exists():
+        warnings.warn(f"TokenSelect kernel cache {record.parent}: {record.name} does not match the library it names "
+                      f"or the current {SOURCE.name}; rebuilding", stacklevel=3)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=record.parent)
     os.close(fd)
     try:
         res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise SlimguardError(f"building {SOURCE.name} failed: {res.stderr.strip().splitlines()[-1:]}")
+        digest = _sha256(Path(tmp))
+        out = record.parent / f"kvselect-{tag}-{digest[:16]}.so"
         os.replace(tmp, out)  # atomic: a concurrent build or a killed one never leaves a half-written library
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return out
+    doc = {"format": RECORD_FORMAT, "library": out.name, "sha256": digest, "tag": tag, "source_sha256": src_sha,
+           "compiler": cxx, "flags": FLAGS, "machine": platform.machine(), "node": platform.node()}
+    _atomic_write(record, (json.dumps(doc, indent=1) + "\n").encode())
+    return out, digest
+
+
+def _load(path: Path, sha256: str):
+    """``ctypes.CDLL`` of ``path`` after checking that its bytes hash to ``sha256``. On Linux the library is
+    opened once and loaded through that descriptor, so the bytes hashed are the bytes loaded even if the file
+    is replaced in between."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _sha256_fd(fd) != sha256:
+            raise SlimguardError(f"kernel library {path} changed after it was checked; refusing to load it")
+        via_fd = Path(f"/proc/self/fd/{fd}")
+        return ctypes.CDLL(str(via_fd if via_fd.exists() else path))
+    finally:
+        os.close(fd)
 
 
 def library(required: bool = False):
     """The loaded kernel library, or None if it cannot be built (``required`` raises instead)."""
     if "lib" not in _state:
         try:
-            lib = ctypes.CDLL(str(_build()))
+            lib = _load(*_build())
             for name, args in _SIGS.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, _RESTYPES.get(name)

@@ -17,7 +17,7 @@ def demo_step(quick: bool, out_dir: Path):
 
     from ...core.config import build
     from ...core.models import load_causal_lm
-    from ...demo import StepResult
+    from ...report.step import StepResult
     from ...report.html import esc, figure
     from .baselines import rtn
     from .config import QATConfig, QuantTrainConfig

@@ -208,16 +208,23 @@ def load_packed(path: str | Path):
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from ...core.models import reading_model
+
     path = Path(path)
     if not path.is_file():
         raise SlimguardError(f"packed model {path} does not exist")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != PACKED_FORMAT:
-            raise SlimguardError(f"{path} is not a slimguard packed QAT file (format {meta.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    cfg = QATConfig.model_validate_json(meta["qat"])
-    mconf = AutoConfig.for_model(**json.loads(meta["model_config"]))
+    fix = "re-run `slimguard quant export --format safetensors` to write it, or pass a `quant train` run directory"
+    with reading_model(path, "packed QAT model", fix=fix):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != PACKED_FORMAT:
+                raise SlimguardError(f"{path} is not a slimguard packed QAT file (format {meta.get('format')!r}); {fix}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            cfg = QATConfig.model_validate_json(meta["qat"])
+            mconf = AutoConfig.for_model(**json.loads(meta["model_config"]))
+        except KeyError as e:
+            raise SlimguardError(f"{path} lacks its {e.args[0]!r} metadata; re-export it with `quant export`") from None
     model = AutoModelForCausalLM.from_config(mconf, dtype=torch.float32)
     prepare_qat(model, cfg)
     for name, q in qlinears(model):

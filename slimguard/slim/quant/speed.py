@@ -57,7 +57,7 @@ def time_ggufs(runs: dict, *, threads: int, prompt_tokens: int, decode_tokens: i
     runs on the same machine type), and timing the files one after another hands that drift to
     whichever file happened to run then; round-robin spreads it over all of them, so the ratios hold.
     """
-    from ...bench.harness import time_interleaved
+    from ...core.timing import time_interleaved
 
     longest = max((prompt_tokens, *contexts))
     text = [(7 * i + 11) % 1000 + 100 for i in range(longest)]  # ids only: speed does not depend on meaning

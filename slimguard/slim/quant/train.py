@@ -300,14 +300,18 @@ def load_trained(run_dir: str | Path, *, converted: bool = True):
     from safetensors.torch import load_model
 
     from ...core.config import build
-    from ...core.models import load_causal_lm
+    from ...core.models import check_model_files, load_causal_lm, reading_model
     from .prepare import convert
 
+    # before anything else reads the run (or the base model loads): a broken file fails at once, by name
+    for name in ("config.json", MODEL_FILE):
+        check_model_files(Path(run_dir) / name)
     run = Run.open(run_dir, need=("config.json", MODEL_FILE))
     cfg = build(QuantTrainConfig, run.config())
     lm = load_causal_lm(cfg.model)
     prepare_qat(lm.model, cfg.qat)
-    missing, unexpected = load_model(lm.model, str(run.path / MODEL_FILE), strict=False)
+    with reading_model(run.path / MODEL_FILE, "trained QAT weights"):
+        missing, unexpected = load_model(lm.model, str(run.path / MODEL_FILE), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise SlimguardError(f"{run.path / MODEL_FILE} does not match config.json's model and qat settings")
     if converted:

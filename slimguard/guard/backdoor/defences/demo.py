@@ -29,7 +29,7 @@ def _highlight(ws, threshold: float, trigger_words: set[str]) -> str:
 
 def demo_step(quick: bool, out_dir: Path):
     from ....core.data import load_text_dataset
-    from ....demo import StepResult
+    from ....report.step import StepResult
     from ..poison import PoisonConfig, make_trigger
     from .onion import LMScorer, onion_scores
 
