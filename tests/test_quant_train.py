@@ -97,13 +97,22 @@ def test_resume_without_checkpoint(tmp_path):
         _train(cfg, run=Run.create("empty", root=tmp_path), resume=True)
 
 
+def _free_port() -> int:
+    """A port nobody listens on now: a fixed one collides with a concurrent test run on the same host."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_cpu_processes_match_single(tmp_path):
     single, dual = tmp_path / "single.json", tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
     p1 = subprocess.run([sys.executable, str(WORKER), str(single)], env=env, capture_output=True, text=True,
                         timeout=600)
     assert p1.returncode == 0, p1.stderr[-2000:]
-    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
                          str(WORKER), str(dual)], env=env, capture_output=True, text=True, timeout=600)
     assert p2.returncode == 0, p2.stderr[-2000:]
     a, b = json.loads(single.read_text()), json.loads(dual.read_text())

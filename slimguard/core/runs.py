@@ -208,20 +208,26 @@ class Run:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
+        self._handler: logging.Handler | None = None
         self._fresh = False  # created empty by this process (see __exit__)
         self.resumed = False  # continuing an earlier start (trainers load their checkpoint)
         self.progress = True  # draw progress bars (the CLI's --no-progress turns them off)
-        self._handler: logging.Handler | None = None
-        self.log = logging.getLogger(f"slimguard.run.{self.path.resolve()}")
-        self.log.setLevel(logging.INFO)
-        log_file = (self.path / "log.txt").resolve()
-        for h in self.log.handlers:
-            if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file:
-                self._handler = h
+
+    @property
+    def log(self) -> logging.Logger:
+        """The run's logger, writing ``log.txt`` (opened on first use: reading a run writes nothing)."""
+        log = logging.getLogger(f"slimguard.run.{self.path.resolve()}")
         if self._handler is None:
-            self._handler = logging.FileHandler(log_file, encoding="utf-8")
-            self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            self.log.addHandler(self._handler)
+            log.setLevel(logging.INFO)
+            log_file = (self.path / "log.txt").resolve()
+            for h in log.handlers:
+                if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file:
+                    self._handler = h
+            if self._handler is None:
+                self._handler = logging.FileHandler(log_file, encoding="utf-8")
+                self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+                log.addHandler(self._handler)
+        return log
 
     # -- creating, locking, finishing ---------------------------------------------------------
 
@@ -306,7 +312,7 @@ class Run:
             self._lock_fd = None
         if self._handler is not None:
             self._handler.close()
-            self.log.removeHandler(self._handler)
+            logging.getLogger(f"slimguard.run.{self.path.resolve()}").removeHandler(self._handler)
             self._handler = None
 
     def __enter__(self) -> "Run":
