@@ -105,28 +105,26 @@ def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        node = out
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            node[part] = dict(nxt) if isinstance(nxt, dict) else {}
-            node = node[part]
-        node[parts[-1]] = value
+        _set_dotted(out, parts, value)
     return out
+
+
+def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """``data[a][b][c] = value`` for ``parts = [a, b, c]``, copying the nested dicts it passes through."""
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        node[part] = dict(nxt) if isinstance(nxt, dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Set dotted keys to already-typed values (explicit CLI options); None means "not given"."""
     out = dict(data)
     for key, value in overrides.items():
-        if value is None:
-            continue
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            node[part] = dict(nxt) if isinstance(nxt, dict) else {}
-            node = node[part]
-        node[parts[-1]] = value
+        if value is not None:
+            _set_dotted(out, key.split("."), value)
     return out
 
 
