@@ -108,6 +108,7 @@ def _snapshot(d: Path) -> dict:
 # the cheap ones run as real processes of their own.
 CASES = [
     ("generate", ["generate", "hello", "--model", "{d}/lm"], b"", "{d}/lm/model.safetensors is truncated", False),
+    ("generate-empty", ["generate", "  ", "--model", "{d}/lm"], b"", "PROMPT is empty", True),
     ("compress", ["compress", "run", "--rate", "0.5", "--model", "{d}/compressor"], b"the code is 42.",
      "{d}/compressor/model.safetensors is truncated", False),
     ("compress-empty-prompt", ["compress", "run", "--rate", "0.5", "--model", "{d}/compressor"], b" \n ",
@@ -131,9 +132,6 @@ CASES = [
     ("assets-pack", ["assets", "pack", "cl100k-base", "--out", "{d}/existing.bin"], b"",
      "{d}/existing.bin is a file, not a folder", True),
 ]
-# these two commands create their run folder (run.json, config.json, log.txt) before the library loads the
-# victim; the one-line error comes from the library, but the early write is the command adapter's to move
-WRITES_RUN_FIRST = {"backdoor", "promptattack"}
 
 # one interpreter, many commands: each case gets fresh stdin/stdout/stderr and its own SLIMGUARD_RUNS, and
 # whatever escapes `main()` is printed as the traceback a real process would print
@@ -202,7 +200,5 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(request, inputs, tmp_p
     assert "Traceback" not in err
     assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
     assert want.format(d=inputs) in lines[0]
-    if group in WRITES_RUN_FIRST:
-        assert {Path(w).name for w in written} <= {"run.json", "config.json", "log.txt"}, written  # no data, no model
-    else:
-        assert written == []
+    # a run folder made before the input error was found is removed again (core/runs.py)
+    assert written == []

@@ -19,6 +19,8 @@ def generate(prompt: str = typer.Argument(..., help="Text to continue."),
 
     if max_new_tokens < 1:
         raise SlimguardError("--max-new-tokens must be >= 1")
+    if not prompt.strip():
+        raise SlimguardError("PROMPT is empty; give the text to continue, e.g. `slimguard generate \"The capital of France is\"`")
     set_threads(threads)
     import torch
     from transformers import TextStreamer
