@@ -132,7 +132,7 @@ class FusedSelector:
             return
         self.fp = torch.zeros(self.n_kv, rp, self.d, device=self.device)
         self.fps = torch.ones(self.n_kv * rp, device=self.device)
-        self.stats = torch.empty(self.n_kv * rp, 2, device=self.device)
+        self.rowstats = torch.empty(self.n_kv * rp, 2, device=self.device)
         self.plan = StaticPlan(**{**self.plan.__dict__, "rows": rp})
         if getattr(self, "kbuf", None) is not None:
             self._scratch()
@@ -239,10 +239,10 @@ class FusedSelector:
                               self.part, self.n_init, self.n_local, n_rows,
                               HKV=self.n_kv, RP=p.rows, D=self.d, INT8=self.int8, IEEE=ieee, **common)
         r = self.n_kv * p.rows
-        tk.reduce_kernel[(1,)](self.part, self.stats, self.hist, self.nk, self.flags, self.n_init, self.n_local,
+        tk.reduce_kernel[(1,)](self.part, self.rowstats, self.hist, self.nk, self.flags, self.n_init, self.n_local,
                                R=r, RPOW=_pow2(r), NB=32, NBINS_=nb, **common)
         pooled = self.pool > 1
-        tk.vote_kernel[grid](self.logits, self.logits.stride(0), self.stats, self.vote, self.score, self.hist, self.nk,
+        tk.vote_kernel[grid](self.logits, self.logits.stride(0), self.rowstats, self.vote, self.score, self.hist, self.nk,
                              self.flags, self.n_init, self.n_local, n_rows, HKV=self.n_kv, RP=p.rows,
                              HIST=not pooled, NBINS_=nb, **common)
         if pooled:
@@ -362,3 +362,82 @@ class DecodeStep:
         self.n += 1
         self.fs.n_seen = self.n
         return self.out
+
+
+# --------------------------------------------------------------------------- the attention backend's entry
+
+
+def wanted(cfg, device_type: str, batch: int = 1) -> bool:
+    """Whether a TokenSelect selection on a ``device_type`` tensor takes this path: ``kernel='triton'`` always
+    (its settings checked by :func:`check_config`), ``'auto'`` on a CUDA device when triton is installed and the
+    settings are ones the fused path implements (batch 1, no shared or distance-shifted scoring)."""
+    if cfg.kernel == "triton":
+        return True
+    if cfg.method != "tokenselect" or cfg.kernel != "auto" or device_type != "cuda" or not triton_installed():
+        return False
+    return cfg.score_distance == 0 and cfg.score_layers is None and batch == 1
+
+
+def check_config(cfg) -> None:
+    """``kernel='triton'`` with a setting the fused path does not implement: a one-line error, at enable time."""
+    if cfg.kernel != "triton":
+        return
+    bad = [f"method={cfg.method}"] if cfg.method != "tokenselect" else []
+    bad += ["score_layers"] if cfg.score_layers is not None else []
+    bad += ["score_distance"] if cfg.score_distance else []
+    if bad:
+        raise SlimguardError(f"kernel='triton' runs TokenSelect's own selection only; unsupported here: {', '.join(bad)}"
+                             " (use kernel='auto' to fall back to the PyTorch path)")
+    if not triton_installed():
+        raise SlimguardError("kernel='triton' needs the triton package: pip install 'slimguard[gpu]'")
+
+
+def select_and_attend(st, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, nk: int, q0: int,
+                      scaling: float, decode: bool) -> torch.Tensor:
+    """``attention._select_and_attend`` on the fused kernels: ``[1, C, Hq, d]``. ``st`` is the layer's
+    ``LayerState``; its :class:`FusedSelector` lives on ``st.fused``."""
+    from . import select as K
+
+    cfg = st.runtime.cfg
+    b, hq, c, d = q.shape
+    n_kv = key.shape[1]
+    if b != 1:
+        raise SlimguardError(f"kernel='triton' runs batch 1, got a batch of {b}")
+    if not usable_on(q.device):
+        raise SlimguardError(f"kernel='triton' on {q.device.type} tensors needs a CUDA device (or TRITON_INTERPRET=1 "
+                             "for Triton's CPU interpreter, which is slow and meant for parity tests)")
+    sdt = getattr(torch, cfg.score_dtype) if cfg.score_dtype else key.dtype
+    fs = st.fused
+    if fs is None or fs.device != key.device or fs.score_dtype != sdt or (fs.n_kv, fs.hq, fs.d) != (n_kv, hq, d):
+        fs = st.fused = FusedSelector(n_kv=n_kv, hq=hq, d=d, k=cfg.k, n_init=cfg.n_init, n_local=cfg.n_local,
+                                      pool=cfg.pool_kernel, threshold=cfg.cache_threshold, score_dtype=sdt,
+                                      device=key.device, capacity=max(2 * key.shape[2], 4096))
+    if key.stride(-1) != 1 or value.stride(-1) != 1:
+        key, value = key.contiguous(), value.contiguous()
+    fs.grow(key.shape[2])
+    cos_t, sin_t = st.runtime.trig(st, key.shape[2], q.device)
+    fs.nk.fill_(nk)  # the host knows the length here; a captured step (DecodeStep) advances it on the device
+    fs.sync(key, nk, cos_t, sin_t)
+    m = nk - cfg.n_local - cfg.n_init
+    if decode:
+        fs.fingerprint_decode(q, cos_t, sin_t, scaling)
+    else:
+        # the chunk's queries rotated back by their own positions: the mean, or every query of a short
+        # (question) chunk, as TokenSelect.middle does
+        q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
+                             -sin_t[q0:q0 + c]).to(q.dtype)
+        fp = q_un if 1 < c <= cfg.vote_queries else q_un[:, :, 0] if c == 1 else q_un.mean(2)
+        fs.fingerprint_rows(K.score_rows(fp, n_kv, scaling)[0])
+    mid = fs.select(m)
+    orig = cfg.positions == "original" or (cfg.positions == "auto" and nk <= st.max_positions)
+    if decode:
+        out = fs.attend_decode(q, key, value, cos_t, sin_t, scaling, compact=not orig)
+    else:
+        k_sel, v_sel = fs.gather(key, value, cos_t, sin_t, compact=not orig)
+        s = fs.plan.budget
+        q_c = q.contiguous() if orig else K.rotate_into(torch.empty_like(q), q, cos_t[nk - s].to(q.dtype),
+                                                         -sin_t[nk - s].to(q.dtype))
+        out, _ = K.attend(q_c, k_sel, v_sel, scaling)
+    if cfg.record:
+        st.last_idx, st.last_n_keys = K.frame(mid[None, None], cfg.n_init, nk - cfg.n_local, nk).cpu(), nk
+    return out
