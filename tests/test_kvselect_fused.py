@@ -147,31 +147,36 @@ def test_chunked_prefill_matches_the_torch_path(positions):
 
 
 @needs_triton
-def test_captured_step_keeps_static_buffers_and_matches_per_step():
-    # DecodeStep: device key count advanced by the step itself, no buffer reallocated, each step equal to the
-    # eager path at that length; CUDA captures it as a graph, the CPU runs the same step eagerly
+@pytest.mark.parametrize("chunk,vote_queries", [(1, 64), (16, 64), (16, 8)])
+def test_captured_step_keeps_static_buffers_and_matches_per_step(chunk, vote_queries):
+    # DecodeStep (decode, a voting chunk, a mean-fingerprint chunk): the device key count advanced by the step
+    # itself, no buffer reallocated, each step equal to the eager path at that length; CUDA captures the step
+    # as a graph, the CPU runs the same step eagerly
     g = torch.Generator().manual_seed(7)
-    cap, n0, steps = 384, 340, 3
+    cap, n0, steps = 384, 320, 2
     key, value = (torch.randn(1, 2, cap, D, generator=g).to(DEV) for _ in range(2))
-    qs = [torch.randn(1, 4, 1, D, generator=g).to(DEV) for _ in range(steps)]
+    base = torch.randn(1, 4, chunk, D, generator=g)
+    qs = [(base + 0.4 * torch.randn(1, 4, chunk, D, generator=g)).to(DEV) for _ in range(steps)]
     cos_t, sin_t = _tables(cap)
     fs = FU.FusedSelector(n_kv=2, hq=4, d=D, k=40, n_init=4, n_local=16, pool=1, threshold=0.5,
                           score_dtype=torch.float32, device=DEV, capacity=cap, block=128)
-    q_buf = torch.empty(1, 4, 1, D, device=DEV)
-    step = FU.DecodeStep(fs, key, value, q_buf, cos_t, sin_t, D ** -0.5, n_keys=n0, graph=DEV == "cuda")
+    q_buf = torch.empty(1, 4, chunk, D, device=DEV)
+    step = FU.DecodeStep(fs, key, value, q_buf, cos_t, sin_t, D ** -0.5, n_keys=n0, graph=DEV == "cuda",
+                         vote_queries=vote_queries)
     ptrs = [t.data_ptr() for t in (fs.kbuf, fs.logits, fs.mid, fs.score, step.out)]
-    cfg = TokenSelectConfig(n_init=4, k=40, n_local=16, chunk_size=16, cache_threshold=0.5, kernel="triton")
+    cfg = TokenSelectConfig(n_init=4, k=40, n_local=16, chunk_size=16, cache_threshold=0.5, kernel="triton",
+                            vote_queries=vote_queries, tail_chunk=0)  # one selection per step, as the static one
     m, st = standalone_layer(cfg, INV, 2)
-    token_select_attention(m, qs[0], key[:, :, :n0], value[:, :, :n0], None, scaling=D ** -0.5)  # same cache state
-    st.fused.flags.zero_()
+    token_select_attention(m, qs[0][:, :, :1], key[:, :, :n0], value[:, :, :n0], None, scaling=D ** -0.5)
+    st.fused.flags.zero_()  # the same cache state as the static step: keys synced, no cached fingerprint
     st.fused.counts.zero_()
     for i, q in enumerate(qs):
         q_buf.copy_(q)
         out = step().clone()
-        ref = token_select_attention(m, q, key[:, :, :n0 + i + 1], value[:, :, :n0 + i + 1], None,
-                                     scaling=D ** -0.5)[0]
+        n = n0 + (i + 1) * chunk
+        ref = token_select_attention(m, q, key[:, :, :n], value[:, :, :n], None, scaling=D ** -0.5)[0]
         assert torch.allclose(out, ref, atol=1e-5)
-        assert int(fs.nk) == step.n == n0 + i + 1
+        assert int(fs.nk) == step.n == n
     assert ptrs == [t.data_ptr() for t in (fs.kbuf, fs.logits, fs.mid, fs.score, step.out)]
     assert fs.stats() == st.fused.stats()
     step.n = cap

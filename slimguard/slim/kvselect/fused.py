@@ -207,23 +207,22 @@ class FusedSelector:
             HQ=self.hq, G=self.g, RP=self.plan.rows, HALF=self.d // 2, HQP=_pow2(self.hq), INT8=self.int8,
             USE_CACHE=thr is not None)
 
-    def fingerprint_rows(self, rows: torch.Tensor) -> None:
-        """Scaled float32 fingerprint rows ``[Hkv, R, d]`` of a prefill chunk (``select.score_rows``); no cache."""
-        from . import select as K
-
-        r = rows.shape[1]
-        self._rows(-(-r // self.g))
-        self.fp.zero_()
-        self.fps.fill_(1.0)
-        if self.int8:
-            qi, qs = K.quantize_rows(rows)
-            self.fp[:, :r] = qi.to(torch.float32)
-            self.fps.view(self.n_kv, -1)[:, :r] = qs
-        else:
-            self.fp[:, :r] = rows
-        self.flags[0] = 0  # a chunk never reuses a selection
-        self.counts[0] += 1
-        self._n_rows = r
+    def fingerprint_chunk(self, q: torch.Tensor, cos_t: torch.Tensor, sin_t: torch.Tensor, scaling: float,
+                          vote: bool, compact: bool = True, qc: torch.Tensor | None = None) -> torch.Tensor:
+        """A prefill chunk ``q [1, Hq, C, d]`` at positions ``nk - C ..``: fingerprint rows (every query when
+        ``vote``, else their mean) and the chunk rotated into the compact frame, ``qc [1, Hq, C, d]``, returned."""
+        tk = _tk()
+        c = q.shape[2]
+        self._rows(c if vote else 1)
+        self._n_rows = self.g * (c if vote else 1)
+        qc = torch.empty(1, self.hq, c, self.d, dtype=q.dtype, device=q.device) if qc is None else qc
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        tk.chunk_fingerprint_kernel[(self.hq,)](
+            q, q.stride(1), q.stride(2), self.nk, cos_t, sin_t, qc, self.fp, self.fps, self.counts, self.flags,
+            scaling, self.plan.budget, C=c, G=self.g, RP=self.plan.rows, HALF=self.d // 2, CB=min(64, _pow2(c)),
+            VOTE=vote, INT8=self.int8, COMPACT=compact)
+        return qc
 
     def select(self, m: int | None = None, n_rows: int | None = None) -> torch.Tensor:
         """Score, vote, pool and top-k over the middle ``[n_init, nk - n_local)``; returns ``mid [k]`` (absolute,
@@ -293,48 +292,65 @@ class FusedSelector:
 
 
 class DecodeStep:
-    """One layer's decode step over static buffers: advance the device key count, un-rotate the new key into
-    the scoring buffer, fingerprint + Selection Cache check, select, attend. With ``graph=True`` (CUDA) the
-    step is captured once and every call replays it: no host synchronisation, no allocation, no launch
-    overhead per kernel.
+    """One layer's decode step (``chunk=1``) or prefill chunk step (``chunk=C``) over static buffers: advance the
+    device key count by ``chunk``, un-rotate the new keys into the scoring buffer, fingerprint (+ Selection Cache
+    check on decode), select, attend. With ``graph=True`` (CUDA) the step is captured once and every call
+    replays it: no host synchronisation, no allocation, no per-kernel launch cost.
 
     Static shapes: ``key``/``value`` are the capacity-sized cache ``[1, Hkv, cap, d]`` (a step reads rows
-    ``< nk``; the caller writes row ``nk`` before the call), ``q`` is a fixed ``[1, Hq, 1, d]`` input buffer
-    the caller fills, and :attr:`out` the fixed ``[1, 1, Hq, d]`` output. ``n`` mirrors the device count on
+    ``< nk``; the caller writes the new rows before the call), ``q`` is a fixed ``[1, Hq, chunk, d]`` input buffer
+    the caller fills, and :attr:`out` the fixed ``[1, chunk, Hq, d]`` output. ``n`` mirrors the device count on
     the host, so running past the capacity is refused before any replay.
     """
 
     def __init__(self, fs: FusedSelector, key: torch.Tensor, value: torch.Tensor, q: torch.Tensor,
                  cos_t: torch.Tensor, sin_t: torch.Tensor, scaling: float, n_keys: int, compact: bool = True,
-                 graph: bool = False):
+                 graph: bool = False, vote_queries: int = 64):
         cap = key.shape[2]
+        self.chunk = q.shape[2]
         if key.shape[0] != 1 or value.shape != key.shape:
             raise SlimguardError(f"DecodeStep needs batch-1 static key/value buffers of one shape, got "
                                  f"{tuple(key.shape)} and {tuple(value.shape)}")
         if cap > fs.plan.capacity or cos_t.shape[0] < cap:
             raise SlimguardError(f"static cache of {cap} keys exceeds the selector's capacity ({fs.plan.capacity}) "
                                  f"or its RoPE table ({cos_t.shape[0]} positions)")
-        if not fs.plan.budget < n_keys <= cap:
-            raise SlimguardError(f"n_keys ({n_keys}) must lie in (budget {fs.plan.budget}, capacity {cap}]")
+        if not fs.plan.budget < n_keys + self.chunk <= cap:
+            raise SlimguardError(f"n_keys + chunk ({n_keys} + {self.chunk}) must lie in (budget {fs.plan.budget}, "
+                                 f"capacity {cap}]")
+        if self.chunk > fs.n_local:
+            raise SlimguardError(f"a chunk of {self.chunk} queries must fit the local window ({fs.n_local})")
         if graph and key.device.type != "cuda":
             raise SlimguardError("graph=True needs CUDA tensors; on the CPU the step runs eagerly")
         self.fs, self.key, self.value, self.q, self.cos_t, self.sin_t = fs, key, value, q, cos_t, sin_t
         self.scaling, self.compact, self.cap = scaling, compact, cap
-        self.out = torch.empty(1, 1, fs.hq, fs.d, dtype=q.dtype, device=q.device)
+        self.vote = 1 < self.chunk <= vote_queries
+        self.out = torch.empty(1, self.chunk, fs.hq, fs.d, dtype=q.dtype, device=q.device)
+        self.qc = torch.empty(1, fs.hq, self.chunk, fs.d, dtype=q.dtype, device=q.device)
+        if self.chunk > 1:
+            fs._rows(self.chunk if self.vote else 1)  # allocate before any capture
         fs.nk.fill_(n_keys)
-        fs.sync(key, n_keys, cos_t, sin_t)  # the prefilled keys, once
-        self.n = n_keys  # keys visible to the last step (the next one sees n + 1)
+        fs.sync(key, n_keys, cos_t, sin_t)  # the keys already cached, once
+        self.n = n_keys  # keys visible to the last step (the next one sees n + chunk)
         self.graph = None
         if graph:
             self._capture()
 
     def _step(self) -> None:
-        fs = self.fs
-        fs.nk.add_(1)
-        fs._sync(self.key, 0, 1, self.cos_t, self.sin_t, from_end=True)
-        fs.fingerprint_decode(self.q, self.cos_t, self.sin_t, self.scaling)
-        fs.select(None, fs.g)
-        fs.attend_decode(self.q, self.key, self.value, self.cos_t, self.sin_t, self.scaling, self.compact, self.out)
+        from . import select as K
+
+        fs, c = self.fs, self.chunk
+        fs.nk.add_(c)
+        fs._sync(self.key, 0, c, self.cos_t, self.sin_t, from_end=True)
+        if c == 1:
+            fs.fingerprint_decode(self.q, self.cos_t, self.sin_t, self.scaling)
+            fs.select(None, fs.g)
+            fs.attend_decode(self.q, self.key, self.value, self.cos_t, self.sin_t, self.scaling, self.compact, self.out)
+            return
+        fs.fingerprint_chunk(self.q, self.cos_t, self.sin_t, self.scaling, self.vote, self.compact, self.qc)
+        fs.select(None)
+        k_sel, v_sel = fs.gather(self.key, self.value, self.cos_t, self.sin_t, self.compact)
+        out, _ = K.attend(self.qc, k_sel, v_sel, self.scaling)
+        self.out.copy_(out)
 
     def _capture(self) -> None:
         fs = self.fs
@@ -353,13 +369,13 @@ class DecodeStep:
             t.copy_(v)  # the warm-up steps must not count, nor leave a cached fingerprint behind
 
     def __call__(self) -> torch.Tensor:
-        if self.n + 1 > self.cap:
-            raise SlimguardError(f"decode step past the static capacity ({self.cap} keys); build a larger DecodeStep")
+        if self.n + self.chunk > self.cap:
+            raise SlimguardError(f"step past the static capacity ({self.cap} keys); build a larger DecodeStep")
         if self.graph is not None:
             self.graph.replay()
         else:
             self._step()
-        self.n += 1
+        self.n += self.chunk
         self.fs.n_seen = self.n
         return self.out
 
@@ -419,25 +435,19 @@ def select_and_attend(st, q: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     fs.nk.fill_(nk)  # the host knows the length here; a captured step (DecodeStep) advances it on the device
     fs.sync(key, nk, cos_t, sin_t)
     m = nk - cfg.n_local - cfg.n_init
-    if decode:
-        fs.fingerprint_decode(q, cos_t, sin_t, scaling)
-    else:
-        # the chunk's queries rotated back by their own positions: the mean, or every query of a short
-        # (question) chunk, as TokenSelect.middle does
-        q_un = K.rotate_into(torch.empty(q.shape, device=q.device), q.to(torch.float32), cos_t[q0:q0 + c],
-                             -sin_t[q0:q0 + c]).to(q.dtype)
-        fp = q_un if 1 < c <= cfg.vote_queries else q_un[:, :, 0] if c == 1 else q_un.mean(2)
-        fs.fingerprint_rows(K.score_rows(fp, n_kv, scaling)[0])
-    mid = fs.select(m)
     orig = cfg.positions == "original" or (cfg.positions == "auto" and nk <= st.max_positions)
     if decode:
+        fs.fingerprint_decode(q, cos_t, sin_t, scaling)
+        fs.select(m)
         out = fs.attend_decode(q, key, value, cos_t, sin_t, scaling, compact=not orig)
     else:
+        # the chunk's queries rotated back by their own positions: the mean, or every query of a short
+        # (question) chunk, as TokenSelect.middle does; and the chunk in the compact frame for the attention
+        q_c = fs.fingerprint_chunk(q, cos_t, sin_t, scaling, vote=1 < c <= cfg.vote_queries, compact=not orig)
+        fs.select(m)
         k_sel, v_sel = fs.gather(key, value, cos_t, sin_t, compact=not orig)
-        s = fs.plan.budget
-        q_c = q.contiguous() if orig else K.rotate_into(torch.empty_like(q), q, cos_t[nk - s].to(q.dtype),
-                                                         -sin_t[nk - s].to(q.dtype))
         out, _ = K.attend(q_c, k_sel, v_sel, scaling)
+    mid = fs.mid
     if cfg.record:
         st.last_idx, st.last_n_keys = K.frame(mid[None, None], cfg.n_init, nk - cfg.n_local, nk).cpu(), nk
     return out

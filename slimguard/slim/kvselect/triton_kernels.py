@@ -461,3 +461,73 @@ def gather_rotate_kernel(key_ptr, value_ptr, k_sh, k_sr, v_sh, v_sr, mid_ptr, nk
     vb = value_ptr + h * v_sh + p[:, None] * v_sr + j[None, :]
     tl.store(ov_ptr + dst, tl.load(vb, mask=okc[:, None], other=0.0), mask=okc[:, None])
     tl.store(ov_ptr + dst + HALF, tl.load(vb + HALF, mask=okc[:, None], other=0.0), mask=okc[:, None])
+
+
+@triton.jit
+def chunk_fingerprint_kernel(q_ptr, q_sh, q_sr, nk_ptr, cos_ptr, sin_ptr, qc_ptr, fp_ptr, fps_ptr, counts_ptr,
+                             flags_ptr, scaling, s_len, C: tl.constexpr, G: tl.constexpr, RP: tl.constexpr,
+                             HALF: tl.constexpr, CB: tl.constexpr, VOTE: tl.constexpr, INT8: tl.constexpr,
+                             COMPACT: tl.constexpr):
+    """A prefill chunk ``q [Hq, C, d]`` at positions ``nk - C ..``, one program per query head: its queries rotated
+    back by their own positions (every one a fingerprint row when VOTE, else their mean), and rotated into the
+    compact frame (by ``s_len - nk``) for the attention call, into ``qc``."""
+    h = tl.program_id(0)
+    nk = tl.load(nk_ptr)
+    j = tl.arange(0, HALF)
+    kv = h // G
+    gi = h % G
+    a = nk - s_len
+    ca = tl.load(cos_ptr + a * HALF + j)[None, :]
+    sa = tl.load(sin_ptr + a * HALF + j)[None, :]
+    m1 = tl.zeros([HALF], tl.float32)
+    m2 = tl.zeros([HALF], tl.float32)
+    for c0 in tl.static_range(0, C, CB):
+        i = c0 + tl.arange(0, CB)
+        ok = i < C
+        pos = nk - C + i
+        base = q_ptr + h * q_sh + i[:, None] * q_sr + j[None, :]
+        x1 = tl.load(base, mask=ok[:, None], other=0.0).to(tl.float32)
+        x2 = tl.load(base + HALF, mask=ok[:, None], other=0.0).to(tl.float32)
+        c = tl.load(cos_ptr + pos[:, None] * HALF + j[None, :], mask=ok[:, None], other=1.0)
+        s = tl.load(sin_ptr + pos[:, None] * HALF + j[None, :], mask=ok[:, None], other=0.0)
+        u1 = x1 * c + x2 * s
+        u2 = x2 * c - x1 * s
+        if COMPACT:
+            y1 = x1 * ca + x2 * sa
+            y2 = x2 * ca - x1 * sa
+        else:
+            y1 = x1
+            y2 = x2
+        dst = qc_ptr + (h * C + i)[:, None] * (2 * HALF) + j[None, :]
+        tl.store(dst, y1.to(qc_ptr.dtype.element_ty), mask=ok[:, None])
+        tl.store(dst + HALF, y2.to(qc_ptr.dtype.element_ty), mask=ok[:, None])
+        if VOTE:
+            r1 = u1 * scaling
+            r2 = u2 * scaling
+            sc = tl.full([CB], 1.0, tl.float32)
+            if INT8:
+                sc = tl.maximum(tl.maximum(tl.max(tl.abs(r1), 1), tl.max(tl.abs(r2), 1)), 1e-12) / 127.0
+                r1 = tl.floor(r1 / sc[:, None] + 0.5)
+                r2 = tl.floor(r2 / sc[:, None] + 0.5)
+            row = kv * RP + gi * C + i
+            tl.store(fp_ptr + row[:, None] * (2 * HALF) + j[None, :], r1, mask=ok[:, None])
+            tl.store(fp_ptr + row[:, None] * (2 * HALF) + HALF + j[None, :], r2, mask=ok[:, None])
+            tl.store(fps_ptr + row, sc, mask=ok)
+        else:
+            m1 += tl.sum(tl.where(ok[:, None], u1, 0.0), 0)
+            m2 += tl.sum(tl.where(ok[:, None], u2, 0.0), 0)
+    if not VOTE:
+        r1 = m1 / C * scaling
+        r2 = m2 / C * scaling
+        sc = 1.0
+        if INT8:
+            sc = tl.maximum(tl.maximum(tl.max(tl.abs(r1), 0), tl.max(tl.abs(r2), 0)), 1e-12) / 127.0
+            r1 = tl.floor(r1 / sc + 0.5)
+            r2 = tl.floor(r2 / sc + 0.5)
+        row = kv * RP + gi
+        tl.store(fp_ptr + row * (2 * HALF) + j, r1)
+        tl.store(fp_ptr + row * (2 * HALF) + HALF + j, r2)
+        tl.store(fps_ptr + row, sc)
+    if h == 0:
+        tl.store(flags_ptr, 0)  # a chunk never reuses a selection
+        tl.store(counts_ptr, tl.load(counts_ptr) + 1)
