@@ -8,14 +8,26 @@ of the work: every buffer is sized once for a capacity (keys) and a budget (sele
 count lives on the device, and a Selection Cache hit is a device flag that makes the selection kernels
 return at once, so a decode step has no host synchronisation and can be replayed as one graph.
 
-On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, set before this module is
-first used): slow, for parity checks only. Example (CPU, interpreter)::
+On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, set before this module first
+launches a kernel): slow, for parity checks only. Example (CPU, interpreter; a few seconds)::
 
-    >>> import os; os.environ.setdefault("TRITON_INTERPRET", "1")  # doctest: +SKIP
+    >>> import os; os.environ["TRITON_INTERPRET"] = "1"
     >>> import torch
     >>> from slimguard.slim.kvselect.fused import FusedSelector
-    >>> fs = FusedSelector(n_kv=1, hq=2, d=16, k=8, n_init=2, n_local=4, pool=1, threshold=None,
-    ...                    score_dtype=torch.float32, device="cpu", capacity=64, block=16)  # doctest: +SKIP
+    >>> n, d = 200, 16
+    >>> ang = torch.arange(n, dtype=torch.float64)[:, None] * (1e4 ** -(torch.arange(0, d, 2) / d)).double()
+    >>> cos_t, sin_t = ang.cos().float(), ang.sin().float()
+    >>> key, value = torch.randn(1, 1, n, d), torch.randn(1, 1, n, d)
+    >>> fs = FusedSelector(n_kv=1, hq=2, d=d, k=8, n_init=4, n_local=16, pool=1, threshold=None,
+    ...                    score_dtype=torch.float32, device="cpu", capacity=256, block=64)
+    >>> _ = fs.nk.fill_(n); fs.sync(key, n, cos_t, sin_t)
+    >>> q = torch.randn(1, 2, 1, d)
+    >>> fs.fingerprint_decode(q, cos_t, sin_t, d ** -0.5)
+    >>> mid = fs.select(n - 16 - 4)  # the 8 best middle positions, ascending
+    >>> mid.shape, bool((mid[1:] > mid[:-1]).all())
+    (torch.Size([8]), True)
+    >>> fs.attend_decode(q, key, value, cos_t, sin_t, d ** -0.5).shape
+    torch.Size([1, 1, 2, 16])
 """
 
 from __future__ import annotations
