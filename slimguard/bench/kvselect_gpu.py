@@ -78,9 +78,10 @@ def _time_replays(fn, repeats: int, per: int = PER) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def parity_part(bc, rows: list) -> dict:
-    """The fused path against the reference on SmolLM2-shaped random tensors at 8K: decode steps (misses and
-    Selection Cache hits) and a chunked prefill, float32 and bfloat16."""
+def parity_part(bc, rows: list, device: str = "cuda", n: int = 8192, steps: int = 8,
+                budget: dict | None = None) -> dict:
+    """The fused path against the reference on SmolLM2-shaped random tensors (8K keys, the default budget): decode
+    steps (misses and Selection Cache hits) and a chunked prefill, float32 and bfloat16."""
     import torch
 
     from ..slim.kvselect import TokenSelectConfig
@@ -88,16 +89,18 @@ def parity_part(bc, rows: list) -> dict:
 
     inv = 1.0 / (100000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
     g = torch.Generator().manual_seed(bc.seed)
-    n, steps = 8192, 8
     out = {}
     for dt in (torch.float32, torch.bfloat16):
-        k, v = (torch.randn(1, HKV, n + steps, D, generator=g).to("cuda", dt) for _ in range(2))
+        k, v = (torch.randn(1, HKV, n + steps, D, generator=g).to(device, dt) for _ in range(2))
         base = torch.randn(1, HQ, 1, D, generator=g)
-        qs = [(base + 0.3 * torch.randn(1, HQ, 1, D, generator=g)).to("cuda", dt) for _ in range(steps)]
-        qp = torch.randn(1, HQ, n, D, generator=g).to("cuda", dt)
+        qs = [(base + 0.3 * torch.randn(1, HQ, 1, D, generator=g)).to(device, dt) for _ in range(steps)]
+        qp = torch.randn(1, HQ, n, D, generator=g).to(device, dt)
         res = {}
         for kernel in ("torch", "triton"):
-            cfg = TokenSelectConfig(kernel=kernel, score_dtype="float32", record=True)
+            # threshold 0.5: random queries one position apart are far less alike than a model's, and the parity
+            # check must cover Selection Cache hits as well as misses
+            cfg = TokenSelectConfig(kernel=kernel, score_dtype="float32", record=True, cache_threshold=0.5,
+                                    **(budget or {}))
             m, st = standalone_layer(cfg, inv, HQ // HKV)
             pre = token_select_attention(m, qp, k[:, :, :n], v[:, :, :n], None, scaling=D ** -0.5)[0]
             pre_idx = st.last_idx
@@ -128,7 +131,8 @@ def graph_timing(bc, n: int, k, v, qp, ts_cfg, rows: list, hit_rate: float) -> d
     from .kvselect import _peak_mem_mb
 
     inv = 1.0 / (100000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
-    cos_t, sin_t = _tables(inv, n, "cuda")
+    dev = k.device
+    cos_t, sin_t = _tables(inv, n, dev)
     scaling = D ** -0.5
     out: dict = {}
     sdt = getattr(torch, ts_cfg.score_dtype) if ts_cfg.score_dtype else k.dtype
@@ -143,7 +147,7 @@ def graph_timing(bc, n: int, k, v, qp, ts_cfg, rows: list, hit_rate: float) -> d
     for name, thr in (("tokenselect_graph_miss", None), ("tokenselect_graph_hit", 1e-6)):
         # a constant query: with the threshold near 0 every step after the first reuses the selection
         fs = FusedSelector(n_kv=HKV, hq=HQ, d=D, k=ts_cfg.k, n_init=ts_cfg.n_init, n_local=ts_cfg.n_local,
-                           pool=ts_cfg.pool_kernel, threshold=thr, score_dtype=sdt, device="cuda", capacity=n)
+                           pool=ts_cfg.pool_kernel, threshold=thr, score_dtype=sdt, device=dev, capacity=n)
         step = DecodeStep(fs, k, v, q1.clone(), cos_t, sin_t, scaling, n_keys=n - reps, graph=bc.cuda_graph)
         times[name] = _time_replays(step, bc.decode_repeats)
         del step, fs
@@ -164,12 +168,12 @@ def graph_timing(bc, n: int, k, v, qp, ts_cfg, rows: list, hit_rate: float) -> d
     s0 = (ts_cfg.budget // c) * c  # the first chunk past the budget ends at s0 + c
     dense_pre, _ = _flash(qp, k, v, scaling, causal=True)
     fs = FusedSelector(n_kv=HKV, hq=HQ, d=D, k=ts_cfg.k, n_init=ts_cfg.n_init, n_local=ts_cfg.n_local,
-                       pool=ts_cfg.pool_kernel, threshold=None, score_dtype=sdt, device="cuda", capacity=n)
-    q_buf = torch.empty(1, HQ, c, D, dtype=qp.dtype, device="cuda")
+                       pool=ts_cfg.pool_kernel, threshold=None, score_dtype=sdt, device=dev, capacity=n)
+    q_buf = torch.empty(1, HQ, c, D, dtype=qp.dtype, device=dev)
     q_buf.copy_(qp[:, :, s0:s0 + c])
     step = DecodeStep(fs, k, v, q_buf, cos_t, sin_t, scaling, n_keys=s0, graph=bc.cuda_graph,
                       vote_queries=ts_cfg.vote_queries)
-    res = torch.empty(1, n, HQ, D, dtype=qp.dtype, device="cuda")
+    res = torch.empty(1, n, HQ, D, dtype=qp.dtype, device=dev)
     head, _ = _flash(qp[:, :, :s0], k[:, :, :s0], v[:, :, :s0], scaling, causal=True)
 
     def ts_prefill():
