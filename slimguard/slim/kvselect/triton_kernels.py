@@ -227,7 +227,12 @@ def _hist(bits, ok, hist_ptr, prefix, PASS: tl.constexpr, NBINS_: tl.constexpr):
     else:
         digit = bits & 1023
         match = ok & ((bits >> 10) == (prefix >> 10))
-    tl.atomic_add(hist_ptr + PASS * NBINS_ + digit, 1, mask=match)
+    # a block-local histogram first, then one atomic per non-empty bin: the first pass's digits are the exponent
+    # bits of scores of similar size, so per-element atomics would pile onto a few addresses; unmatched lanes
+    # count in a spare upper half that is never added
+    counts = tl.histogram(tl.where(match, digit, NBINS_), 2 * NBINS_)
+    i = tl.arange(0, 2 * NBINS_)
+    tl.atomic_add(hist_ptr + PASS * NBINS_ + i, counts, mask=(i < NBINS_) & (counts > 0))
 
 
 @triton.jit
