@@ -28,7 +28,7 @@ INV = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
 
 @pytest.fixture(autouse=True)
 def _interpreter(monkeypatch):
-    if DEV == "cpu":  # the kernels are decorated at first import: the variable must be set before it
+    if DEV == "cpu":  # conftest sets it for the session before anything imports triton; keep it set here
         monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 

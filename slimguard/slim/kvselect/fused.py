@@ -64,6 +64,12 @@ def _tk():
     return triton_kernels
 
 
+def interpreted() -> bool:
+    """Whether the kernels were built for Triton's interpreter: triton reads ``TRITON_INTERPRET`` once, when it is
+    first imported, so setting it later in the process has no effect."""
+    return type(_tk().score_kernel).__name__ == "InterpretedFunction"
+
+
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, 1 << max(0, (int(n) - 1).bit_length()))
 
@@ -434,6 +440,9 @@ def select_and_attend(st, q: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if not usable_on(q.device):
         raise SlimguardError(f"kernel='triton' on {q.device.type} tensors needs a CUDA device (or TRITON_INTERPRET=1 "
                              "for Triton's CPU interpreter, which is slow and meant for parity tests)")
+    if q.device.type == "cpu" and not interpreted():
+        raise SlimguardError("kernel='triton' on CPU tensors: triton was imported before TRITON_INTERPRET=1 was set; "
+                             "set it at the start of the process")
     sdt = getattr(torch, cfg.score_dtype) if cfg.score_dtype else key.dtype
     fs = st.fused
     if fs is None or fs.device != key.device or fs.score_dtype != sdt or (fs.n_kv, fs.hq, fs.d) != (n_kv, hq, d):
