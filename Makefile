@@ -11,7 +11,7 @@ COMPRESSOR := $(SG_HOME)/compressors/default/config.json
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,gpu]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -381,3 +381,20 @@ def test_selection_plot_name_is_a_plain_file_name(model, name):
     from slimguard.bench.kvselect import selection_plot_name
 
     assert selection_plot_name("r", model) == name
+
+
+@pytest.mark.parametrize("timing,met", [
+    ({"decode_speedup_gpu_131072": 6.0, "decode_speedup_gpu_32768": 3.5, "prefill_speedup_gpu_131072": 3.2}, True),
+    ({"decode_speedup_gpu_131072": 4.0, "decode_speedup_gpu_32768": 2.0, "prefill_speedup_gpu_131072": 0.5}, False)])
+def test_gpu_targets_name_every_issue_target(timing, met):
+    # issue 34's GPU targets are named whether measured or not; the passkey target compares with the CPU study
+    from slimguard.bench.kvselect import KVSelectBenchConfig, gpu_targets
+
+    acc = {("qwen2.5-coder-0.5b", "passkey", 32768, "tokenselect"): 1.0}
+    tg = gpu_targets(KVSelectBenchConfig(), timing, {"e2e_speedup_estimated": {"131072": 2.5}}, acc,
+                     {"fp32": {"value": 1.0}, "bf16": {"value": 0.99}})
+    for name in ("decode_attention_speedup_gpu_128k", "decode_attention_speedup_gpu_32k",
+                 "prefill_attention_speedup_gpu_128k"):
+        assert tg[name]["met"] is met
+    assert tg["end_to_end_speedup_gpu_128k_estimated"]["met"] and tg["gpu_parity_index_agreement_bf16"]["met"]
+    assert tg["passkey_qwen_32k_gpu_minus_cpu"]["value"] == 0.0  # the CPU study scored 1.0 at 32K

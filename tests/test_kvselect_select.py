@@ -409,11 +409,13 @@ def test_quest_per_query_head_gives_each_head_its_own_pages():
     assert shared.shape == (1, 1, 16) and int(shared[0, 0, 0]) in (48, 96)
 
 
-@pytest.mark.parametrize("device_type, warns", [("cpu", False), ("cuda", True), ("mps", True)])
-def test_enabling_on_a_gpu_says_the_path_is_not_fast_there(device_type, warns):
+@pytest.mark.parametrize("device_type, fused, warns", [("cpu", False, False), ("cuda", False, True), ("mps", False, True),
+                                                      ("cuda", True, False)])
+def test_enabling_on_a_gpu_says_the_path_is_not_fast_there(device_type, fused, warns):
+    # without the fused Triton path a GPU runs the slow PyTorch path, and the user is told
     from slimguard.slim.kvselect.attention import gpu_speed_note
 
-    note = gpu_speed_note(device_type)
+    note = gpu_speed_note(device_type, fused)
     assert (note is not None) is warns
     if warns:
         assert device_type in note and "0.1x" in note

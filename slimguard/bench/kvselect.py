@@ -79,6 +79,9 @@ class KVSelectBenchConfig(Config):
     timing_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
         "dtype of the timing part's q/k/v (auto: float32 on the CPU, bfloat16 on a GPU, where dense SDPA in float32 "
         "has no fused kernel for grouped heads and materialises the 32K+ attention matrix)."))
+    cuda_graph: bool = Field(True, description=(
+        "On a GPU: TokenSelect's fused decode step and prefill chunks are captured as CUDA graphs and replayed "
+        "(fused.DecodeStep); false replays the same static step eagerly (one launch per kernel)."))
     result: str = Field("kvselect", pattern="^[a-z0-9][a-z0-9_-]*$", description=(
         "Result name: 'kvselect' writes the canonical benchmarks/results/kvselect.json; any other name is a study, "
         "benchmarks/results/kvselect/NAME.json (a leading 'kvselect-' dropped), e.g. a partial run of one model."))
@@ -256,6 +259,17 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
         out[f"prefill_speedup_{n}"] = pre["dense"] / pre["tokenselect"]
         out[f"prefill_s_{n}"] = pre
         out[f"decode_s_{n}"] = res
+        if bc.device == "cuda":
+            # the fused path's captured steps against dense flash SDPA (eager and captured); the end-to-end estimate
+            # then reads these, the eager per-call numbers above stay as rows and under *_eager
+            from .kvselect_gpu import graph_timing
+
+            gt = graph_timing(bc, n, k, v, qp, ts_cfg, rows, hit_rate)
+            out[f"decode_speedup_gpu_{n}"] = gt["decode_speedup_gpu"]
+            out[f"prefill_speedup_gpu_{n}"] = gt["prefill_speedup_gpu"]
+            out[f"decode_s_eager_{n}"], out[f"prefill_s_eager_{n}"] = res, pre
+            out[f"decode_s_{n}"], out[f"prefill_s_{n}"] = gt["decode_s"], gt["prefill_s"]
+            out["sdpa_backend"] = gt["sdpa_backend"]
         del k, v, qp
     return out
 
@@ -495,8 +509,10 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
         import torch
 
         parts = [f"Measured on {torch.cuda.get_device_name(torch.device(bc.device))} ({bc.device}); on CUDA "
-                 "TokenSelect takes its plain PyTorch path (the fused kernels are CPU-only), so its step is a few "
-                 "dozen kernel launches. Ratios are side by side in one run."]
+                 "TokenSelect takes the fused Triton path (fused.py): the parity part checks it against the PyTorch "
+                 "reference first; the *_graph rows replay its decode step and prefill chunks as CUDA graphs "
+                 f"(cuda_graph={bc.cuda_graph}) against dense flash SDPA, eager and captured, timed back to back "
+                 "between CUDA events; speedups are against the faster dense. Ratios are side by side in one run."]
     if "timing" in ran:
         parts.append(f"Attention timings ({bc.device}) use random tensors shaped like one SmolLM2 layer (9 q / 3 kv heads, d=64); "
                      "decode time per token for TokenSelect = h*t_hit + (1-h)*t_miss with h the Selection Cache hit "
@@ -565,7 +581,8 @@ def register(app: typer.Typer) -> None:
     @app.command("kvselect")
     def kvselect(full: bool = typer.Option(False, "--full", help="Issue sizes: 4K-32K accuracy, 64K-128K timing (GPU)."),
                  config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-                 skip: Optional[str] = typer.Option(None, help="Comma-separated parts to skip: timing,cache,accuracy.")) -> None:
+                 skip: Optional[str] = typer.Option(None, help="Comma-separated parts to skip: parity,timing,cache,accuracy "
+                                                    "(parity runs on a GPU only).")) -> None:
         """TokenSelect vs dense and equal-budget peers: speed, Selection Cache, long-context accuracy."""
         run_bench(full=full, config=config, sets=set_ or [], skip=(skip or "").split(","))
 
@@ -590,6 +607,31 @@ def end_to_end_rows(cache: dict, timing: dict, h: float, lengths, e2e_tokens: in
     return rows
 
 
+# the CPU path's passkey on Qwen2.5-Coder-0.5B at 32K (20 cases), which the GPU path must equal
+QWEN_CPU_RESULT = "qwen-passkey"
+
+
+def gpu_targets(bc: KVSelectBenchConfig, timing: dict, extra: dict, acc: dict, parity: dict) -> dict:
+    """Issue 34's targets for the fused GPU path (H100/H200, bfloat16), named whether measured or not."""
+    from .harness import result_path, target
+
+    tg = {"decode_attention_speedup_gpu_128k": target(timing.get("decode_speedup_gpu_131072"), ">= 5"),
+          "decode_attention_speedup_gpu_32k": target(timing.get("decode_speedup_gpu_32768"), ">= 3"),
+          "prefill_attention_speedup_gpu_128k": target(timing.get("prefill_speedup_gpu_131072"), ">= 3"),
+          "end_to_end_speedup_gpu_128k_estimated": target(extra.get("e2e_speedup_estimated", {}).get("131072"),
+                                                          ">= 2")}
+    for tag, goal in (("fp32", ">= 0.99"), ("bf16", ">= 0.97")):
+        tg[f"gpu_parity_index_agreement_{tag}"] = target(parity.get(tag, {}).get("value"), goal)
+    cpu = None
+    path = result_path("kvselect", QWEN_CPU_RESULT)
+    if path.exists():
+        cpu = next((r["value"] for r in json.loads(path.read_text())["rows"] if r.get("part") == "accuracy"
+                    and r.get("context") == 32768 and r.get("method") == "tokenselect"), None)
+    gpu = acc.get(("qwen2.5-coder-0.5b", "passkey", 32768, "tokenselect"))
+    tg["passkey_qwen_32k_gpu_minus_cpu"] = target(None if gpu is None or cpu is None else gpu - cpu, ">= 0")
+    return tg
+
+
 def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: list[str] = ()) -> Path:
     import torch
 
@@ -612,6 +654,11 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
     torch.manual_seed(bc.seed)
     rows: list[dict] = []
     extra: dict = {}
+    parity = {}
+    if bc.device == "cuda" and "parity" not in skip:  # first: no timing is reported for a path that disagrees
+        from .kvselect_gpu import parity_part
+
+        parity = parity_part(bc, rows)
     cache = cache_part(bc, rows) if "cache" not in skip else {}
     h = cache.get("0.9", {}).get("hit_rate", 0.0)
     timing = timing_part(bc, h, rows, extra) if "timing" not in skip else {}
@@ -622,6 +669,7 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
         e2e = end_to_end_rows(cache, timing, h, bc.timing_lengths, bc.e2e_decode_tokens, bc.decode_tokens)
         rows.extend(e2e)
         extra["e2e_speedup_32k_estimated"] = next(r["speedup"] for r in e2e if r["context"] == n32 and "speedup" in r)
+        extra["e2e_speedup_estimated"] = {str(r["context"]): r["speedup"] for r in e2e if "speedup" in r}
     # plots go next to the result's JSON: the results folder for the canonical run, kvselect/ for a study
     acc = accuracy_part(bc, rows, extra, result_path("kvselect", bc.result).parent) if "accuracy" not in skip else {}
     tg = {}
@@ -643,6 +691,8 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
     tg["decode_attention_speedup_32k"] = target(timing.get(f"decode_speedup_{n32}"), ">= 5")
     tg["prefill_attention_speedup_32k"] = target(timing.get(f"prefill_speedup_{n32}"), ">= 8")
     tg["end_to_end_speedup_32k"] = target(extra.get("e2e_speedup_32k_estimated"), ">= 2.3")
+    if bc.device == "cuda":
+        tg.update(gpu_targets(bc, timing, extra, acc, parity))
     for thr in bc.thresholds:
         c = cache.get(str(thr), {})
         tg[f"selection_cache_hit_rate_{thr}"] = target(c.get("hit_rate"), ">= 0")

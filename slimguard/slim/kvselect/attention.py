@@ -60,6 +60,7 @@ class LayerState:
     sel_v: torch.Tensor | None = None
     sel_original: bool = False  # sel_k holds keys at their cached positions (not re-numbered)
     max_positions: int = 0  # the model's trained window (positions="auto")
+    fused: object | None = None  # fused.FusedSelector of the GPU path (kernel="triton"; "auto" on CUDA)
     last_n_keys: int = 0
     selections: int = 0
     hits: int = 0
@@ -70,6 +71,13 @@ class LayerState:
         self.cached_q = self.cached_mid = self.h2o_acc = self.h2o_kept = None
         self.sel_k = self.sel_v = None
         self.h2o_hi = 0
+        if self.fused is not None:
+            self.fused.reset()
+
+    def counts(self) -> tuple[int, int]:
+        """(selections, Selection Cache hits), the fused path's device counters included."""
+        sel, hits = self.fused.stats() if self.fused is not None else (0, 0)
+        return self.selections + sel, self.hits + hits
 
 
 @dataclass
@@ -120,6 +128,8 @@ class TokenSelectRuntime:
     def reset_stats(self) -> None:
         for s in self.layers.values():
             s.selections = s.hits = s.dense = 0
+            if s.fused is not None:
+                s.fused.counts.zero_()
 
     def reset(self) -> None:
         for s in self.layers.values():
@@ -127,8 +137,9 @@ class TokenSelectRuntime:
 
     def stats(self) -> SelectionStats:
         ls = list(self.layers.values())
-        return SelectionStats(sum(s.selections for s in ls), sum(s.hits for s in ls), sum(s.dense for s in ls),
-                              {s.layer_idx: (s.hits / s.selections if s.selections else 0.0) for s in ls})
+        c = [s.counts() for s in ls]
+        return SelectionStats(sum(x[0] for x in c), sum(x[1] for x in c), sum(s.dense for s in ls),
+                              {s.layer_idx: (x[1] / x[0] if x[0] else 0.0) for s, x in zip(ls, c)})
 
     def selected(self) -> dict[int, torch.Tensor]:
         """Last recorded index set per selecting layer (needs ``record=True``): ``[B, H, S]`` on CPU."""
@@ -198,22 +209,28 @@ def enable_token_select(model, cfg: TokenSelectConfig | None = None) -> TokenSel
     if bad:
         raise SlimguardError(f"score_layers {bad} are not full-attention layers of this model; "
                              f"choose from {sorted(layers)}")
+    from . import fused
+
+    fused.check_config(cfg)
     model.set_attn_implementation(NAME)
     model.slimguard_kvselect = runtime
-    note = gpu_speed_note(next(model.parameters()).device.type)
+    dev = next(model.parameters()).device.type
+    note = gpu_speed_note(dev, fused.wanted(cfg, dev))
     if note:
         warnings.warn(note, stacklevel=2)
     return runtime
 
 
-def gpu_speed_note(device_type: str) -> str | None:
-    """What a user enabling TokenSelect on a GPU should know (None on the CPU, where the fused kernels run)."""
-    if device_type == "cpu":
+def gpu_speed_note(device_type: str, fused: bool = False) -> str | None:
+    """What a user enabling TokenSelect on a GPU should know (None on the CPU, where the C++ kernels run, and on a
+    GPU that takes the fused Triton path)."""
+    if device_type == "cpu" or fused:
         return None
-    return (f"token_select on {device_type}: the fused kernels are CPU-only, so each selection is a few dozen PyTorch "
-            "kernel launches; on an H100 this path measured ~0.1x the speed of dense attention at 32K-128K "
-            "(docs/kvselect.md). It still extends the context beyond the trained length; for speed on a GPU, "
-            "use the engine mapping in docs/kvselect.md, 'Scaling'.")
+    return (f"token_select on {device_type} without the fused Triton path (triton not installed, or a setting it does "
+            "not implement: another method, score_layers, score_distance, kernel='torch'): each selection is a few "
+            "dozen PyTorch kernel launches, measured at ~0.1x the speed of dense attention on an H100 at 32K-128K "
+            "(docs/notes/kvselect-gpu.md). It still extends the context beyond the trained length; "
+            "pip install 'slimguard[gpu]' for the fused path.")
 
 
 def disable_token_select(model, attn_implementation: str = "sdpa") -> None:
@@ -295,6 +312,8 @@ def token_select_attention(module, query, key, value, attention_mask, scaling=No
         # a rolled-back cache (a step decoded again, speculative decoding): its first n - L keys are the
         # same prefix, so the scoring buffer is truncated, not rebuilt; H2O's running scores are not
         st.n_seen = min(st.n_seen, n - L)
+        if st.fused is not None:
+            st.fused.n_seen = min(st.fused.n_seen, n - L)
         st.h2o_acc = st.h2o_kept = None
         st.h2o_hi = 0
     st.n_keys = n
@@ -352,6 +371,10 @@ def _select_and_attend(st: LayerState, q, key, value, nk: int, q0: int, scaling:
     cfg = st.runtime.cfg
     b, hq, c, d = q.shape
     n_kv = key.shape[1]
+    from . import fused as FU
+
+    if FU.wanted(cfg, q.device.type, b):  # the Triton kernel chain (GPU; the interpreter on a CPU)
+        return FU.select_and_attend(st, q, key, value, nk, q0, scaling, decode)
     st.selections += 1
     hits = st.hits
     sel = SELECTORS.get(cfg.method)

@@ -55,10 +55,12 @@ class TokenSelectConfig(Config):
         "dtype of the un-rotated key copy that scoring reads; null: the KV cache's dtype. bfloat16 halves "
         "the bytes each selection reads; int8 (one scale per key and head, queries quantized per row, integer "
         "product) quarters them. The attended keys always stay in the cache's dtype."))
-    kernel: Literal["auto", "torch", "cpp"] = Field("auto", description=(
-        "Decode-step kernels: 'cpp' fuses the vote, top-k, gather-and-rotate and decode attention "
-        "(kernels.cpp, built once with the machine's C++ compiler; float32 batch-1 CPU caches), 'torch' "
-        "is the plain PyTorch reference, 'auto' uses cpp where it can be built and applies."))
+    kernel: Literal["auto", "torch", "cpp", "triton"] = Field("auto", description=(
+        "Selection kernels: 'cpp' fuses the vote, top-k, gather-and-rotate and decode attention "
+        "(kernels.cpp, built once with the machine's C++ compiler; float32 batch-1 CPU caches), 'triton' runs "
+        "TokenSelect as a fixed chain of Triton kernels over static buffers (fused.py; batch 1, CUDA, or the CPU "
+        "under TRITON_INTERPRET=1 for parity checks), 'torch' is the plain PyTorch reference, 'auto' uses triton "
+        "on a CUDA device when it is installed and applies, cpp on the CPU where it can be built and applies."))
     positions: Literal["compact", "original", "auto"] = Field("compact", description=(
         "RoPE positions of the selected keys: 'compact' re-numbers them 0..S-1 (the paper: any context length "
         "stays inside the trained window), 'original' keeps the positions they have in the context, 'auto' keeps "
