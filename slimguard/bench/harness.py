@@ -66,11 +66,16 @@ class BenchConfig(Config):
     @model_validator(mode="after")
     def _grid_fields(self):
         for sub, fields in self.GRID.items():
-            cfg = getattr(self, sub)
-            have, default = cfg.to_dict(), type(cfg)().to_dict()
-            for name, hint in fields.items():
+            for name, hint in fields.items():  # name: a field of the nested config, dotted for a deeper one
+                *parents, leaf = name.split(".")
+                cfg = getattr(self, sub)
+                for part in parents:
+                    cfg = getattr(cfg, part) if part in cfg.model_fields_set else None
+                    if cfg is None:
+                        break
                 # a saved config carries every field at its default: only another value is the user's
-                if name in cfg.model_fields_set and have[name] != default[name]:
+                if cfg is not None and leaf in cfg.model_fields_set \
+                        and cfg.to_dict()[leaf] != type(cfg)().to_dict()[leaf]:
                     raise ValueError(f"{sub}.{name} is set per cell by the benchmark grid; {hint}")
         return self
 
