@@ -560,7 +560,7 @@ def _selection_plot(rt, sample, model_name: str, plot_dir: Path, result: str = "
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli.options import ConfigOpt, SetOpt
+    from ..options import ConfigOpt, SetOpt
 
     @app.command("kvselect")
     def kvselect(full: bool = typer.Option(False, "--full", help="Issue sizes: 4K-32K accuracy, 64K-128K timing (GPU)."),
