@@ -183,3 +183,54 @@ def test_a_benchmark_called_from_python_records_its_settings():
     cfg = DefenceBenchConfig(seeds=[0, 1], defence={"bki": {"scan_size": 250}})
     line = reproducing_command(get("bench defence"), cfg)
     assert line == "slimguard bench defence --set defence.bki.scan_size=250 --set 'seeds=[0, 1]'"
+
+
+def _recorded_commands():
+    import json
+
+    out = []
+    for path in sorted((PKG.parent / "benchmarks" / "results").rglob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        for part in str(doc.get("command", "")).split("&&"):
+            argv = __import__("shlex").split(part.strip())
+            if argv[:2] == ["slimguard", "bench"] and f"bench {argv[2]}" in ALL:
+                out.append(pytest.param(argv[1:], id=f"{path.relative_to(PKG.parent / 'benchmarks' / 'results')}"
+                                                     f":{len(out)}"))
+    return out
+
+
+@pytest.mark.parametrize("argv", _recorded_commands())
+def test_every_recorded_benchmark_command_still_resolves(monkeypatch, argv):
+    """The `command` of every result in benchmarks/results/ reruns as written: flat keys of older results are moved
+    to their nested place (BenchConfig.MOVED), not refused."""
+    from slimguard.cli.main import app
+    from slimguard.core import commands as C
+
+    seen = {}
+
+    def fake_execute(cmd, cfg, *, command_line=None, **kw):
+        seen["cfg"] = cfg
+        return C.Outcome(None, {"path": "x.json", "heatmap": "x.png", "rows": [], "targets": {}})
+
+    monkeypatch.setattr(C, "execute", fake_execute)
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    assert type(seen["cfg"]).__name__.endswith("BenchConfig")
+
+
+def test_recorded_kvselect_commands_still_resolve():
+    """`bench kvselect` declares its own options; its recorded --set keys must still build its config."""
+    import json
+    import shlex
+
+    from slimguard.bench.kvselect import KVSelectBenchConfig
+    from slimguard.core.config import resolve
+
+    n = 0
+    for path in sorted((PKG.parent / "benchmarks" / "results").glob("kvselect*.json")) + \
+            sorted((PKG.parent / "benchmarks" / "results" / "kvselect").glob("*.json")):
+        argv = shlex.split(json.loads(path.read_text())["command"])
+        sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+        resolve(KVSelectBenchConfig, sets=sets)
+        n += 1
+    assert n > 10
