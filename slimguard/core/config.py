@@ -81,8 +81,7 @@ def _one_line(cls: type[Config], err: ValidationError) -> str:
     if e["type"] == UNKNOWN:  # a registry-backed field (core.registry): the value, the key and a suggestion
         return f"unknown value '{e['ctx']['value']}' for key '{key}'{e['ctx']['hint']}"
     if isinstance(e.get("input"), dict):  # a check across fields: the message names them; the input is the whole config
-        msg = e["msg"].removeprefix("Value error, ")
-        return f"config key '{key}': {msg}" if loc else msg
+        return f"config key '{key}': {e['msg'].removeprefix('Value error, ')}"
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 
