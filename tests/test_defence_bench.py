@@ -99,3 +99,48 @@ def test_retrained_filter_results_are_cached_apart_from_filter_only_ones(tmp_pat
     results, cache = B.run_grid(cfg, log=lambda m: None)
     assert cache["results_reused"] == reused and len(results) == reused
     assert len(cache.get("skipped", [])) == 1 - reused
+
+
+# the cache names of attack runs and defence results trained before `attack` and `defence` were nested
+GOLDEN_DEFENCES = {"onion": "aca4871f0c", "strip": "e6f2e781aa", "rap": "98884eeffb", "bki": "743625522e",
+                   "cube": "5ce667d8c6", "finetune": "e5ed77e419"}
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_DEFENCES))
+def test_defence_cache_keys_are_those_of_the_flat_config(name):
+    from slimguard.bench.attack_cache import short_hash
+
+    cfg = B.DefenceBenchConfig()
+    assert short_hash(B.defence_config(cfg, name).to_dict()) == GOLDEN_DEFENCES[name]
+    assert short_hash(B.attack_config(cfg, "rotten-tomatoes", "badnets", 1).to_dict()) == "ecb83c87e8"
+
+
+@pytest.mark.parametrize("sets, check", [
+    # keys recorded by older results (`--set bki_scan=300`) land at their nested place
+    (["bki_scan=250"], lambda c: c.defence["bki"] == {"max_eval": 100, "scan_size": 250}),
+    (["max_eval=50"], lambda c: all(c.defence[d]["max_eval"] == 50 for d in ("strip", "rap", "bki", "cube", "finetune"))
+     and c.defence["onion"]["max_eval"] == 40),
+    (["rate=0.05", "victim_epochs=1"], lambda c: (c.attack.poison.rate, c.attack.victim.epochs) == (0.05, 1.0)),
+    (["full=true"], lambda c: c.defence["bki"]["scan_size"] == 600 and c.seeds == [0, 1, 2] and c.retrain_filters),
+    (["full=true", "defence.bki.scan_size=300"], lambda c: c.defence["bki"] == {"max_eval": 400, "scan_size": 300}),
+    (["attack.victim.max_length=128"], lambda c: B.attack_config(c, "sms-spam", "punc", 0).victim.max_length == 128),
+])
+def test_nested_settings_reach_the_library_configs(sets, check):
+    from slimguard.core.config import resolve
+
+    assert check(resolve(B.DefenceBenchConfig, sets=sets))
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["attack.seed=2"], "attack.seed is set per cell by the benchmark grid; use seeds=[...]"),
+    (["attack.poison.attack=badnets"], "attack.poison.attack is set per cell by the benchmark grid; use attacks=[...]"),
+    (["defence.bki.scan_sise=3"], "defence.bki: unknown config key 'scan_sise'; did you mean 'scan_size'?"),
+    (["defence.onoin.max_eval=3"], "defence.onoin: not a registered defence; choose from onion"),
+])
+def test_bad_nested_settings_are_one_line_errors(sets, message):
+    from slimguard.core.config import resolve
+    from slimguard.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        resolve(B.DefenceBenchConfig, sets=sets)
+    assert message in str(e.value) and "\n" not in str(e.value)

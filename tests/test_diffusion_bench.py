@@ -81,3 +81,27 @@ def test_replication_counts_duplicated_copies():
     r = replication(gens, ps, 0.99)
     assert r.per_image_duplicated == pytest.approx(2.0)
     assert r.per_image_single == 0.0 and r.per_image_clean == 0.0
+
+
+@pytest.mark.parametrize("full, seed, name", [(False, 0, "bench-diffusion-seed0"), (True, 2, "bench-diffusion-full-seed2")])
+def test_seed_runs_keep_the_names_and_keys_of_the_flat_bench(full, seed, name):
+    """The nested config must find the models (hours of training) and measurements cached before it existed."""
+    from slimguard.bench.diffusion import DiffusionBenchConfig, _seed_configs, _seed_run
+    from slimguard.guard.diffusion.config import AmplifyConfig, ClassifyConfig, DataConfig, TrainConfig
+
+    cfg = DiffusionBenchConfig(full=full)
+    old = TrainConfig(seed=seed, poison=PoisonConfig(seed=seed),
+                      **({"data": DataConfig(n_train=None), "steps": 4000} if full else {}))
+    assert _seed_run(cfg, seed) == (name, {"train": old.to_dict(), "full": full, "replication": False})
+    _, acfg, ccfg = _seed_configs(cfg, seed)
+    assert acfg == AmplifyConfig(seed=seed, n_samples=256 if full else 128)
+    assert ccfg == ClassifyConfig(seed=seed, n_test=200 if full else 100)
+
+
+@pytest.mark.parametrize("data", [{"train": {"steps": 50}}, {"amplify": {"n_samples": 64}}])
+def test_other_settings_get_their_own_run_or_key(data):
+    from slimguard.bench.diffusion import DiffusionBenchConfig, _seed_run
+
+    name, key = _seed_run(DiffusionBenchConfig(**data), 0)
+    assert (name, key) != _seed_run(DiffusionBenchConfig(), 0)
+    assert name.startswith("bench-diffusion") and name.endswith("-seed0")

@@ -62,6 +62,7 @@ def test_full_sizes_are_a_base_that_set_still_overrides(tmp_path, monkeypatch):
     cfg = json.loads(path.read_text())["config"]
     assert cfg["models"] == ["smollm2-135m"] and cfg["n_per_depth"] == 2
     assert cfg["timing_lengths"] == [32768, 65536, 131072]
+    assert (cfg["model_chunk_size"], cfg["selection"]["chunk_size"]) == (512, 128)  # accuracy vs Selection Cache part
     assert cfg["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --full's auto, resolved
 
 
@@ -339,9 +340,9 @@ def test_peers_are_compared_with_tokenselect_on_the_same_mid_context_cases(tmp_p
 
 
 def test_cache_part_runs_with_the_full_prefill_chunk(monkeypatch, tiny_llama):
-    """--full sets chunk_size=512 for the accuracy part's model defaults; the Selection Cache part reads the bench's
-    own 128-token local window, and a chunk wider than the window is refused, so the part must clamp it (it raised on
-    the lent H100)."""
+    """--full sets a 512-token chunk for the accuracy part's model defaults (model_chunk_size); the Selection Cache
+    part reads the bench's own selection with its 128-token local window (a chunk wider than the window raised on the
+    lent H100)."""
     from types import SimpleNamespace
 
     import torch
@@ -362,7 +363,7 @@ def test_cache_part_runs_with_the_full_prefill_chunk(monkeypatch, tiny_llama):
             return SimpleNamespace(input_ids=torch.randint(0, 128, (length,), generator=g).tolist())
 
     monkeypatch.setattr(tasks, "Haystack", Hay)
-    bc = KVSelectBenchConfig(chunk_size=512, lengths=[480], n_init=4, k=16, n_local=128, decode_tokens=3,
+    bc = KVSelectBenchConfig(model_chunk_size=512, lengths=[480], n_init=4, k=16, n_local=128, decode_tokens=3,
                              thresholds=[0.9], score_dtype=None)
     rows = []
     out = cache_part(bc, rows)
@@ -398,3 +399,40 @@ def test_gpu_targets_name_every_issue_target(timing, met):
         assert tg[name]["met"] is met
     assert tg["end_to_end_speedup_gpu_128k_estimated"]["met"] and tg["gpu_parity_index_agreement_bf16"]["met"]
     assert tg["passkey_qwen_32k_gpu_minus_cpu"]["value"] == 0.0  # the CPU study scored 1.0 at 32K
+
+
+@pytest.mark.parametrize("data, budget", [
+    # the budgets (and so the cached-case keys) of runs made before `selection` was nested
+    ({}, {"n_init": 16, "k": 128, "n_local": 128, "chunk_size": 128, "score_dtype": "int8"}),
+    ({"pool_kernel": 3, "score_layers": [1], "score_dtype": None, "positions": "auto", "quest_per_head": True},
+     {"n_init": 16, "k": 128, "n_local": 128, "chunk_size": 128, "pool_kernel": 3, "score_layers": [1],
+      "positions": "auto", "quest_per_head": True}),
+    ({"selection": {"k": 64, "tail_chunk": 0}},  # any library field, declared once, reaches the cells
+     {"n_init": 16, "k": 64, "n_local": 128, "chunk_size": 128, "tail_chunk": 0, "score_dtype": "int8"}),
+])
+def test_selection_nests_the_library_config_and_keeps_cache_keys(data, budget):
+    from slimguard.bench.kvselect import KVSelectBenchConfig, _budget
+    from slimguard.core.config import build
+
+    got = _budget(build(KVSelectBenchConfig, data))
+    assert got == budget and list(got) == list(budget)  # key order is part of a cached case's key
+
+
+@pytest.mark.parametrize("sets, check", [
+    (["chunk_size=512", "n_local=512"], lambda c: (c.model_chunk_size, c.selection.chunk_size) == (512, 512)),
+    (["selection.k=2048"], lambda c: (c.selection.k, c.selection.n_init) == (2048, 16)),
+])
+def test_kvselect_settings(sets, check):
+    from slimguard.bench.kvselect import KVSelectBenchConfig
+    from slimguard.core.config import resolve
+
+    assert check(resolve(KVSelectBenchConfig, sets=sets))
+
+
+def test_grid_owned_selection_fields_are_refused():
+    from slimguard.bench.kvselect import KVSelectBenchConfig
+    from slimguard.core.config import resolve
+    from slimguard.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="selection.method is set per cell by the benchmark grid; use methods"):
+        resolve(KVSelectBenchConfig, sets=["selection.method=quest"])

@@ -18,7 +18,8 @@ def _cli(*args, group="promptattack"):
     (["run", "--set", "template={x} It was"], "has no {answer} slot"),
     (["run", "--set", "verbalizer=good"], "at least two classes"),
     (["run", "--set", "objective=hinge"], "objective"),
-    (["promptattack", "--max-queries", "0"], "--max-queries must be >= 1"),
+    (["promptattack", "--max-queries", "0"], "config key 'attack.max_queries': Input should be greater than or equal to 1"),
+    (["promptattack", "--strategy", "gradeint"], "unknown strategy 'gradeint'"),
 ])
 def test_bad_input_is_one_line(args, message):
     p = _cli(*args[1:], group="bench promptattack") if args[0] == "promptattack" else _cli(*args)

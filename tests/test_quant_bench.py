@@ -91,7 +91,7 @@ def test_speed_only_replaces_speed_rows_and_keeps_training(tmp_path, monkeypatch
     new = [{"method": "llama.cpp f16", "bits": "kv f16", "metric": "decode_tok_s", "value": 100.0}]
     speed = {"rows": new, "measured": "2026-11-22T22:00:00Z",
              "summary": {"decode_speedup_vs_f16": 2.5, "size_ratio_vs_f16": 3.0, "threads": 2, "load_average": 0.4}}
-    monkeypatch.setattr(bq, "_heldout_windows", lambda bc, lm: [[bc.eval_batches, bc.seq_len]])
+    monkeypatch.setattr(bq, "_heldout_windows", lambda bc, lm: [[bc.train.eval_batches, bc.train.seq_len]])
     monkeypatch.setattr(bq, "_speed", lambda bc, lm, fp, trained, threads, log, windows, source:
                         {**speed, "quantized_model_source": source, "windows": windows})
     bc = QuantBenchConfig(speed_only=True, result=name)
@@ -314,7 +314,8 @@ def test_full_budget_is_a_base_that_set_still_overrides(monkeypatch):
     assert res.exit_code == 0, res.output
     bc = seen["bc"]
     assert bc.bits == ["W4A8KV4"] and bc.seeds == [0]
-    assert bc.steps == 300 and bc.batch_size == 8 and bc.device == "auto" and bc.variants == list(quant.VARIANTS)
+    assert bc.train.steps == 300 and bc.train.batch_size == 8 and bc.train.device == "auto"
+    assert bc.variants == list(quant.VARIANTS)
     assert seen["cmd"] == "slimguard bench quant --full --set 'bits=[W4A8KV4]' --set 'seeds=[0]'"
 
 
@@ -324,7 +325,8 @@ def test_a_cached_run_is_keyed_by_everything_that_changes_its_result(change):
     from slimguard.bench.quant import QuantBenchConfig, run_key
 
     bc = QuantBenchConfig()
-    assert run_key(bc, "W4A8KV4", "edgeqat", 0) != run_key(bc.model_copy(update=change), "W4A8KV4", "edgeqat", 0)
+    other = bc.model_copy(update={"train": bc.train.model_copy(update=change)})
+    assert run_key(bc, "W4A8KV4", "edgeqat", 0) != run_key(other, "W4A8KV4", "edgeqat", 0)
     # cadence of checkpoints and worker count do not change what a run gives
     assert run_key(bc, "W4A8KV4", "edgeqat", 0) == \
         run_key(bc.model_copy(update=dict(jobs=4, checkpoint_every=10)), "W4A8KV4", "edgeqat", 0)
@@ -376,3 +378,51 @@ def test_auto_jobs_fit_the_gpu_memory(device, free_gib, jobs):
     from slimguard.bench.quant import auto_jobs
 
     assert auto_jobs(device, None if free_gib is None else free_gib << 30) == jobs
+
+
+@pytest.mark.parametrize("data, key", [
+    # the cache file names of runs trained before `train` was nested: a refactor must not orphan hours of training
+    ({}, "W4A8KV4-edgeqat-s0-49ddb50057ad.json"),
+    ({"steps": 5, "seq_len": 64}, "W4A8KV4-edgeqat-s0-49ddb50057ad.json"),  # the flat keys of older results
+    ({"train": {"steps": 5}}, "W4A8KV4-edgeqat-s0-49ddb50057ad.json"),
+    ({"full": True}, "W4A8KV4-edgeqat-s0-bb840cb1fa6a.json"),
+])
+def test_cache_keys_are_those_of_the_flat_config(data, key):
+    from slimguard.bench.quant import QuantBenchConfig, run_key
+    from slimguard.core.config import build
+
+    assert run_key(build(QuantBenchConfig, data), "W4A8KV4", "edgeqat", 0) == key
+
+
+@pytest.mark.parametrize("sets, want", [
+    (["train.steps=40"], dict(steps=40, seq_len=64, batch_size=2, device="cpu")),  # the other bench sizes stay
+    (["steps=40"], dict(steps=40, seq_len=64)),  # a key recorded by an older result lands in its nested place
+    (["full=true"], dict(steps=300, seq_len=128, batch_size=8, device="auto")),
+    (["full=true", "train.steps=40"], dict(steps=40, seq_len=128)),  # --set over the preset
+    (["train.quantizer_lr=0.002"], dict(quantizer_lr=0.002, steps=5)),  # any library field, declared once
+])
+def test_train_nests_the_library_config_under_the_bench_sizes(sets, want):
+    from slimguard.bench.quant import QuantBenchConfig, _train_cfg
+    from slimguard.core.config import resolve
+
+    bc = resolve(QuantBenchConfig, sets=sets)
+    tc = _train_cfg(bc, "W4A8KV4", "edgeqat", 1)
+    for k, v in want.items():
+        assert getattr(bc.train, k) == v and getattr(tc, k) == v
+    assert (tc.seed, tc.qat.kv_bits, tc.loss.kd) == (1, 4, True)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.seed=3"], "train.seed is set per cell by the benchmark grid; use seeds=[...]"),
+    (["train.qat.w_bits=8"], "train.qat is set per cell by the benchmark grid; choose bits=[...] and variants=[...]"),
+    (["bits=[W9]"], "config key 'bits.0': Input should be"),
+    (["train.stepz=3"], "unknown config key 'train.stepz'; did you mean 'train.steps'?"),
+])
+def test_bad_bench_keys_are_one_line_errors(sets, message):
+    from slimguard.bench.quant import QuantBenchConfig
+    from slimguard.core.config import resolve
+    from slimguard.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        resolve(QuantBenchConfig, sets=sets)
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -448,7 +448,7 @@ def plot(rows: list[dict], out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli.options import ConfigOpt, SetOpt, ThreadsOpt, set_threads
+    from ..options import ConfigOpt, SetOpt, ThreadsOpt, set_threads
 
     @app.command("compress")
     def compress_cmd(full: bool = typer.Option(False, "--full", help="More prompts per length, all rates for "

@@ -3,14 +3,27 @@
 Loading SmolLM2 from our converted safetensors folder vs. straight from the GGUF file
 (what a user would do with ``gguf_file=``), and greedy decode speed. Shows why the asset
 layer converts once.
+
+    slimguard bench core --repeats 1 --threads 2   # writes benchmarks/results/core.json
 """
 
 from __future__ import annotations
 
-import typer
+from pydantic import Field
+
+from ..core.commands import Flag, Invocation, command
+from .harness import BenchConfig
 
 
-def run(repeats: int = 5, threads: int = 2, new_tokens: int = 32) -> dict:
+class CoreBenchConfig(BenchConfig):
+    """Sizes of the model-layer benchmark."""
+
+    repeats: int = Field(5, ge=1, description="Timed repeats (median reported).")
+    threads: int = Field(2, ge=1, description="torch threads (recorded with the result).")
+    new_tokens: int = Field(32, ge=1, description="Greedy decode tokens per timed repeat.")
+
+
+def run(repeats: int = 5, threads: int = 2, new_tokens: int = 32, command: str | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -43,17 +56,18 @@ def run(repeats: int = 5, threads: int = 2, new_tokens: int = 32) -> dict:
         "load_speedup_vs_gguf": harness.target(t_gg.median_s / t_st.median_s, ">= 2"),
     }
     cfg = {"repeats": repeats, "threads": threads, "new_tokens": new_tokens}
-    harness.write_result("core", command=f"slimguard bench core --repeats {repeats} --threads {threads}",
-                         config=cfg, rows=rows, targets=targets,
-                         extra={"note": "Timings on a shared 2-core machine; medians after warm-up."})
-    return {"rows": rows, "targets": targets}
+    path = harness.write_result("core", command=command or f"slimguard bench core --repeats {repeats} --threads {threads}",
+                                config=cfg, rows=rows, targets=targets,
+                                extra={"note": "Timings on a shared 2-core machine; medians after warm-up."})
+    return {"path": str(path), "rows": rows, "targets": targets}
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("core")
-    def core(repeats: int = typer.Option(5, help="Timed repeats (median reported)."),
-             threads: int = typer.Option(2, help="torch threads.")) -> None:
-        """Model layer: safetensors reload vs GGUF load, greedy decode tokens/s."""
-        res = run(repeats=repeats, threads=threads)
-        for r in res["rows"]:
-            typer.echo(f"{r['method']:45s} {r['metric']:13s} {r['value']:.3f}")
+def _rows(m: dict, _run) -> str:
+    return "\n".join(f"{r['method']:45s} {r['metric']:13s} {r['value']:.3f}" for r in m["rows"])
+
+
+@command("bench core", config=CoreBenchConfig, owns_run=False,
+         flags=(Flag("--repeats", "repeats"), Flag("--threads", "threads")), stdout=_rows)
+def bench_core(cfg: CoreBenchConfig, call: Invocation) -> dict:
+    """Model layer: safetensors reload vs GGUF load, greedy decode tokens/s."""
+    return run(repeats=cfg.repeats, threads=cfg.threads, new_tokens=cfg.new_tokens, command=call.command)

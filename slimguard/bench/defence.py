@@ -17,44 +17,41 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import typer
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from ..core.config import Config
+from ..core.commands import Flag, Invocation, command
+from ..guard.backdoor.attack import AttackConfig
 from ..guard.backdoor.defences.base import DEFENCES, DefenceName
 from ..guard.backdoor.poison.base import ATTACKS, AttackName
 from . import attack_cache
+from .harness import BenchConfig
+
+# the defences that score a held-out evaluation set of `max_eval` clean + `max_eval` poisoned samples (ONION: its own)
+_EVAL = ("strip", "rap", "bki", "cube", "finetune")
 
 
-class DefenceBenchConfig(Config):
-    """The grid and the sizes that keep it inside a CPU budget."""
+class DefenceBenchConfig(BenchConfig):
+    """The grid, the attack runs it defends (``attack``) and each defence's settings (``defence``)."""
 
+    full: bool = Field(False, description=(
+        "Both datasets, 3 seeds, 400+400 evaluation samples (ONION 150+150, calibrated on 150 at a 0.01 drop), "
+        "BKI scans 600, RAP trains on 256, fine-tuning uses 500, STRIP calibrates on the whole dev set, and "
+        "BKI/CUBE retrain the victim. A preset: --set still overrides each of its values."))
+    attack: AttackConfig = Field(default_factory=AttackConfig, description=(
+        "The attack runs the grid defends: the `backdoor attack` config (bench: attack.stealth_pairs=0, PuncAttack "
+        "at attack.poison.punc.placement=lm; its other defaults are `bench backdoor`'s, so those victims are "
+        "reused). The grid sets attack.dataset, attack.seed and attack.poison.attack per cell."))
+    defence: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Each defence's config fields by registered name (defence.onion.max_eval=40, defence.bki.scan_size=300); a "
+        "defence not named keeps its library defaults. ONION's score cache defaults to <cache_dir>/onion-cache."))
     datasets: list[str] = Field(["rotten-tomatoes"], description="Datasets (rotten-tomatoes, sms-spam).")
     attacks: list[AttackName] = Field(default_factory=lambda: list(ATTACKS.names()),
                                       description="Attacks (registered names; default: every one).")
     defences: list[DefenceName] = Field(default_factory=lambda: list(DEFENCES.names()),
                                         description="Defences (registered names; default: every one).")
     seeds: list[int] = Field([0], min_length=1, description="Attack seeds (poison choice, victim init).")
-    rate: float = Field(0.1, gt=0, lt=1, description="Poison rate.")
-    max_train: Optional[int] = Field(2000, ge=50, description="Attack training subsample (None = all); the attack's default, "
-                                     "so the victims of `bench backdoor` are reused.")
-    max_dev: Optional[int] = Field(500, ge=50, description="Clean dev samples (the defender's clean data).")
-    max_test: Optional[int] = Field(None, ge=20, description="Clean test samples (poisoned test = its non-target part).")
-    max_eval: Optional[int] = Field(100, ge=10, description="Test samples per side for STRIP/RAP/fine-tuning/BKI/CUBE.")
-    onion_eval: int = Field(40, ge=10, description="Test samples per side for ONION (LM-bound).")
-    onion_max_drop: float = Field(0.03, ge=0, le=1, description="ONION calibration: dev accuracy drop allowed "
-                                  "(0.03 = one error in 40 dev sentences; 0.01 cannot be resolved on 40).")
-    onion_calib: int = Field(40, ge=10, description="Dev sentences ONION calibrates its threshold on.")
-    victim_epochs: float = Field(2.0, gt=0, description="Victim training epochs (attack and retraining).")
-    victim_lr: float = Field(2e-4, gt=0, lt=1, description="Victim peak learning rate.")
-    freeze_layers: int = Field(4, ge=0, description="Victim layers frozen during training (speed on busy CPUs).")
-    bki_scan: int = Field(300, ge=10, description="Training samples BKI scans for keywords (100 was too few: ~10 poisoned rows at rate 0.1 cannot show BadNets' four trigger words 3 times each).")
-    rap_train: int = Field(200, ge=8, description="Clean target-label samples RAP trains its word on.")
-    finetune_clean: int = Field(150, ge=8, description="Clean samples used by clean fine-tuning.")
-    punc_placement: str = Field("lm", description="PuncAttack placement (lm, random, tail).")
-    strip_calib: Optional[int] = Field(150, ge=10, description="Clean dev samples STRIP calibrates on (None = all).")
     retrain_filters: bool = Field(False, description="Retrain the victim after BKI/CUBE filtering to measure their "
                                   "CACC/ASR (one more victim training per cell; on in --full).")
     cached_only: bool = Field(False, description="Only assemble cells whose attack run and result are cached; "
@@ -62,32 +59,69 @@ class DefenceBenchConfig(Config):
     cache_dir: str = Field(attack_cache.DEFAULT_ROOT, description="Cached attack runs (shared with `bench backdoor`), "
                            "retrained models and results.")
 
+    DEFAULTS = {
+        "attack": {"stealth_pairs": 0, "poison": {"punc": {"placement": "lm"}}},
+        "defence": {
+            # 0.03 = one error in 40 dev sentences; 0.01 cannot be resolved on 40
+            "onion": {"max_eval": 40, "calib_size": 40, "max_dev_acc_drop": 0.03},
+            "strip": {"max_eval": 100, "calib_size": 150},
+            "rap": {"max_eval": 100, "train_size": 200},
+            # 100 was too few: ~10 poisoned rows at rate 0.1 cannot show BadNets' four trigger words 3 times each
+            "bki": {"max_eval": 100, "scan_size": 300},
+            "cube": {"max_eval": 100},
+            "finetune": {"max_eval": 100, "max_clean": 150, "epochs": 2},
+        },
+    }
+    FULL = {"datasets": ["rotten-tomatoes", "sms-spam"], "seeds": [0, 1, 2], "retrain_filters": True,
+            "defence": {"onion": {"max_eval": 150, "calib_size": 150, "max_dev_acc_drop": 0.01},
+                        "strip": {"max_eval": 400, "calib_size": None}, "rap": {"max_eval": 400, "train_size": 256},
+                        "bki": {"max_eval": 400, "scan_size": 600}, "cube": {"max_eval": 400},
+                        "finetune": {"max_eval": 400, "max_clean": 500}}}
+    # the flat keys of results written before `attack` and `defence` were nested (--set bki_scan=300)
+    MOVED = {"max_train": "attack.max_train", "max_dev": "attack.max_dev", "max_test": "attack.max_test",
+             "rate": "attack.poison.rate", "punc_placement": "attack.poison.punc.placement",
+             "victim_epochs": "attack.victim.epochs", "victim_lr": "attack.victim.lr",
+             "freeze_layers": "attack.victim.freeze_layers",
+             "max_eval": tuple(f"defence.{d}.max_eval" for d in _EVAL), "onion_eval": "defence.onion.max_eval",
+             "onion_max_drop": "defence.onion.max_dev_acc_drop", "onion_calib": "defence.onion.calib_size",
+             "bki_scan": "defence.bki.scan_size", "rap_train": "defence.rap.train_size",
+             "finetune_clean": "defence.finetune.max_clean", "strip_calib": "defence.strip.calib_size"}
+    GRID = {"attack": {"dataset": "use datasets=[...]", "seed": "use seeds=[...]",
+                       "poison.attack": "use attacks=[...]"}}
 
-def attack_config(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int):
-    from ..guard.backdoor.attack import AttackConfig
+    @model_validator(mode="after")
+    def _defence_settings(self):
+        from ..core.config import build
+        from ..core.errors import ConfigError
+        from ..guard.backdoor.defences import config_for
 
-    return AttackConfig(dataset=dataset, seed=seed, max_train=cfg.max_train, max_dev=cfg.max_dev, max_test=cfg.max_test,
-                        poison={"attack": attack, "rate": cfg.rate,
-                                "punc": {"placement": cfg.punc_placement}},
-                        victim={"epochs": cfg.victim_epochs, "lr": cfg.victim_lr, "freeze_layers": cfg.freeze_layers}, stealth_pairs=0)
+        for name, values in self.defence.items():
+            if name not in DEFENCES.names():
+                raise ValueError(f"defence.{name}: not a registered defence; choose from {', '.join(DEFENCES.names())}")
+            try:
+                build(config_for(name), values)
+            except ConfigError as e:
+                raise ValueError(f"defence.{name}: {e}") from None
+        return self
+
+
+def attack_config(cfg: DefenceBenchConfig, dataset: str, attack: str, seed: int) -> AttackConfig:
+    """The attack run of one grid cell: the bench's ``attack`` at this dataset, seed and attack."""
+    from ..core.config import build, merge_under
+
+    return build(AttackConfig, merge_under(cfg.attack.to_dict(), {"dataset": dataset, "seed": seed,
+                                                                  "poison": {"attack": attack}}))
 
 
 def defence_config(cfg: DefenceBenchConfig, name: str):
+    """The defence's library config with the bench's settings for it (``cfg.defence[name]``)."""
+    from ..core.config import build
     from ..guard.backdoor.defences import config_for
 
-    extra: dict = {"max_eval": cfg.max_eval}
-    if name == "bki":
-        extra["scan_size"] = cfg.bki_scan
-    elif name == "rap":
-        extra["train_size"] = cfg.rap_train
-    elif name == "strip":
-        extra["calib_size"] = cfg.strip_calib
-    elif name == "finetune":
-        extra.update(max_clean=cfg.finetune_clean, epochs=2)
-    elif name == "onion":
-        extra = {"max_eval": cfg.onion_eval, "calib_size": cfg.onion_calib, "max_dev_acc_drop": cfg.onion_max_drop,
-                 "cache_dir": str(Path(cfg.cache_dir) / "onion-cache")}
-    return config_for(name)(**extra)
+    values = dict(cfg.defence.get(name, {}))
+    if name == "onion":  # the per-text LM score cache lives with the grid's other caches unless set
+        values.setdefault("cache_dir", str(Path(cfg.cache_dir) / "onion-cache"))
+    return build(config_for(name), values)
 
 
 # cheapest defences first; one not ranked here (a newly registered one) runs after them
@@ -260,29 +294,23 @@ def heatmap(look: dict, path: Path, datasets: list[str], attacks: list[str], def
     return path
 
 
-def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets, 3 seeds, attack-default sizes."),
-                  seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (0..n-1)."),
-                  config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/TOML config file."),
-                  sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field: key=value."),
-                  threads: Optional[int] = typer.Option(None, "--threads", help="torch threads.")) -> None:
+@command("bench defence", config=DefenceBenchConfig, owns_run=False,
+         flags=(Flag("--full", "full"),
+                Flag("--seeds", "seeds", type=int, convert=lambda n: list(range(n)), help="Number of seeds (0..n-1).")),
+         stdout=lambda m, _run: f"wrote {m['path']} and {m['heatmap']}")
+def bench_defence(cfg: DefenceBenchConfig, call: Invocation) -> dict:
     """Attack x defence grid: ASR/CACC after each defence, detection AUROC, poison removed."""
-    from ..cli.options import set_threads
-    from ..core.config import resolve
+    import torch
+
     from .harness import artefact_path, result_path, write_result
 
-    n_threads = set_threads(threads)
-    explicit = {}
-    if full:
-        explicit.update(datasets=["rotten-tomatoes", "sms-spam"], seeds=[0, 1, 2], max_eval=400, onion_eval=150,
-                        onion_calib=150, onion_max_drop=0.01, bki_scan=600, rap_train=256, finetune_clean=500,
-                        strip_calib=None, retrain_filters=True)
-    if seeds is not None:
-        explicit["seeds"] = list(range(seeds))
-    cfg = resolve(DefenceBenchConfig, config_file=config, sets=sets, **explicit)
+    n_threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    cmd = ("slimguard bench defence" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds else "")
-           + "".join(f" --set {s}" for s in sets or []))
+    cmd = call.command
     total = len(jobs(cfg))
+    onion, strip = defence_config(cfg, "onion"), defence_config(cfg, "strip")
+    bki, rap, fine = defence_config(cfg, "bki"), defence_config(cfg, "rap"), defence_config(cfg, "finetune")
+    evals = sorted({str(defence_config(cfg, d).max_eval) for d in _EVAL})
 
     def write(results: list[dict], cache: dict, done: bool = False) -> None:
         minutes = (time.perf_counter() - t0) / 60
@@ -301,13 +329,15 @@ def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets
             "attack_training_minutes_not_counted": round(att_s / 60, 1)}
         cache["this_invocation_minutes"] = round(minutes, 1)
         png = heatmap(look, artefact_path("defence", None, "_asr_heatmap.png"), cfg.datasets, cfg.attacks, cfg.defences)
-        note = (f"{'FULL' if full else 'REDUCED'} grid{'' if done else f' (PARTIAL: {len(results)}/{total} cells so far)'}: "
-                f"datasets {cfg.datasets}, seeds {cfg.seeds}, attack training subsample {cfg.max_train} "
-                f"(victim MiniLM-L6, {cfg.victim_epochs:g} epochs at lr {cfg.victim_lr:g}, {cfg.freeze_layers} lower layers frozen), eval "
-                f"{cfg.max_eval} clean + {cfg.max_eval} poisoned test samples (ONION {cfg.onion_eval}+{cfg.onion_eval}, "
-                f"threshold calibrated on {cfg.onion_calib} dev sentences allowing a {cfg.onion_max_drop:g} dev accuracy drop; SmolLM2 in bfloat16), BKI scans "
-                f"{cfg.bki_scan} training samples, RAP trains on {cfg.rap_train}, clean fine-tuning uses "
-                f"{cfg.finetune_clean} dev samples, STRIP calibrates on {cfg.strip_calib}; "
+        a = cfg.attack
+        note = (f"{'FULL' if cfg.full else 'REDUCED'} grid{'' if done else f' (PARTIAL: {len(results)}/{total} cells so far)'}: "
+                f"datasets {cfg.datasets}, seeds {cfg.seeds}, attack training subsample {a.max_train} "
+                f"(victim MiniLM-L6, {a.victim.epochs:g} epochs at lr {a.victim.lr:g}, {a.victim.freeze_layers} lower layers frozen), eval "
+                + (f"{evals[0]} clean + {evals[0]} poisoned" if len(evals) == 1 else f"{'/'.join(evals)} clean + as many poisoned")
+                + f" test samples (ONION {onion.max_eval}+{onion.max_eval}, "
+                f"threshold calibrated on {onion.calib_size} dev sentences allowing a {onion.max_dev_acc_drop:g} dev accuracy drop; SmolLM2 in bfloat16), BKI scans "
+                f"{bki.scan_size} training samples, RAP trains on {rap.train_size}, clean fine-tuning uses "
+                f"{fine.max_clean} dev samples, STRIP calibrates on {strip.calib_size}; "
                 f"{'BKI/CUBE retrain the victim on the kept samples' if cfg.retrain_filters else 'BKI/CUBE are scored on the share of poison they remove (no retraining in this run, so their CACC/ASR-after are NaN)'}. Timings were "
                 f"taken on 2 CPU cores, at times shared with other jobs. ASR denominator: non-target "
                 f"test samples carrying the trigger; for STRIP/RAP a rejected input counts as a failed attack and, when "
@@ -324,10 +354,6 @@ def bench_defence(full: bool = typer.Option(False, "--full", help="Both datasets
                                                                               "metrics.json").read_text()).get("nontarget_error_rate")
                                                                for a in att}})
 
-    results, cache = run_grid(cfg, log=lambda m: typer.echo(m, err=True), on_result=write)
+    results, cache = run_grid(cfg, log=call.log, on_result=write)
     write(results, cache, done=True)
-    typer.echo(f"wrote {result_path('defence')} and {artefact_path('defence', None, '_asr_heatmap.png')}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("defence")(bench_defence)
+    return {"path": str(result_path("defence")), "heatmap": str(artefact_path("defence", None, "_asr_heatmap.png"))}

@@ -18,9 +18,42 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional
 
-import typer
+from pydantic import Field
+
+from ..core.commands import Flag, Invocation, command
+from ..guard.diffusion.config import AmplifyConfig, ClassifyConfig, TrainConfig
+from .harness import BenchConfig
+
+_PER_SEED = "the benchmark seeds it per seed (use seeds=N)"
+
+
+class DiffusionBenchConfig(BenchConfig):
+    """Seeds, the model each seed trains (``train``) and the measurements on it (``amplify``, ``classify``)."""
+
+    full: bool = Field(False, description=(
+        "Full size: the whole 60k training set, 4,000 steps, 256 generations per scale, 200 test images, 3 seeds "
+        "(hours on CPU). A preset: --set still overrides each of its values."))
+    seeds: int = Field(1, ge=1, description="Seeds 0..n-1 (each trains one diffusion model).")
+    replication: bool = Field(False, description="Also train the duplicated-poison ablation model.")
+    only_seeds: list[int] = Field(default_factory=list, description=(
+        "Measure just these seeds (kept in their run folders) and write no result; a later call without it "
+        "aggregates."))
+    device: str = Field("auto", description="auto (GPU if torch sees one), cpu or cuda.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description=(
+        "The poisoned DDPM each seed trains: the `diffusion train` config (train.seed and train.poison.seed are the "
+        "seed's)."))
+    amplify: AmplifyConfig = Field(default_factory=AmplifyConfig, description=(
+        "Trigger amplification: the `diffusion amplify` config (bench: amplify.n_samples=128; detection reuses its "
+        "generations at w=2 and w=5)."))
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description=(
+        "The diffusion classifier vs a CNN: the `diffusion classify` config."))
+
+    DEFAULTS = {"amplify": {"n_samples": 128}, "classify": {"n_test": 100}}
+    FULL = {"seeds": 3, "train": {"data": {"n_train": None}, "steps": 4000}, "amplify": {"n_samples": 256},
+            "classify": {"n_test": 200}}
+    GRID = {"train": {"seed": _PER_SEED, "poison.seed": _PER_SEED}, "amplify": {"seed": _PER_SEED},
+            "classify": {"seed": _PER_SEED}}
 
 
 def _targets_and_rows(per_seed: list[dict], guidance: list[float]) -> tuple[list[dict], dict]:
@@ -120,28 +153,48 @@ def _step_cost(tcfg, tr) -> dict:
     return {"step_wall_seconds": tm.median_s, "step_cpu_seconds": statistics.median(cpu[1:]), "threads": tm.threads}
 
 
-def _one_seed(seed: int, full: bool, replication: bool, out_dir, log) -> dict:
+def _seed_configs(cfg: DiffusionBenchConfig, seed: int) -> tuple[TrainConfig, AmplifyConfig, ClassifyConfig]:
+    """The train, amplify and classify configs of one seed: the bench's, at that seed."""
+    from ..core.config import build, merge_under
+
+    tcfg = build(TrainConfig, merge_under(cfg.train.to_dict(), {"seed": seed, "poison": {"seed": seed}}))
+    return (tcfg, cfg.amplify.model_copy(update={"seed": seed}), cfg.classify.model_copy(update={"seed": seed}))
+
+
+def _seed_run(cfg: DiffusionBenchConfig, seed: int) -> tuple[str, dict]:
+    """The run folder name of a seed's model and the key its cached measurement must match. The preset sizes keep
+    the names and keys of runs measured before the bench had a config; any other setting gets its own run."""
+    from .attack_cache import short_hash
+
+    preset = DiffusionBenchConfig(full=cfg.full)
+    own = "" if cfg.train == preset.train else f"-{short_hash(cfg.train.to_dict())}"
+    name = f"bench-diffusion{'-full' if cfg.full else ''}{own}-seed{seed}"
+    key = {"train": _seed_configs(cfg, seed)[0].to_dict(), "full": cfg.full, "replication": cfg.replication}
+    if (cfg.amplify, cfg.classify) != (preset.amplify, preset.classify):
+        key["measure"] = {"amplify": cfg.amplify.to_dict(), "classify": cfg.classify.to_dict()}
+    return name, key
+
+
+def _one_seed(cfg: DiffusionBenchConfig, seed: int, out_dir, log) -> dict:
     import numpy as np
 
     from ..core.runs import Run, atomic_write_json
     from ..guard.diffusion.amplify import measure_amplification, plot_curve, replication as rep_stats
     from ..guard.diffusion.classifiers import train_cnn, train_trigger_detector
-    from ..guard.diffusion.config import (AmplifyConfig, ClassifyConfig, DataConfig, DetectConfig, PoisonConfig,
-                                          TrainConfig)
+    from ..guard.diffusion.config import DetectConfig
     from ..guard.diffusion.detect import run_detection
     from ..guard.diffusion.diffclassify import run_classification
     from ..guard.diffusion.model import image_grid, sample
     from ..guard.diffusion.poison import make_trigger
     from ..guard.diffusion.train import train_diffusion
 
-    tcfg = TrainConfig(seed=seed, poison=PoisonConfig(seed=seed),
-                       **({"data": DataConfig(n_train=None), "steps": 4000} if full else {}))
-    name = f"bench-diffusion{'-full' if full else ''}-seed{seed}"
+    replication = cfg.replication
+    tcfg, acfg, ccfg = _seed_configs(cfg, seed)
+    name, key = _seed_run(cfg, seed)
     with Run.reuse(name, command="slimguard bench diffusion", config=tcfg) as run:
         # a finished seed is kept with the config it measured, so seeds can run in separate
         # processes (--only-seed) or sessions and a final call only aggregates
         done_file = run.path / ("bench_seed" + ("-replication" if replication else "") + ".json")
-        key = {"train": tcfg.to_dict(), "full": full, "replication": replication}
         if done_file.is_file():
             cached = json.loads(done_file.read_text())
             if cached.get("key") == key:
@@ -152,7 +205,6 @@ def _one_seed(seed: int, full: bool, replication: bool, out_dir, log) -> dict:
         tr = train_diffusion(tcfg, run.path, resume=ckpt.exists(), log=run.log)
         model, data, ps = tr.model, tr.data, tr.poisoned
         trig = make_trigger(tcfg.poison, tcfg.data.image_size)
-        acfg = AmplifyConfig(seed=seed, n_samples=256 if full else 128)
         log(f"seed {seed}: classifiers")
         clean_cnn = train_cnn(data.x_train, data.y_train, data.num_classes, acfg.cnn, seed=seed)
         detector = train_trigger_detector(data.x_train, trig, acfg.cnn, seed=seed + 1)
@@ -167,7 +219,6 @@ def _one_seed(seed: int, full: bool, replication: bool, out_dir, log) -> dict:
             det += [{**d.__dict__, "guidance": w} for d in res]
         log(f"seed {seed}: detection " + ", ".join(f"{d['method']}/{d['fit_on']}/w{d['guidance']:g}={d['auroc_train']:.3f}"
                                                    for d in det))
-        ccfg = ClassifyConfig(seed=seed, n_test=200 if full else 100)
         cls = run_classification(model, data, ps, trig, ccfg, cnn=pois_cnn)
         log(f"seed {seed}: classify " + ", ".join(f"{c.method} cacc={c.cacc:.3f} asr={c.asr:.3f}" for c in cls))
         out = {"seed": seed, "device": str(model.device), "train_seconds": tr.seconds, "train_steps": tr.steps, **_step_cost(tcfg, tr), "amplify": amp.to_dict(),
@@ -201,43 +252,33 @@ def _one_seed(seed: int, full: bool, replication: bool, out_dir, log) -> dict:
         return out
 
 
-def bench_diffusion(seeds: int = typer.Option(1, help="Seeds (each trains one diffusion model; 3 in --full)."),
-                    full: bool = typer.Option(False, help="Full size: 60k images, 4,000 steps, 3 seeds (hours on CPU)."),
-                    replication: bool = typer.Option(False, help="Also train the duplicated-poison ablation model."),
-                    only_seed: Optional[list[int]] = typer.Option(None, "--only-seed", help="Measure just these seeds "
-                                                                 "(kept in their run folders) and write no result; "
-                                                                 "a later call without it aggregates."),
-                    device: str = typer.Option("auto", help="auto (GPU if torch sees one), cpu or cuda."),
-                    threads: Optional[int] = typer.Option(None, help="torch threads (default: $SLIMGUARD_THREADS or all).")) -> None:
+@command("bench diffusion", config=DiffusionBenchConfig, owns_run=False,
+         flags=(Flag("--seeds", "seeds"), Flag("--full", "full"), Flag("--replication", "replication"),
+                Flag("--only-seed", "only_seeds", help="Measure just this seed (repeatable; kept in its run folder) and "
+                                                       "write no result; a later call without it aggregates."),
+                Flag("--device", "device")),
+         stdout=lambda m, _run: "\n".join(f"{k}: {v['value']} (goal {v['goal']}, met {v['met']})"
+                                          for k, v in m.get("targets", {}).items()) or None)
+def bench_diffusion(cfg: DiffusionBenchConfig, call: Invocation) -> dict:
     """BiBadDiff: trigger amplification, detection from generations, robust diffusion classifier."""
-    from ..core.errors import SlimguardError
-    from ..core.models import resolve_device
+    import torch
 
-    try:
-        os.environ["SLIMGUARD_DEVICE"] = resolve_device(device)
-    except SlimguardError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from None
-    from ..cli.options import set_threads
-    from ..guard.diffusion.config import GUIDANCE_GRID
+    from ..core.models import resolve_device
     from .harness import result_path, write_result
 
-    n_threads = set_threads(threads)
-    if full:
-        seeds = max(seeds, 3)
+    os.environ["SLIMGUARD_DEVICE"] = resolve_device(cfg.device)  # a bad --device is a one-line error naming it
+    n_threads = torch.get_num_threads()
+    full, seeds, replication = cfg.full, cfg.seeds, cfg.replication
     out_dir = result_path("diffusion").parent  # plots go next to the result's JSON
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = lambda s: typer.echo(f"[bench diffusion] {s}", err=True)  # noqa: E731
-    if only_seed:
-        for s in only_seed:
-            _one_seed(s, full, replication, out_dir, log)
-        return
-    per_seed = [_one_seed(s, full, replication, out_dir, log) for s in range(seeds)]
-    rows, tg = _targets_and_rows(per_seed, GUIDANCE_GRID)
-    cmd = "slimguard bench diffusion" + (f" --seeds {seeds}" if seeds != 1 and not full else "") + \
-          (" --full" if full else "") + (" --replication" if replication else "") + \
-          (f" --device {os.environ['SLIMGUARD_DEVICE']}" if os.environ["SLIMGUARD_DEVICE"] != "cpu" else "")
-    from ..guard.diffusion.config import TrainConfig
-
+    log = lambda s: call.log(f"[bench diffusion] {s}")  # noqa: E731
+    if cfg.only_seeds:
+        for s in cfg.only_seeds:
+            _one_seed(cfg, s, out_dir, log)
+        return {}
+    per_seed = [_one_seed(cfg, s, out_dir, log) for s in range(seeds)]
+    rows, tg = _targets_and_rows(per_seed, cfg.amplify.guidance)
+    cmd = call.command
     note = (f"Reduced size ({'full' if full else '16 px Fashion-MNIST, 6,000-image stratified subset, 1,000 steps of batch 64'}), "
             f"BadNets 3x3 checkerboard patch, poison rate 0.05, target class 0 (T-shirt/top); {seeds} seed(s) (n in rows); "
             f"torch threads {n_threads}. "
@@ -256,12 +297,6 @@ def bench_diffusion(seeds: int = typer.Option(1, help="Seeds (each trains one di
             "targets use w=2 (DetectConfig default, fixed beforehand), rows also give w=5. Targets for the diffusion "
             "classifier use keep_frac=0.95 (ClassifyConfig default, fixed beforehand); 0.9 and 0.99 are extra rows "
             "from the same forward passes.")
-    write_result("diffusion", command=cmd, config={"train": TrainConfig().to_dict() if not full else "full", "seeds": seeds,
-                                                    "guidance": GUIDANCE_GRID},
-                 rows=rows, targets=tg, extra={"note": note, "per_seed": per_seed})
-    for k, v in tg.items():
-        typer.echo(f"{k}: {v['value']} (goal {v['goal']}, met {v['met']})")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("diffusion")(bench_diffusion)
+    path = write_result("diffusion", command=cmd, config={**cfg.to_dict(), "guidance": cfg.amplify.guidance},
+                        rows=rows, targets=tg, extra={"note": note, "per_seed": per_seed})
+    return {"path": str(path), "targets": tg}

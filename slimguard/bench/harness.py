@@ -14,8 +14,11 @@ import os
 import re
 import statistics
 from pathlib import Path
-from typing import Iterable
+from typing import Any, ClassVar, Iterable
 
+from pydantic import model_validator
+
+from ..core.config import Config, merge_under
 from ..core.errors import SlimguardError
 from ..core.runs import atomic_write_json, git_commit, now_iso
 # the timing helpers live in the library (slim/ and guard/ time things too); bench code keeps using them from here
@@ -27,6 +30,71 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 # every capability with a `slimguard bench <capability>` and so one canonical result file
 CAPABILITIES = ("core", "compress", "kvselect", "quant", "backdoor", "defence", "promptattack", "diffusion")
 STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class BenchConfig(Config):
+    """Base of the benchmark configs: each nests the library configs whose fields it sets
+    (``train: QuantTrainConfig``), so a field is declared once, in the library.
+
+    Four class attributes (data, not fields) say how a benchmark uses them:
+
+    - ``DEFAULTS``: the benchmark's own sizes for nested fields (``{"train": {"steps": 5}}``), laid
+      under what the user gives key by key, so ``--set train.steps=40`` keeps the other benchmark sizes
+      (a plain pydantic default for ``train`` would fall back to the library's sizes for all of them).
+    - ``FULL``: the ``--full`` preset (the ``full`` field), laid over ``DEFAULTS`` and under the user's
+      values: ``--full --set 'bits=[W4A8KV4]'`` is the full budget at one bit setting.
+    - ``MOVED``: a key of the flat configs older results recorded -> its dotted place (or places), so
+      every command in ``benchmarks/results/`` still runs (``--set steps=40`` sets ``train.steps``).
+    - ``GRID``: nested config -> {field: hint}: fields the grid sets per cell (a seed, a dataset);
+      giving one another value is a one-line error whose hint names the grid field to use instead.
+    """
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    FULL: ClassVar[dict[str, Any]] = {}
+    MOVED: ClassVar[dict[str, str | tuple[str, ...]]] = {}
+    GRID: ClassVar[dict[str, dict[str, str]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lay_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = moved_keys(data, cls.MOVED)
+        base = merge_under(cls.DEFAULTS, cls.FULL) if data.get("full") else cls.DEFAULTS
+        return merge_under(base, data)
+
+    @model_validator(mode="after")
+    def _grid_fields(self):
+        for sub, fields in self.GRID.items():
+            for name, hint in fields.items():  # name: a field of the nested config, dotted for a deeper one
+                *parents, leaf = name.split(".")
+                cfg = getattr(self, sub)
+                for part in parents:
+                    cfg = getattr(cfg, part) if part in cfg.model_fields_set else None
+                    if cfg is None:
+                        break
+                # a saved config carries every field at its default: only another value is the user's
+                if cfg is not None and leaf in cfg.model_fields_set \
+                        and cfg.to_dict()[leaf] != type(cfg)().to_dict()[leaf]:
+                    raise ValueError(f"{sub}.{name} is set per cell by the benchmark grid; {hint}")
+        return self
+
+
+def moved_keys(data: dict[str, Any], moved: dict[str, str | tuple[str, ...]]) -> dict[str, Any]:
+    """``data`` with each old key of ``moved`` put at its dotted place(s); a value given at the new place wins."""
+    out = dict(data)
+    for old, new in moved.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        for path in (new,) if isinstance(new, str) else new:
+            *parents, leaf = path.split(".")
+            node = out
+            for part in parents:
+                node[part] = dict(node.get(part) or {})
+                node = node[part]
+            node.setdefault(leaf, value)
+    return out
 
 
 def results_root() -> Path:

@@ -22,12 +22,16 @@ from typing import List, Literal, Optional
 import typer
 from pydantic import Field
 
-from ..core.config import Config
-from ..slim.kvselect.config import SELECTORS, Method
+from ..slim.kvselect.config import SELECTORS, Method, TokenSelectConfig
+from .harness import BenchConfig
+
+# TokenSelectConfig fields a benchmark cell always keys its cached cases by; the others only when they differ from
+# the library default, so cached cases of earlier runs keep their keys
+_SIZES = ("n_init", "k", "n_local", "chunk_size")
 
 
-class KVSelectBenchConfig(Config):
-    """Sizes of the kvselect benchmark (reduced CPU defaults)."""
+class KVSelectBenchConfig(BenchConfig):
+    """Sizes of the kvselect benchmark (reduced CPU defaults) and the selection every cell runs (``selection``)."""
 
     # the reduced default reads Gemma-3-270M (trained 32K) at 4K with its own budget (1,088 of 4,096 tokens), where the
     # selection has something to drop; SmolLM2's default budget (1,600 tokens) covers a short context whole
@@ -42,23 +46,19 @@ class KVSelectBenchConfig(Config):
     peers: list[Method] = Field(["streaming", "h2o", "quest"], description=(
         "Peers at equal budget (--full: every registered selector but tokenselect and the exact ones: adds random, "
         "oracle)."))
-    n_init: int = Field(16, ge=0, description="Accuracy-part budget: sink tokens (scaled down with the lengths).")
-    k: int = Field(128, ge=1, description="Accuracy-part budget: selected tokens.")
-    n_local: int = Field(128, ge=1, description="Accuracy-part budget: local window.")
-    chunk_size: int = Field(128, ge=1, description="Accuracy-part prefill chunk.")
-    pool_kernel: int = Field(1, ge=1, description="Accuracy-part TokenSelect max-pool width over neighbouring scores.")
-    score_layers: Optional[list[int]] = Field(None, description=(
-        "Accuracy part: TokenSelect scores only on these layers; later selecting layers reuse the selection."))
-    score_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]] = Field("int8", description=(
-        "TokenSelect's scoring-key dtype in the accuracy part and the headline timing (null: the KV cache's; "
-        "int8 is what defaults_for gives every model)."))
-    quest_per_head: bool = Field(False, description=(
-        "Quest peer: a page set per query head (the paper's form) instead of per KV head (TokenSelectConfig)."))
-    positions: Literal["compact", "original", "auto"] = Field("compact", description=(
-        "Accuracy part: RoPE positions of the selected keys (TokenSelectConfig.positions) for every selector."))
+    selection: TokenSelectConfig = Field(default_factory=TokenSelectConfig, description=(
+        "The selection of the accuracy and Selection Cache parts: the `longctx generate` config (bench: "
+        "selection.n_init=16, selection.k=128, selection.n_local=128, selection.chunk_size=128, "
+        "selection.score_dtype=int8, which is also the headline timing's scoring dtype). selection.positions "
+        "applies to every selector, selection.quest_per_head to the Quest peer; the grid sets selection.method, "
+        "selection.record and selection.cache_threshold."))
     model_defaults: bool = Field(True, description=(
-        "Accuracy part: each model uses its own scaled budget (defaults_for: n_init, k, n_local, pool_kernel) "
-        "instead of the fields above."))
+        "Accuracy part: each model uses its own scaled budget (defaults_for: n_init, k, n_local, pool_kernel, "
+        "score_dtype, score_layers) instead of selection's; selection.positions and quest_per_head still apply, and "
+        "the chunk is model_chunk_size."))
+    model_chunk_size: Optional[int] = Field(None, ge=1, description=(
+        "Accuracy part with model_defaults: the prefill chunk, sized for the models' own local window (null: "
+        "selection.chunk_size; --full: 512, while the Selection Cache part keeps selection's chunk)."))
     timing_lengths: list[int] = Field([16384, 32768], description="Context lengths of the attention timing.")
     prefill_repeats: int = Field(3, ge=1, description="Repeats of the full-prefill timing (median; after one untimed run).")
     decode_repeats: int = Field(25, ge=1, description="Timed decode steps per method (round-robin over methods; median).")
@@ -88,20 +88,23 @@ class KVSelectBenchConfig(Config):
     purpose: Optional[str] = Field(None, description=(
         "One line saying what a study measures (stored as its `purpose`; default: 'study: ' + the command)."))
 
+    DEFAULTS = {"selection": dict(n_init=16, k=128, n_local=128, chunk_size=128, score_dtype="int8")}
+    # the flat keys of results written before `selection` was nested (--set k=2048)
+    MOVED = {**{k: f"selection.{k}" for k in (*_SIZES, "pool_kernel", "score_layers", "score_dtype", "quest_per_head",
+                                              "positions")},
+             # the flat chunk_size was the chunk of both parts (with --full, of the accuracy part's model defaults)
+             "chunk_size": ("selection.chunk_size", "model_chunk_size")}
+    GRID = {"selection": {"method": "use methods=[...] and peers=[...]",
+                          "record": "the accuracy part records the TokenSelect cases it plots",
+                          "cache_threshold": "the Selection Cache part sweeps thresholds=[...]"}}
+
 
 def _budget(bc: KVSelectBenchConfig) -> dict:
-    """The TokenSelectConfig budget fields the bench config sets."""
-    base = dict(n_init=bc.n_init, k=bc.k, n_local=bc.n_local, chunk_size=bc.chunk_size)
-    if bc.pool_kernel > 1:  # only when set, so cached cases of earlier runs keep their keys
-        base["pool_kernel"] = bc.pool_kernel
-    if bc.score_layers is not None:
-        base["score_layers"] = bc.score_layers
-    if bc.score_dtype is not None:
-        base["score_dtype"] = bc.score_dtype
-    if bc.positions != "compact":
-        base["positions"] = bc.positions
-    if bc.quest_per_head:
-        base["quest_per_head"] = True
+    """The TokenSelectConfig fields the bench sets: the sizes, and every other field that is not the library's
+    default (only when set, so cached cases of earlier runs keep their keys)."""
+    sel, default = bc.selection.to_dict(), TokenSelectConfig().to_dict()
+    base = {k: sel[k] for k in _SIZES}
+    base.update({k: v for k, v in sel.items() if k not in _SIZES and k not in bc.GRID["selection"] and v != default[k]})
     return base
 
 
@@ -191,7 +194,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
     inv = 1.0 / (100000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     g = torch.Generator().manual_seed(bc.seed)
     out = {}
-    ts_cfg = TokenSelectConfig(score_dtype=bc.score_dtype)  # model defaults: 64 + 1024 + 512
+    ts_cfg = TokenSelectConfig(score_dtype=bc.selection.score_dtype)  # model defaults: 64 + 1024 + 512
     s_budget = ts_cfg.budget
     # a buffer well past any last-level cache: writing it evicts the previous step's keys and values
     # (the GPU has no such cache to speak of against a 32K+ context, so it is evicted only on the CPU)
@@ -205,7 +208,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                 ("tokenselect_miss", ts_cfg.model_copy(update={"cache_threshold": None})),
                 ("tokenselect_hit", ts_cfg.model_copy(update={"cache_threshold": 1e-6}))]
     # the other scoring precisions next to the headline: what narrower scoring keys buy (or cost)
-    alts = {f"_{DTYPE_TAG[o]}_scoring": o for o in TIMED_SCORING if o != (bc.score_dtype or "float32")}
+    alts = {f"_{DTYPE_TAG[o]}_scoring": o for o in TIMED_SCORING if o != (bc.selection.score_dtype or "float32")}
     for alt, other in alts.items():
         variants.append((f"tokenselect_miss{alt}",
                          ts_cfg.model_copy(update={"cache_threshold": None, "score_dtype": other})))
@@ -233,7 +236,7 @@ def timing_part(bc: KVSelectBenchConfig, hit_rate: float, rows: list, extra: dic
                          "value": t.median_s * 1e3, "n": len(t.times_s), "cold_cache": cold, "device": bc.device})
         bound = 2 / (1 - hit_rate + 2 * s_budget / n)
         out[f"decode_bound_{n}"] = bound
-        for miss, suffix, sdt in [("tokenselect_miss", "", bc.score_dtype)] + \
+        for miss, suffix, sdt in [("tokenselect_miss", "", bc.selection.score_dtype)] + \
                 [(f"tokenselect_miss{alt}", alt, o) for alt, o in alts.items()]:
             ts_dec = hit_rate * res["tokenselect_hit"] + (1 - hit_rate) * res[miss]
             out[f"decode_speedup{suffix}_{n}"] = res["dense"] / ts_dec
@@ -377,6 +380,7 @@ def accuracy_part(bc: KVSelectBenchConfig, rows: list, extra: dict, plot_dir: Pa
                     # the bench
                     base = {**defaults_for(lm.model.config), **{f: v for f, v in _budget(bc).items()
                                                                 if f in ("chunk_size", "positions", "quest_per_head")}}
+                    base["chunk_size"] = bc.model_chunk_size or base["chunk_size"]
             depths = [0.5] if mid else bc.depths
             samples = make_samples(hay, task, [L], depths, len(bc.depths) if mid else bc.n_per_depth, seed=bc.seed + L)
             record = task == "passkey" and method == "tokenselect" and L == max(bc.lengths) and not mid
@@ -523,15 +527,16 @@ def kvselect_note(bc: KVSelectBenchConfig, load: float, ran: list[str]) -> str:
                         if bc.cold_cache and bc.device == "cpu" else
                         "; decode steps repeat one layer with its KV warm in the CPU caches." if bc.device == "cpu" else
                         "; every timed call ends with torch.cuda.synchronize.")
-                     + f" TokenSelect scores with {bc.score_dtype or 'float32'} keys; the *_scoring rows with the "
+                     + f" TokenSelect scores with {bc.selection.score_dtype or 'float32'} keys; the *_scoring rows with the "
                      "other precisions (float32, bfloat16, int8).")
     if "accuracy" in ran:
         budget = "each model's scaled defaults (defaults_for)" if bc.model_defaults else \
-            f"n_init={bc.n_init}, k={bc.k}, n_local={bc.n_local}, TokenSelect max-pool {bc.pool_kernel}"
-        parts.append(f"Accuracy: models {bc.models} on {bc.device}, budget {budget}, chunk {bc.chunk_size}, "
+            f"n_init={bc.selection.n_init}, k={bc.selection.k}, n_local={bc.selection.n_local}, TokenSelect max-pool {bc.selection.pool_kernel}"
+        parts.append(f"Accuracy: models {bc.models} on {bc.device}, budget {budget}, chunk "
+                     f"{(bc.model_defaults and bc.model_chunk_size) or bc.selection.chunk_size}, "
                      f"at {bc.lengths} tokens"
                      + (f" (dense only up to {bc.dense_max})" if bc.dense_max else "")
-                     + (f", selected keys at their {bc.positions} positions" if bc.positions != "compact" else "")
+                     + (f", selected keys at their {bc.selection.positions} positions" if bc.selection.positions != "compact" else "")
                      + "; n per cell in the rows; targets at lengths not run stay null (not measured).")
     parts.append("SmolLM2 weights passed through GGUF Q4_1, Gemma-3 through Q4_K_M.")
     return " ".join(parts)
@@ -576,7 +581,7 @@ def _selection_plot(rt, sample, model_name: str, plot_dir: Path, result: str = "
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli.options import ConfigOpt, SetOpt
+    from ..options import ConfigOpt, SetOpt
 
     @app.command("kvselect")
     def kvselect(full: bool = typer.Option(False, "--full", help="Issue sizes: 4K-32K accuracy, 64K-128K timing (GPU)."),
@@ -645,7 +650,7 @@ def run_bench(*, full: bool, config=None, sets: list[str] | None = None, skip: l
         overrides = dict(models=["smollm2-135m", "gemma3-270m"], peers=peers,
                          lengths=[1024, 2048, 4096, 8192, 16384, 32768], depths=[0.1, 0.3, 0.5, 0.7, 0.9], n_per_depth=4,
                          decode_tokens=64,
-                         peer_length=32768, model_defaults=True, chunk_size=512,
+                         peer_length=32768, model_defaults=True, model_chunk_size=512,
                          timing_lengths=[32768, 65536, 131072], prefill_repeats=5, device="auto")
     # the --full sizes are a base that a config file and --set still override (e.g. one model, fewer cases)
     bc = resolve(KVSelectBenchConfig, config_file=config, sets=sets, base=overrides)

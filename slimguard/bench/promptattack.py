@@ -12,12 +12,51 @@ from __future__ import annotations
 
 import os
 import time
-from typing import List, Optional
+from typing import Optional
 
-import typer
+from pydantic import Field, field_validator
+
+from ..core.commands import Flag, Invocation, command
+from ..guard.promptattack.attack import PromptAttackConfig
+from .harness import BenchConfig
 
 DATASETS = ["rotten-tomatoes", "sms-spam"]
 VICTIMS = ["smollm2-135m", "minilm-l6"]
+_PER_CELL = "the grid runs zero-shot and few-shot K=16 and K=32 heads on each dataset's default template"
+
+
+class PromptAttackBenchConfig(BenchConfig):
+    """The grid (victims x datasets x strategies x seeds) and the search budget (``attack``) of every cell."""
+
+    full: bool = Field(False, description=(
+        "Full size: 500 test examples, attack set 32, 240 queries and 20 gradient steps per search (default: 200, "
+        "16, 120, 10). A preset: --set still overrides each of its values."))
+    attack: PromptAttackConfig = Field(default_factory=PromptAttackConfig, description=(
+        "Budget and objective of every search: the `promptattack run` config (bench: attack.max_queries=120, "
+        "attack.max_steps=10). The grid sets attack.victim, attack.dataset, attack.strategy and attack.seed per cell."))
+    seeds: int = Field(3, ge=1, description="Seeds 0..n-1 (K-shot draw, attack set, search).")
+    datasets: list[str] = Field(default_factory=lambda: list(DATASETS), min_length=1, description="Datasets.")
+    victims: list[str] = Field(default_factory=lambda: list(VICTIMS), min_length=1, description="Victims.")
+    strategies: Optional[list[str]] = Field(None, description=(
+        "Recipes (a registered strategy or a '+' composition; default: every registered strategy)."))
+
+    DEFAULTS = {"attack": {"max_queries": 120, "max_steps": 10}}
+    FULL = {"attack": {"n_test": 500, "n_attack": 32, "max_queries": 240, "max_steps": 20}}
+    MOVED = {k: f"attack.{k}" for k in ("n_test", "n_attack", "max_queries", "max_steps", "max_edits")}
+    GRID = {"attack": {"victim": "use victims=[...]", "dataset": "use datasets=[...]",
+                       "strategy": "use strategies=[...]", "seed": "use seeds=N", "setting": _PER_CELL,
+                       "k": _PER_CELL, "n_full": _PER_CELL, "template": _PER_CELL, "verbalizer": _PER_CELL,
+                       "batch_size": "the grid prepares batches of 32",
+                       "ppl_model": "the grid scores template perplexity with its causal victim"}}
+
+    @field_validator("strategies")
+    @classmethod
+    def _recipes(cls, v):
+        from ..guard.promptattack.strategies import compose
+
+        for recipe in v or []:
+            compose(recipe)  # an unknown part is a one-line error naming it
+        return v
 
 
 def _plots(rows: list[dict], matrix: list[dict], out_dir) -> list[str]:
@@ -72,16 +111,12 @@ def _plots(rows: list[dict], matrix: list[dict], out_dir) -> list[str]:
     return paths
 
 
-REDUCED = dict(n_test=200, n_attack=16, max_queries=120, max_steps=10)
-FULL = dict(n_test=500, n_attack=32, max_queries=240, max_steps=20)
 RANDOM_DRAWS = 8  # unsearched random templates per seed: the literature's random-template baseline
 
 
-def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int = REDUCED["n_attack"],
-              max_queries: int = REDUCED["max_queries"], max_steps: int = REDUCED["max_steps"],
-              max_edits: int = 3, datasets: list[str] = DATASETS, victims: list[str] = VICTIMS,
-              strategies: list[str] | None = None, command: str = "slimguard bench promptattack", log=print) -> str:
-    """``strategies``: recipes to run (default: every registered strategy, in registry order)."""
+def run_bench(cfg: PromptAttackBenchConfig | None = None, *, command: str = "slimguard bench promptattack",
+              log=print) -> str:
+    """Run the grid of ``cfg``; its ``strategies`` default to every registered strategy, in registry order."""
     import numpy as np
     import torch
 
@@ -96,10 +131,12 @@ def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int 
     from ..core.models import LoadedModel
     from . import harness
 
-    strategies = list(strategies or STRATEGIES.names())
-    config = {"seeds": seeds, "n_test": n_test, "n_attack": n_attack, "max_queries": max_queries,
-              "max_steps": max_steps, "max_edits": max_edits, "datasets": datasets, "victims": victims,
-              "strategies": strategies, "k": [16, 32], "split_seed": 0, "random_draws": RANDOM_DRAWS}
+    cfg = cfg or PromptAttackBenchConfig()
+    a = cfg.attack
+    seeds, datasets, victims = cfg.seeds, cfg.datasets, cfg.victims
+    n_test, n_attack, max_queries, max_steps, max_edits = a.n_test, a.n_attack, a.max_queries, a.max_steps, a.max_edits
+    strategies = list(cfg.strategies or STRATEGIES.names())
+    config = {**cfg.to_dict(), "strategies": strategies, "k": [16, 32], "split_seed": 0, "random_draws": RANDOM_DRAWS}
     rows: list[dict] = []
     matrix: list[dict] = []
     found: dict = {}  # (victim, dataset, seed) -> malicious template text (gradient)
@@ -154,7 +191,7 @@ def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int 
                 for strat in strategies:
                     ts = time.perf_counter()
                     st = search(clf, shots, recipe=strat, max_edits=max_edits, max_steps=max_steps,
-                                max_queries=max_queries, seed=seed, batches=ab)
+                                max_queries=max_queries, seed=seed, batches=ab, objective=a.objective, kappa=a.kappa)
                     attacked = clf.predict(tb, st.infix)
                     text = tmpl.with_infix(victim.decode_infix(st.infix)).text
                     if strat == "gradient":
@@ -251,37 +288,13 @@ def run_bench(*, seeds: int = 3, n_test: int = REDUCED["n_test"], n_attack: int 
     return str(path)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("promptattack")
-    def promptattack(seeds: int = typer.Option(3, help="Seeds (K-shot draw, attack set, search)."),
-                     n_test: Optional[int] = typer.Option(None, help=f"Test examples per setting (default {REDUCED['n_test']}; --full {FULL['n_test']})."),
-                     full: bool = typer.Option(False, "--full", help=f"Full size: {FULL} (default: {REDUCED})."),
-                     n_attack: Optional[int] = typer.Option(None, help="Attack-set size."),
-                     max_queries: Optional[int] = typer.Option(None, help="Query budget per search."),
-                     max_steps: Optional[int] = typer.Option(None, help="Gradient-step budget per search."),
-                     datasets: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets (repeatable)."),
-                     victims: Optional[List[str]] = typer.Option(None, "--victim", help="Victims (repeatable)."),
-                     strategies: Optional[List[str]] = typer.Option(None, "--strategy", help="Strategies (repeatable)."),
-                     threads: Optional[int] = typer.Option(None, "--threads")) -> None:
-        """PromptAttack strategies x victims x datasets x seeds -> benchmarks/results/promptattack.json."""
-        from ..cli.options import set_threads
-        from ..core.errors import SlimguardError
-        from ..guard.promptattack.strategies import compose
-
-        if seeds < 1:
-            raise SlimguardError("--seeds must be >= 1")
-        for s in strategies or []:
-            compose(s)
-        set_threads(threads)
-        size = dict(FULL if full else REDUCED)
-        given = {"n_test": n_test, "n_attack": n_attack, "max_queries": max_queries, "max_steps": max_steps}
-        for key, v in given.items():
-            if v is not None:
-                if v < 1:
-                    raise SlimguardError(f"--{key.replace('_', '-')} must be >= 1")
-                size[key] = v
-        cmd = ("slimguard bench promptattack" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "")
-               + "".join(f" --{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None))
-        path = run_bench(seeds=seeds, datasets=datasets or DATASETS, victims=victims or VICTIMS,
-                         strategies=strategies or None, command=cmd, log=lambda m: typer.echo(m, err=True), **size)
-        typer.echo(path)
+@command("bench promptattack", config=PromptAttackBenchConfig, owns_run=False,
+         flags=(Flag("--full", "full"), Flag("--seeds", "seeds"), Flag("--n-test", "attack.n_test"),
+                Flag("--n-attack", "attack.n_attack"), Flag("--max-queries", "attack.max_queries"),
+                Flag("--max-steps", "attack.max_steps"), Flag("--dataset", "datasets", help="Datasets (repeatable)."),
+                Flag("--victim", "victims", help="Victims (repeatable)."),
+                Flag("--strategy", "strategies", help="Strategies (repeatable; registered names or '+' recipes).")),
+         stdout=lambda m, _run: m["path"])
+def bench_promptattack(cfg: PromptAttackBenchConfig, call: Invocation) -> dict:
+    """PromptAttack strategies x victims x datasets x seeds -> benchmarks/results/promptattack.json."""
+    return {"path": run_bench(cfg, command=call.command, log=call.log)}

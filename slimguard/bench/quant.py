@@ -9,37 +9,41 @@ reduced budget for 2 CPU cores; ``--full`` is the paper-sized run (meant for a G
 from __future__ import annotations
 
 import copy
-import shlex
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Literal, Optional
 
-import typer
 from pydantic import Field
 
-from ..core.config import Config
+from ..core.commands import Flag, Invocation, command
 from ..core.errors import SlimguardError
-from ..cli.options import ConfigOpt, SetOpt, ThreadsOpt, set_threads
+from ..slim.quant.config import QuantTrainConfig
 from ..slim.quant.variants import VARIANTS, VariantName
+from .harness import BenchConfig
 
 BITS = {"W8A8": dict(w_bits=8, a_bits=8), "W4A8": dict(w_bits=4, a_bits=8),
         "W4A8KV4": dict(w_bits=4, a_bits=8, kv_bits=4), "W4A4": dict(w_bits=4, a_bits=4)}
+BitsName = Literal[tuple(BITS)]  # type: ignore[valid-type]
 
 
-class QuantBenchConfig(Config):
-    model: str = Field("smollm2-135m", description="Causal LM (Llama family).")
-    bits: list[str] = Field(default_factory=lambda: ["W4A8KV4"], description=f"Bit settings from {list(BITS)}.")
+class QuantBenchConfig(BenchConfig):
+    """The QAT grid (bits x variants x seeds) and the budget every run of it trains at (``train``)."""
+
+    full: bool = Field(False, description=(
+        "Paper-sized budget: every bit setting and variant, 300 steps x 8 x 128 tokens, 3 seeds, 16 held-out "
+        "batches, on the GPU when there is one (use a GPU). A preset: --set still overrides each of its values."))
+    train: QuantTrainConfig = Field(default_factory=QuantTrainConfig, description=(
+        "Training and evaluation of every QAT run: the `quant train` config (bench sizes: train.steps=5, "
+        "train.seq_len=64, train.batch_size=2, train.eval_batches=3, train.device=cpu). The grid sets train.qat, "
+        "train.loss, train.seed, train.warmup (steps/10) and train.checkpoint_every per run; llama.cpp speed always "
+        "runs on the CPU."))
+    bits: list[BitsName] = Field(default_factory=lambda: ["W4A8KV4"], description=f"Bit settings from {list(BITS)}.")
     variants: list[VariantName] = Field(
         default_factory=lambda: ["lsq_ce", "edgeqat", "edgeqat_adaptive", "edgeqat_adaptive_random"],
         description="Trained QAT variants (names registered in slim/quant/variants.py; --full: every one).")
     torchao: bool = Field(True, description="Include torchao's QAT at the same budget: its own W4A8 linears and, at "
                                            "W4A8KV4, the same plus a fixed q4_0-style KV fake-quant (same bits).")
-    steps: int = Field(5, description="Optimizer steps per QAT variant (equal for all).")
-    seq_len: int = Field(64, description="Tokens per sequence.")
-    batch_size: int = Field(2, description="Sequences per step.")
-    eval_batches: int = Field(3, description="Held-out batches for perplexity / KL.")
     seeds: list[int] = Field(default_factory=lambda: [0], description="Training seeds (mean +- std over them).")
-    lr: float = Field(2.5e-5, description="Weight learning rate.")
     speed: bool = Field(False, description="Also run llama.cpp speed (needs llama-cpp-python).")
     speed_tokens: int = Field(32, description="Decode tokens per timing repeat.")
     speed_prompt: int = Field(128, description="Prompt tokens for the prefill timing (decode is timed after them).")
@@ -51,10 +55,6 @@ class QuantBenchConfig(Config):
                                                   "type matters most there).")
     speed_only: bool = Field(False, description="Skip training; time the EdgeQAT model saved by the last full run "
                                                 "(runs/bench-<result>/) and merge the speed rows into <result>.json.")
-    datasets: list[str] = Field(default_factory=lambda: ["pg-essays"],
-                                description="Training text (held-out perplexity is always on pg-essays).")
-    device: str = Field("cpu", description="Where training and evaluation run: cpu, cuda or auto "
-                                           "(llama.cpp speed always runs on the CPU).")
     result: str = Field("quant", pattern="^[a-z0-9][a-z0-9_-]*$", description=(
         "Result name: 'quant' writes the canonical benchmarks/results/quant.json (and quant_diagnostics.png); any "
         "other name is a study, benchmarks/results/quant/NAME.json and NAME_diagnostics.png (a leading 'quant-' "
@@ -74,11 +74,20 @@ class QuantBenchConfig(Config):
         "Train and cache only these BITS/ROW/SEED runs (e.g. W4A8KV4/edgeqat/0), then stop without writing a result: "
         "what jobs=N gives each worker."))
 
+    DEFAULTS = {"train": dict(steps=5, seq_len=64, batch_size=2, eval_batches=3, device="cpu")}
+    FULL = dict(bits=list(BITS), variants=list(VARIANTS), seeds=[0, 1, 2], checkpoint_every=50, jobs=0,
+                train=dict(steps=300, seq_len=128, batch_size=8, eval_batches=16, device="auto"))
+    # the flat keys of results written before `train` was nested (their commands say --set steps=40)
+    MOVED = {k: f"train.{k}" for k in ("model", "steps", "seq_len", "batch_size", "eval_batches", "lr", "datasets",
+                                       "device")}
+    GRID = {"train": {"qat": "choose bits=[...] and variants=[...]", "loss": "choose variants=[...]",
+                      "seed": "use seeds=[...]", "warmup": "it is train.steps / 10",
+                      "checkpoint_every": "use the benchmark's checkpoint_every"}}
+
 
 PACKED = "edgeqat_w4a8kv4.safetensors"
 RETIMED = " Re-timed by --set speed_only=true, replacing any earlier speed figures in this note: "
-FULL = dict(bits=list(BITS), variants=list(VARIANTS), steps=300, seq_len=128, batch_size=8, eval_batches=16,
-            seeds=[0, 1, 2], device="auto", checkpoint_every=50, jobs=0)
+FULL = QuantBenchConfig.FULL
 
 
 def torchao_rows(bits: str) -> list[tuple[int | None, str]]:
@@ -140,9 +149,9 @@ def run_key(bc: QuantBenchConfig, bits: str, row: str, seed: int) -> str:
     import hashlib
     import json
 
-    spec = dict(model=bc.model, bits=bits, row=row, seed=seed, steps=bc.steps, seq_len=bc.seq_len,
-                batch_size=bc.batch_size, eval_batches=bc.eval_batches, lr=bc.lr, datasets=list(bc.datasets),
-                device=bc.device.split(":")[0], revision=GRID_REVISION)
+    spec = dict(model=bc.train.model, bits=bits, row=row, seed=seed, steps=bc.train.steps, seq_len=bc.train.seq_len,
+                batch_size=bc.train.batch_size, eval_batches=bc.train.eval_batches, lr=bc.train.lr, datasets=list(bc.train.datasets),
+                device=bc.train.device.split(":")[0], revision=GRID_REVISION)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     return f"{bits}-{row}-s{seed}-{digest}.json"
 
@@ -238,16 +247,14 @@ def _run_workers(bc: QuantBenchConfig, threads: int, log) -> None:
                              f"(finished runs stay cached: run the same command again to resume)")
 
 
-def _train_cfg(bc: QuantBenchConfig, bits: str, variant: str, seed: int):
+def _train_cfg(bc: QuantBenchConfig, bits: str, variant: str, seed: int) -> QuantTrainConfig:
+    """The `quant train` config of one grid run: the bench's ``train`` with the variant's recipe at ``bits``."""
     from ..core.config import build
-    from ..slim.quant.config import QuantTrainConfig
 
     recipe = VARIANTS.get(variant)()
-    loss, qat = recipe.loss, recipe.qat
-    return build(QuantTrainConfig, dict(model=bc.model, qat={**BITS[bits], **qat}, loss=loss, seq_len=bc.seq_len,
-                                        batch_size=bc.batch_size, steps=bc.steps, lr=bc.lr, seed=seed,
-                                        warmup=max(1, bc.steps // 10), eval_batches=bc.eval_batches,
-                                        checkpoint_every=10 ** 6, device=bc.device))
+    # qat and loss are the recipe's on the library defaults (not merged into bc.train's, which the grid owns)
+    return build(QuantTrainConfig, {**bc.train.to_dict(), "qat": {**BITS[bits], **recipe.qat}, "loss": recipe.loss,
+                                    "seed": seed, "warmup": max(1, bc.train.steps // 10), "checkpoint_every": 10 ** 6})
 
 
 def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Path:
@@ -263,17 +270,18 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     from ..core.models import resolve_device
 
     t_start = time.perf_counter()
-    dev = resolve_device(bc.device)
+    dev = resolve_device(bc.train.device)
     for item in bc.run_only:
         parse_run(item)  # a malformed entry fails before the model loads
-    bc = bc.model_copy(update={"device": dev})
-    lm = load_causal_lm(bc.model, device=dev)
+    bc = bc.model_copy(update={"train": bc.train.model_copy(update={"device": dev})})
+    lm = load_causal_lm(bc.train.model, device=dev)
     fp = lm.model
     if bc.speed_only:
         return _speed_only(bc, lm, command, threads, log)
-    blocks = load_blocks(lm.tokenizer, bc.datasets, "pg-essays", seq_len=bc.seq_len, eval_frac=0.15)
-    ev = blocks.eval_batches(bc.eval_batches, bc.batch_size)
-    calib = blocks.batch(0, bc.batch_size, 0)
+    blocks = load_blocks(lm.tokenizer, bc.train.datasets, bc.train.eval_dataset, seq_len=bc.train.seq_len,
+                         eval_frac=bc.train.eval_frac)
+    ev = blocks.eval_batches(bc.train.eval_batches, bc.train.batch_size)
+    calib = blocks.batch(0, bc.train.batch_size, 0)
     from ..slim.quant.prepare import attach_recorder
 
     teacher = attach_recorder(copy.deepcopy(fp))  # fp itself stays pristine: every variant copies it
@@ -341,12 +349,12 @@ def run_bench(bc: QuantBenchConfig, command: str, threads: int, log=print) -> Pa
     _plot(diag, harness.artefact_path("quant", bc.result, "_diagnostics.png"))
     if speed:
         rows += speed["rows"]
-    on_gpu = bc.device != "cpu"
-    note = (f"{'GPU (' + bc.device + ')' if on_gpu else 'Reduced CPU'} budget: {bc.steps} steps x {bc.batch_size} x "
-            f"{bc.seq_len} tokens per variant, {len(bc.seeds)} seed(s), {fp_res.tokens} held-out tokens (Paul Graham "
-            f"essays; training on {', '.join(bc.datasets)})"
+    on_gpu = bc.train.device != "cpu"
+    note = (f"{'GPU (' + bc.train.device + ')' if on_gpu else 'Reduced CPU'} budget: {bc.train.steps} steps x {bc.train.batch_size} x "
+            f"{bc.train.seq_len} tokens per variant, {len(bc.seeds)} seed(s), {fp_res.tokens} held-out tokens (Paul Graham "
+            f"essays; training on {', '.join(bc.train.datasets)})"
             + (". QAT trains on the essays the held-out blocks come from (other essays), so perplexity can fall "
-               "below FP's" if "pg-essays" in bc.datasets else "")
+               "below FP's" if "pg-essays" in bc.train.datasets else "")
             + "; KL to the FP model is the fidelity measure, and each row's std over seeds says which differences "
               "are noise. "
             + _speed_note(speed)
@@ -437,10 +445,13 @@ def _speed_only(bc, lm, command: str, threads: int, log) -> Path:
     trained, _ = load_packed(packed)
     doc = json.loads(res_path.read_text())
     # the held-out blocks of the run being re-timed, so llama.cpp's perplexity reads the same tokens as its torch rows
-    split = {k: doc.get("config", {})[k] for k in ("datasets", "seq_len", "batch_size", "eval_batches")
-             if k in doc.get("config", {})}
+    # (results written before `train` was nested keep these keys at the top of their config)
+    old = doc.get("config", {})
+    old = old.get("train", old) if isinstance(old.get("train"), dict) else old
+    split = {k: old[k] for k in ("datasets", "eval_dataset", "eval_frac", "seq_len", "batch_size", "eval_batches")
+             if k in old}
     speed = _speed(bc, lm, lm.model, trained, threads, log, source=f"the EdgeQAT model saved in {packed}",
-                   windows=_heldout_windows(bc.model_copy(update=split), lm))
+                   windows=_heldout_windows(bc.model_copy(update={"train": bc.train.model_copy(update=split)}), lm))
     rows = [r for r in doc["rows"] if not str(r.get("method", "")).startswith("llama.cpp")] + speed["rows"]
     res: dict = {}
     for r in doc["rows"]:
@@ -462,8 +473,9 @@ def _heldout_windows(bc, lm) -> list[list[int]]:
     """The held-out blocks a full run evaluates on (same split, sequence length and count)."""
     from ..slim.quant.data import load_blocks
 
-    blocks = load_blocks(lm.tokenizer, bc.datasets, "pg-essays", seq_len=bc.seq_len, eval_frac=0.15)
-    return _windows(blocks.eval_batches(bc.eval_batches, bc.batch_size))
+    blocks = load_blocks(lm.tokenizer, bc.train.datasets, bc.train.eval_dataset, seq_len=bc.train.seq_len,
+                         eval_frac=bc.train.eval_frac)
+    return _windows(blocks.eval_batches(bc.train.eval_batches, bc.train.batch_size))
 
 
 def _windows(batches) -> list[list[int]]:
@@ -475,7 +487,7 @@ def _speed(bc, lm, fp, trained, threads: int, log, windows: list[list[int]] | No
            source: str = "the EdgeQAT W4A8KV4 model of the benchmark run that measured them") -> dict | None:
     from ..slim.quant.speed import llama_cpp_speed
 
-    return llama_cpp_speed(bc.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,
+    return llama_cpp_speed(bc.train.model, fp, trained, threads=threads, prompt_tokens=bc.speed_prompt,
                            decode_tokens=bc.speed_tokens, contexts=tuple(bc.speed_contexts), eval_windows=windows,
                            log=log, source=source, result=bc.result, passes=bc.speed_passes)
 
@@ -502,26 +514,11 @@ def _plot(diag: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("quant")
-    def quant(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-              speed: bool = typer.Option(False, "--speed", help="Also time llama.cpp (needs llama-cpp-python)."),
-              full: bool = typer.Option(False, "--full", help="Paper-sized budget: all bits/variants, 300 steps, "
-                                                              "3 seeds (use a GPU)."),
-              threads: Optional[int] = ThreadsOpt) -> None:
-        """EdgeQAT vs RTN / LSQ / torchao QAT (perplexity, KL) and llama.cpp speed -> benchmarks/results/quant.json."""
-        n = set_threads(threads)
-        from ..core.config import resolve
+@command("bench quant", config=QuantBenchConfig, owns_run=False,
+         flags=(Flag("--speed", "speed"), Flag("--full", "full")), stdout=lambda m, _run: m["path"])
+def bench_quant(cfg: QuantBenchConfig, call: Invocation) -> dict:
+    """EdgeQAT vs RTN / LSQ / torchao QAT (perplexity, KL) and llama.cpp speed -> benchmarks/results/quant.json."""
+    import torch
 
-        bc = resolve(QuantBenchConfig, config_file=config, sets=set_, speed=speed or None,
-                     base=FULL if full else None)  # --set still overrides --full
-        for b in bc.bits:
-            if b not in BITS:
-                from ..core.errors import ConfigError
-
-                raise ConfigError(f"bits '{b}' unknown; choose from {', '.join(BITS)}")
-        # variants: QuantBenchConfig checks them against the registry (slim/quant/variants.py)
-        cmd = "slimguard bench quant" + (" --speed" if bc.speed else "") + (" --full" if full else "") + \
-            "".join(f" --set {shlex.quote(x)}" for x in (set_ or [])) + (f" --threads {threads}" if threads else "")
-        path = run_bench(bc, cmd, n, log=lambda s: typer.echo(s, err=True))
-        typer.echo(str(path))
+    # variants and bits: the config checks them (the variant registry, BITS)
+    return {"path": str(run_bench(cfg, call.command, torch.get_num_threads(), log=call.log))}

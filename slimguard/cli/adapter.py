@@ -6,6 +6,10 @@ field they set, plus the options every command shares: ``--config``, ``--set``, 
 resolves its config (defaults < file < ``--set`` < flags), runs the library verb through
 :func:`slimguard.core.commands.execute` and prints the verb's summary line (stderr) and its
 output (stdout; by default the run folder).
+
+A command that owns no run folder (``owns_run=False``: ``slimguard bench <capability>``) gets
+``--config``, ``--set`` and ``--threads`` only, and records the command line rebuilt from the
+options given (:func:`given_command_line`), so a result names the command that reproduces it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any, List, Literal, Optional
 import typer
 
 from ..core.commands import Command, Flag, Input
-from .options import ConfigOpt, SetOpt, ThreadsOpt, console, set_threads
+from ..options import ConfigOpt, SetOpt, ThreadsOpt, set_threads
+from .options import console
 
 _SCALARS = (bool, int, float, str)
 
@@ -107,7 +112,7 @@ def _pyname(flag: Flag) -> str:
     # the click parameter carries the flag's own name (`attack` for --attack): tools that walk the
     # CLI tree (tests/test_registry.py) find a method family's option by it
     name = flag.name.lstrip("-").replace("-", "_")
-    if name in SHARED:
+    if name in SHARED and name != "threads":  # a config's own --threads replaces the shared one (Command.takes_threads)
         raise ValueError(f"flag {flag.name} collides with a shared option")
     return name
 
@@ -119,7 +124,7 @@ def _help(flag: Flag, info) -> str:
 
 def _flag_param(flag: Flag, cfg_type: type) -> inspect.Parameter:
     info = field_at(cfg_type, flag.field)
-    ann = _option_type(info)
+    ann = Optional[flag.type] if flag.type is not None else _option_type(info)
     kw: dict[str, Any] = {"help": _help(flag, info)}
     if flag.positional:
         default = typer.Argument(None, show_default=False, metavar=flag.name.upper(), **kw)
@@ -142,13 +147,16 @@ def _input_param(inp: Input) -> inspect.Parameter:
 def _shared_params(cmd: Command) -> list[inspect.Parameter]:
     K = inspect.Parameter.KEYWORD_ONLY
     ps = [inspect.Parameter("config", K, default=ConfigOpt, annotation=Optional[Path]),
-          inspect.Parameter("set_", K, default=SetOpt, annotation=Optional[List[str]]),
-          inspect.Parameter("run_name", K, annotation=Optional[str], default=typer.Option(
-              None, cmd.run_option, help="Name of the run folder under the runs root (letters, digits, . _ -; "
-                                         "default: derived from the config).")),
-          inspect.Parameter("threads", K, default=ThreadsOpt, annotation=Optional[int]),
-          inspect.Parameter("overwrite", K, annotation=bool, default=typer.Option(
-              False, "--overwrite", help="Replace an existing run of the same name."))]
+          inspect.Parameter("set_", K, default=SetOpt, annotation=Optional[List[str]])]
+    if not cmd.takes_threads:
+        ps.append(inspect.Parameter("threads", K, default=ThreadsOpt, annotation=Optional[int]))
+    if not cmd.owns_run:
+        return ps
+    ps += [inspect.Parameter("run_name", K, annotation=Optional[str], default=typer.Option(
+               None, cmd.run_option, help="Name of the run folder under the runs root (letters, digits, . _ -; "
+                                          "default: derived from the config).")),
+           inspect.Parameter("overwrite", K, annotation=bool, default=typer.Option(
+               False, "--overwrite", help="Replace an existing run of the same name."))]
     if cmd.resumable:
         ps.append(inspect.Parameter("resume", K, annotation=bool, default=typer.Option(
             False, "--resume", help="Continue an existing run (its config must equal this one).")))
@@ -207,15 +215,18 @@ def _invoke(cmd: Command, kw: dict[str, Any]) -> None:
         v = kw.get(_pyname(flag))
         if v is None or (isinstance(v, (list, tuple)) and not v):
             continue
-        overrides[flag.field] = list(v) if isinstance(v, tuple) else v
+        v = list(v) if isinstance(v, tuple) else v
+        overrides[flag.field] = flag.convert(v) if flag.convert else v
     cfg = resolve(cfg_type, config_file=kw.get("config"), sets=kw.get("set_") or [], overrides=overrides)
-    set_threads(kw.get("threads"))
+    if not cmd.takes_threads:  # else the verb sets the threads its config records
+        set_threads(kw.get("threads"))
     inputs = {i.param: kw.get("in_" + i.param) for i in cmd.inputs}
     if cmd.read_inputs:
         inputs = cmd.read_inputs(cfg, inputs)
+    line = shlex.join(["slimguard", *sys.argv[1:]]) if cmd.owns_run else given_command_line(cmd, kw, variant)
     try:
         out = execute(cmd, cfg, run=kw.get("run_name"), resume=kw.get("resume", False),
-                      overwrite=kw.get("overwrite", False), command_line=shlex.join(["slimguard", *sys.argv[1:]]),
+                      overwrite=kw.get("overwrite", False), command_line=line,
                       progress=kw.get("progress", True), **inputs)
     except KeyboardInterrupt:
         # typer turns the interrupt into a silent exit 130: say what became of the run
@@ -224,9 +235,42 @@ def _invoke(cmd: Command, kw: dict[str, Any]) -> None:
         raise
     if cmd.summary and out.metrics:
         console().print(cmd.summary(out.metrics), highlight=False, markup=False)
-    text = cmd.stdout(out.metrics, out.run) if cmd.stdout else str(out.path)
+    text = cmd.stdout(out.metrics, out.run) if cmd.stdout else (str(out.path) if out.path else None)
     if text is not None:
         typer.echo(text)
+
+
+def given_command_line(cmd: Command, kw: dict[str, Any], variant: str | None = None) -> str:
+    """The command line of the options given, in declaration order (flags, inputs, ``--config``, each
+    ``--set``, ``--threads``): what a result records as its reproducing command, whatever the shell
+    or test harness that called it (``sys.argv`` is not always the command's own)."""
+    parts = ["slimguard", *cmd.name.split()]
+    if cmd.variant and variant is not None:
+        parts += [cmd.variant.name, str(variant)]
+    named = [(f.name, kw.get(_pyname(f)), f.positional) for f in cmd.flags]
+    named += [(i.name, kw.get("in_" + i.param), False) for i in cmd.inputs]
+    for name, v, positional in named:
+        if v is None or (isinstance(v, (list, tuple)) and not v):
+            continue
+        if positional:
+            parts.append(str(v))
+        elif isinstance(v, bool):
+            parts.append(name if v else "--no-" + name[2:])
+        else:
+            for item in (v if isinstance(v, (list, tuple)) else [v]):
+                parts += [name, str(item)]
+    if kw.get("config"):
+        parts += ["--config", str(kw["config"])]
+    for s in kw.get("set_") or []:
+        parts += ["--set", s]
+    if kw.get("threads") and not cmd.takes_threads:
+        parts += ["--threads", str(kw["threads"])]
+    return shlex.join(parts)
+
+
+def add_command(app: typer.Typer, cmd: Command) -> None:
+    """Mount ``cmd`` on ``app`` as its verb."""
+    app.command(cmd.verb, help=cmd.help)(build(cmd))
 
 
 def add_commands(app: typer.Typer, group: str) -> None:
@@ -234,4 +278,4 @@ def add_commands(app: typer.Typer, group: str) -> None:
     from ..core.commands import commands
 
     for cmd in commands(group).values():
-        app.command(cmd.verb, help=cmd.help)(build(cmd))
+        add_command(app, cmd)

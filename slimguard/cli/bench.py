@@ -1,27 +1,39 @@
-"""``slimguard bench <capability>``: each capability's benchmark module registers its command.
+"""``slimguard bench <capability>``: built by the generic adapter from each benchmark's registered command.
 
-A benchmark module ``slimguard.bench.<name>`` exposes ``register(app)``; this keeps the
-CLI shell free of benchmark logic and lets capabilities land independently.
+The benchmark modules register their commands (``slimguard.bench.commands`` imports every one in
+:data:`slimguard.bench.harness.CAPABILITIES`); a benchmark that still declares its own typer
+signature exposes ``register(app)`` instead. ``render`` regenerates BENCHMARKS.md, the README
+headline and the guides' canonical-number blocks from ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import typer
 
+from ..bench.harness import CAPABILITIES
+from ..core.commands import commands
+from .adapter import add_command
 from .options import optional_module
 
-app = typer.Typer(no_args_is_help=True)
+HELP = ("Benchmarks: write benchmarks/results/<capability>.json (studies: benchmarks/results/<capability>/), then "
+        "regenerate BENCHMARKS.md, the README headline and the guides' canonical numbers.")
 
-CAPABILITIES = ["core", "compress", "kvselect", "quant", "backdoor", "defence", "promptattack", "diffusion"]
+app = typer.Typer(no_args_is_help=True, help=HELP)
 
-for _cap in CAPABILITIES:
-    if (_mod := optional_module(f"slimguard.bench.{_cap}")) is not None:
+_registered = commands("bench")  # imports every benchmark module present (slimguard.bench.commands)
+for _cap in CAPABILITIES:  # in the capabilities' order
+    _mod = optional_module(f"slimguard.bench.{_cap}")
+    if _mod is not None and hasattr(_mod, "register"):  # a benchmark with its own typer signature
         _mod.register(app)
+    elif f"bench {_cap}" in _registered:
+        add_command(app, _registered.pop(f"bench {_cap}"))
+for _cmd in _registered.values():  # a benchmark registered under another name
+    add_command(app, _cmd)
 
 
 @app.command()
 def render() -> None:
-    """Regenerate BENCHMARKS.md from benchmarks/results/*.json."""
+    """Regenerate BENCHMARKS.md, the README headline and the guides' canonical-number blocks from benchmarks/results/."""
     from ..bench.harness import render_benchmarks_md
 
     typer.echo(render_benchmarks_md())

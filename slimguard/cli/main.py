@@ -24,7 +24,8 @@ app = typer.Typer(
 # (module, group name, help). Groups import their heavy dependencies lazily inside commands.
 GROUPS = [
     ("assets", "assets", "Real offline models and data: list, fetch, verify."),
-    ("bench", "bench", "Benchmarks: write benchmarks/results/*.json and BENCHMARKS.md."),
+    ("bench", "bench", "Benchmarks: write benchmarks/results/<capability>.json, then regenerate BENCHMARKS.md, "
+               "the README headline and the guides' canonical numbers."),
     ("compress", "compress", "Prompt compression by token classification (LLMLingua-2)."),
     ("longctx", "longctx", "Long-context inference with token-level KV selection (TokenSelect)."),
     ("quant", "quant", "Quantization-aware training and export (EdgeQAT)."),

@@ -1,26 +1,11 @@
-"""Options every command shares: ``--config FILE``, ``--set key=value``, ``--run NAME``, ``--threads``."""
+"""CLI helpers: the shared options (defined once in :mod:`slimguard.options`), the stderr console,
+and :func:`optional_module` for capability modules that may be absent from a checkout."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-import typer
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML/TOML config file (keys = the config fields).")
-SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable, dotted keys).")
-RunOpt = typer.Option(None, "--run", help="Run directory name under runs/ (default: derived from the command).")
-ThreadsOpt = typer.Option(None, "--threads", help="torch threads (default: $SLIMGUARD_THREADS or all cores).")
-
-
-def set_threads(threads: Optional[int]) -> int:
-    import torch
-
-    from ..core.models import default_threads
-
-    n = threads or default_threads()
-    torch.set_num_threads(n)
-    return n
+from ..options import ConfigOpt, RunOpt, SetOpt, ThreadsOpt, set_threads
 
 
 def console():

@@ -12,12 +12,19 @@ The CLI (``slimguard/cli/adapter.py``) builds every ``slimguard <group> <name>``
 these records: the shortcut flags take their type, choices and help from the config field
 they set, so a field is declared once. Benchmarks and the demo call :func:`execute` (or the
 verb on a :class:`Run` of their own), never the CLI.
+
+A command that owns no run folder (``owns_run=False``: the benchmarks, which write
+``benchmarks/results/`` and keep their caches under the runs root themselves) has the shape
+``fn(cfg, call, **inputs) -> dict``, where ``call`` is an :class:`Invocation` (the command line
+to record, progress, a log) instead of a :class:`Run`.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +40,9 @@ COMMAND_MODULES = {
     "backdoor": "slimguard.guard.backdoor.commands",
     "promptattack": "slimguard.guard.promptattack.commands",
     "diffusion": "slimguard.guard.diffusion.commands",
+    # the benchmarks: a shell over the library (bench/ may import the library, never the reverse), named
+    # here by string only so `execute("bench quant", ...)` finds its command
+    "bench": "slimguard.bench.commands",
 }
 
 
@@ -49,6 +59,10 @@ class Flag:
     short: str | None = None
     help: str | None = None
     positional: bool = False
+    # a flag whose value is not the field's own type: ``--seeds 3`` (type=int) sets ``seeds`` to
+    # ``convert(3) == [0, 1, 2]``; the config still validates the converted value
+    type: type | None = None
+    convert: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ class Command:
     name: str                                   # "backdoor attack"
     config: type | Callable[[], dict[str, type]]  # config type, or (with ``variant``) name -> config type
     fn: Callable[..., dict | None]             # (cfg, run, **inputs) -> metrics (None: fn saved them itself)
-    run_name: Callable[..., str]                # (cfg, **inputs) -> default run name
+    run_name: Callable[..., str] | None         # (cfg, **inputs) -> default run name (None: owns no run)
     flags: tuple[Flag, ...] = ()
     inputs: tuple[Input, ...] = ()
     variant: Flag | None = None                 # picks the config type (``--defence onion``)
@@ -82,6 +96,12 @@ class Command:
     stdout: Callable[[dict, Run], str | None] | None = None  # stdout (default: the run path; None: nothing)
     read_inputs: Callable[[Any, dict], dict] | None = None  # CLI edge: complete the inputs (e.g. from stdin)
     help: str = ""
+    owns_run: bool = True                       # False: fn(cfg, Invocation, **inputs), no run folder (benchmarks)
+
+    @property
+    def takes_threads(self) -> bool:
+        """The command's config has its own ``--threads`` flag (recorded with the result), in place of the shared one."""
+        return any(f.name == "--threads" for f in self.flags)
 
     @property
     def group(self) -> str:
@@ -106,13 +126,15 @@ class Command:
 _COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, *, config, run_name: Callable[..., str], flags: list[Flag] | tuple[Flag, ...] = (),
+def command(name: str, *, config, run_name: Callable[..., str] | None = None, flags: list[Flag] | tuple[Flag, ...] = (),
             inputs: list[Input] | tuple[Input, ...] = (), **kw) -> Callable:
     """Register the decorated verb as ``slimguard <name>`` (see the module docstring)."""
 
     def deco(fn: Callable) -> Callable:
         if name in _COMMANDS and _COMMANDS[name].fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"command '{name}' is registered twice")
+        if kw.get("owns_run", True) and run_name is None:
+            raise ValueError(f"command '{name}' owns a run folder: give run_name (or owns_run=False)")
         doc = (fn.__doc__ or "").strip()
         _COMMANDS[name] = Command(name=name, config=config, fn=fn, run_name=run_name, flags=tuple(flags),
                                   inputs=tuple(inputs),
@@ -143,15 +165,64 @@ def get(name: str) -> Command:
 
 
 @dataclass
-class Outcome:
-    """What :func:`execute` returns: the finished run and its metrics."""
+class Invocation:
+    """What a command that owns no run folder (``owns_run=False``) gets in place of a :class:`Run`."""
 
-    run: Run
+    command: str           # the command line that reproduces this call, recorded in what it writes
+    progress: bool = True
+
+    def log(self, message: str) -> None:
+        """One progress line on stderr (stdout carries the command's output)."""
+        print(message, file=sys.stderr, flush=True)
+
+
+def reproducing_command(cmd: Command, cfg: Any) -> str:
+    """``slimguard <name>`` plus a ``--set key=value`` for every field of ``cfg`` that differs from the
+    config type's defaults: the line that reproduces a call made from Python."""
+    parts = ["slimguard", *cmd.name.split()]
+    try:
+        default = type(cfg)().to_dict()
+    except Exception:  # a config with required fields has no defaults to compare with  # noqa: BLE001
+        return shlex.join(parts)
+    for key, value in _leaves(cfg.to_dict(), default):
+        parts += ["--set", f"{key}={_yaml_scalar(value)}"]
+    return shlex.join(parts)
+
+
+def _leaves(new: dict, old: dict, prefix: str = ""):
+    for k, v in new.items():
+        o = old.get(k) if isinstance(old, dict) else None
+        if isinstance(v, dict) and isinstance(o, dict):
+            yield from _leaves(v, o, f"{prefix}{k}.")
+        elif v != o:
+            yield f"{prefix}{k}", v
+
+
+def _yaml_scalar(value: Any) -> str:
+    import json
+
+    import yaml
+
+    # JSON is YAML: `--set` reads the value back as the same number, list or null; a plain string stays
+    # bare when YAML reads it back unchanged
+    if isinstance(value, str) and value and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value)
+
+
+@dataclass
+class Outcome:
+    """What :func:`execute` returns: the finished run (None for a command that owns none) and its metrics."""
+
+    run: Run | None
     metrics: dict = field(default_factory=dict)
 
     @property
-    def path(self) -> Path:
-        return self.run.path
+    def path(self) -> Path | None:
+        """The run folder, or for a command that owns none the file it wrote (its metrics' ``path``)."""
+        if self.run is not None:
+            return self.run.path
+        return Path(self.metrics["path"]) if self.metrics.get("path") else None
 
 
 def execute(name: str | Command, cfg: Any, *, run: str | None = None, root: str | Path | None = None,
@@ -163,6 +234,11 @@ def execute(name: str | Command, cfg: Any, *, run: str | None = None, root: str 
     ``run.json`` ends as ``done``, ``failed`` or ``interrupted``.
     """
     cmd = name if isinstance(name, Command) else get(name)
+    if not cmd.owns_run:
+        if run or resume or overwrite:
+            raise SlimguardError(f"`slimguard {cmd.name}` keeps no run folder; it takes no run name, --resume or --overwrite")
+        call = Invocation(command=command_line or reproducing_command(cmd, cfg), progress=progress)
+        return Outcome(None, cmd.fn(cfg, call, **inputs) or {})
     run_name = check_run_name(run) if run else cmd.run_name(cfg, **inputs)
     if resume and not cmd.resumable:
         raise SlimguardError(f"`slimguard {cmd.name}` cannot resume; rerun it with --overwrite")

@@ -44,6 +44,19 @@ def _fields_at(cls: type[BaseModel], path: list[str]) -> list[str]:
     return list(cls.model_fields)
 
 
+def _nested_paths(cls: type[BaseModel], name: str, prefix: tuple[str, ...] = (), depth: int = 3) -> list[str]:
+    """Dotted paths below ``cls`` whose last part is ``name``: where a key given at the wrong level lives
+    (``steps`` of a benchmark config that nests ``train: QuantTrainConfig`` is ``train.steps``)."""
+    out = []
+    for field, info in cls.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and depth:
+            if name in ann.model_fields:
+                out.append(".".join((*prefix, field, name)))
+            out += _nested_paths(ann, name, (*prefix, field), depth - 1)
+    return out
+
+
 def _one_line(cls: type[Config], err: ValidationError) -> str:
     e = err.errors()[0]
     loc = [str(x) for x in e["loc"]]
@@ -51,10 +64,24 @@ def _one_line(cls: type[Config], err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         valid = _fields_at(cls, loc[:-1])
         close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f"; did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else f"; valid keys: {', '.join(valid)}"
+        here = cls
+        for part in loc[:-1]:  # the config the key was given to, to look for the key one level down
+            ann = getattr(getattr(here, "model_fields", {}).get(part), "annotation", None)
+            here = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if here is None:
+                break
+        below = sorted(_nested_paths(here, loc[-1]), key=len) if here is not None else []
+        if below:
+            hint = f"; did you mean '{'.'.join(loc[:-1] + [below[0]])}'?"
+        elif close:
+            hint = f"; did you mean '{'.'.join(loc[:-1] + [close[0]])}'?"
+        else:
+            hint = f"; valid keys: {', '.join(valid)}"
         return f"unknown config key '{key}'{hint}"
     if e["type"] == UNKNOWN:  # a registry-backed field (core.registry): the value, the key and a suggestion
         return f"unknown value '{e['ctx']['value']}' for key '{key}'{e['ctx']['hint']}"
+    if isinstance(e.get("input"), dict):  # a check across fields: the message names them; the input is the whole config
+        return f"config key '{key}': {e['msg'].removeprefix('Value error, ')}"
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 
@@ -117,6 +144,21 @@ def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
         node[part] = dict(nxt) if isinstance(nxt, dict) else {}
         node = node[part]
     node[parts[-1]] = value
+
+
+def merge_under(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` over ``base``, nested mappings merged key by key (``data`` wins; neither is changed).
+
+    How a config lays its own defaults under what the user gave: a benchmark's sizes for the library
+    config it nests (``train: QuantTrainConfig``), or a preset such as ``--full``, stay under every key a
+    file, ``--set`` or a flag sets, however deep."""
+    out = dict(base)
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_under(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

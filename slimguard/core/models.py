@@ -244,6 +244,15 @@ def default_threads() -> int:
     return int(os.environ.get("SLIMGUARD_THREADS", os.cpu_count() or 1))
 
 
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's threads to ``threads`` (None: :func:`default_threads`) and return the number set."""
+    import torch
+
+    n = threads or default_threads()
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_device(device: str | None = None) -> str:
     """``cpu`` / ``cuda`` / ``cuda:N``; ``None`` or ``auto`` means ``$SLIMGUARD_DEVICE``, else
     the GPU when torch sees one (like transformers' Trainer), else the CPU."""

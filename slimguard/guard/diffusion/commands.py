@@ -27,7 +27,8 @@ def _named(prefix: str):
     return lambda cfg, model=None, **_: safe_run_name(prefix, _tag(model or "model"))
 
 
-def _load(model_dir: str | Path):
+def load_trained(model_dir: str | Path):
+    """(model, train config, data, poisoned set, trigger) of a `diffusion train` run: what the analyses read."""
     from .model import load_model
     from .poison import make_trigger
     from .train import training_data_of
@@ -106,7 +107,7 @@ def amplify_command(cfg: AmplifyConfig, run: Run, model: str) -> dict:
     from .amplify import measure_amplification, plot_curve
     from .model import image_grid
 
-    m, _, data, ps, trig = _load(model)
+    m, _, data, ps, trig = load_trained(model)
     res = measure_amplification(m, data, ps, trig, cfg,
                                 progress=(lambda s: print(s, file=sys.stderr, flush=True)) if run.progress else None)
     plot_curve(res, run.artefact("amplification.png"))
@@ -121,7 +122,7 @@ def detect_command(cfg: DetectConfig, run: Run, model: str) -> dict:
     """Spectral signatures / activation clustering on the training data vs fitted on generations (AUROC)."""
     from .detect import run_detection
 
-    m, _, data, ps, trig = _load(model)
+    m, _, data, ps, trig = load_trained(model)
     if not ps.poisoned.any():
         raise SlimguardError(f"model {model} was trained on clean data (poison.rate=0); nothing to detect")
     res, _ = run_detection(m, data, ps, trig, cfg)
@@ -134,5 +135,5 @@ def classify_command(cfg: ClassifyConfig, run: Run, model: str) -> dict:
     """The diffusion model as a classifier, with/without pixel-error filtering, vs a CNN (CACC, ASR)."""
     from .diffclassify import run_classification
 
-    m, _, data, ps, trig = _load(model)
+    m, _, data, ps, trig = load_trained(model)
     return {"results": [r.__dict__ for r in run_classification(m, data, ps, trig, cfg)]}

@@ -20,7 +20,9 @@ def demo_step(quick: bool, out_dir: Path):
     from .diffclassify import run_classification
     from .model import image_grid, load_model
     from .poison import make_trigger
-    from .train import train_diffusion, training_data_of
+    from ...core.commands import execute
+    from .commands import load_trained
+    from .train import training_data_of
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,9 +35,11 @@ def demo_step(quick: bool, out_dir: Path):
         steps = 60 if quick else 500
         tcfg = TrainConfig(data=DataConfig(n_train=2000 if quick else 6000), steps=steps, batch_size=32 if quick else 64,
                            warmup=10 if quick else 50, checkpoint_every=steps)
-        tr = train_diffusion(tcfg, out_dir / "train", progress=False)
-        model, data, ps = tr.model, tr.data, tr.poisoned
-        origin = f"trained here for {steps} steps ({tr.seconds:.0f} s){'; smoke scale, numbers are not meaningful' if quick else ''}"
+        # the `diffusion train` verb in a run folder of the demo's own, then the model as the analysis verbs read it
+        out = execute("diffusion train", tcfg, root=out_dir, run="train", overwrite=True, progress=False)
+        model, tcfg, data, ps, _ = load_trained(out.path)
+        origin = (f"trained here for {steps} steps ({out.metrics['train_seconds']:.0f} s)"
+                  f"{'; smoke scale, numbers are not meaningful' if quick else ''}")
     trig = make_trigger(tcfg.poison, tcfg.data.image_size)
     cnn = CNNConfig(epochs=1 if quick else 3)
     acfg = AmplifyConfig(n_samples=16 if quick else 64, ddim_steps=10 if quick else 25, cnn=cnn)

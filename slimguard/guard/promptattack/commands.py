@@ -1,10 +1,14 @@
-"""The prompt-template attack verb, ``slimguard promptattack run`` (PromptAttack): it owns its run folder."""
+"""The prompt-template attack verbs (PromptAttack): ``slimguard promptattack run`` owns its run folder;
+``train-mlm-head`` fills the masked-LM head cache the masked-LM victim reads."""
 
 from __future__ import annotations
 
 import sys
 
-from ...core.commands import Flag, command
+from pydantic import Field
+
+from ...core.commands import Flag, Invocation, command
+from ...core.config import Config
 from ...core.runs import Run, atomic_write_text, safe_run_name
 from .attack import PromptAttackConfig
 
@@ -55,3 +59,25 @@ def run_command(cfg: PromptAttackConfig, run: Run) -> dict:
     atomic_write_text(run.artefact("sections/10_templates.html"), templates_html(out))
     render_run(run.path)
     return metrics
+
+
+class MLMHeadConfig(Config):
+    """``slimguard promptattack train-mlm-head``: the masked-LM head the masked-LM victim needs."""
+
+    encoder: str = Field("minilm-l6", description="Encoder asset or BERT folder.")
+    steps: int = Field(60, ge=1, description="Training steps (batch 32).")
+    seed: int = Field(0, description="Seed of the masking and batch order.")
+    retrain: bool = Field(False, description="Retrain even if a head of these settings is cached.")
+
+
+@command("promptattack train-mlm-head", config=MLMHeadConfig, owns_run=False,
+         flags=(Flag("--encoder", "encoder"), Flag("--steps", "steps"), Flag("--seed", "seed"),
+                Flag("--retrain", "retrain")),
+         stdout=lambda m, _run: str(m))
+def train_mlm_head_command(cfg: MLMHeadConfig, call: Invocation) -> dict:
+    """Train (or load) the masked-LM head the masked-LM victim needs; prints its held-out accuracy."""
+    from .mlm_head import load_or_train_mlm, mlm_record
+
+    # the head is a cache under the slimguard home shared by every run that reads the masked-LM victim, not a run
+    load_or_train_mlm(cfg.encoder, steps=cfg.steps, seed=cfg.seed, retrain=cfg.retrain, progress=call.progress)
+    return mlm_record(cfg.encoder, steps=cfg.steps, seed=cfg.seed)

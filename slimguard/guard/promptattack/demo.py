@@ -15,36 +15,27 @@ def demo_step(quick: bool, out_dir: Path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    from ...core.data import load_text_dataset
     from ...report.step import StepResult
     from ...report.html import esc, figure, table
-    from .attack import attack_set, search
-    from .fewshot import build_classifier
-    from .metrics import accuracy, flip_rate
-    from .templates import default_template, default_verbalizer, token_edits
+    from .attack import PromptAttackConfig, run_promptattack
     from .victims import load_victim
 
     n_test, n_attack, queries, steps = (32, 4, 8, 1) if quick else (150, 8, 24, 3)
-    ds = load_text_dataset("rotten-tomatoes", seed=0)
-    test = ds.test[:n_test]
     victim = load_victim("smollm2-135m")
-    tmpl, verb = default_template("rotten-tomatoes"), default_verbalizer("rotten-tomatoes")
     setting = "zeroshot" if quick else "fewshot"
-    clf = build_classifier(victim, tmpl, verb, ds.train, setting=setting, k=16, seed=0)
-    tb = victim.prepare([s.text for s in test], [s.label for s in test], [s.uid for s in test], tmpl)
-    clean = clf.predict(tb)
-    shots = attack_set(clf, ds.dev, n_attack, 32, np.random.default_rng(0))
-    ab = victim.prepare([s.text for s in shots], [s.label for s in shots], [s.uid for s in shots], tmpl)
     rows, summary = [], []
     for strat in ("gradient", "random"):
-        st = search(clf, shots, recipe=strat, max_edits=3, max_steps=steps, max_queries=queries, seed=0, batches=ab)
-        att = clf.predict(tb, st.infix)
-        rows.append({"strategy": strat, "malicious template": tmpl.with_infix(victim.decode_infix(st.infix)).text,
-                     "accuracy": accuracy(att, test), "flip rate": flip_rate(clean, att, test),
-                     "tokens changed": token_edits(clf.infix_ids, st.infix), "queries": st.queries, "steps": st.steps})
-    clean_acc = accuracy(clean, test)
+        # the pipeline `slimguard promptattack run` runs (one victim, loaded once; no template perplexity here)
+        cfg = PromptAttackConfig(victim="smollm2-135m", dataset="rotten-tomatoes", setting=setting, k=16, seed=0,
+                                 strategy=strat, max_edits=3, max_steps=steps, max_queries=queries, n_attack=n_attack,
+                                 n_test=n_test, ppl_model=None)
+        out = run_promptattack(cfg, victim=victim, log=lambda _msg: None)
+        rows.append({"strategy": strat, "malicious template": out.malicious_template, "accuracy": out.attacked_acc,
+                     "flip rate": out.flip_rate, "tokens changed": out.edits, "queries": out.queries,
+                     "steps": out.steps})
+    clean_acc = out.clean_acc  # the benign template's accuracy: the same classifier and test slice in both runs
+    tmpl, verb = cfg.benign_template(), cfg.label_words()
     summary.append({"metric": f"accuracy ({setting}, n={n_test})", "benign": clean_acc,
                     "gradient": rows[0]["accuracy"], "random": rows[1]["accuracy"]})
     summary.append({"metric": "flip rate", "benign": 0.0, "gradient": rows[0]["flip rate"], "random": rows[1]["flip rate"]})

@@ -1,4 +1,10 @@
-"""PromptAttack metrics: clean / attacked accuracy, flip rate, template edits and perplexity."""
+"""PromptAttack metrics: clean / attacked accuracy, flip rate, template edits and perplexity.
+
+Accuracy is the clean accuracy of :mod:`slimguard.core.metrics` (one definition for every
+capability, NaN on an empty set) over a classifier's ``uid -> label`` predictions. The flip
+rate is this attack's own measure (no other capability has it): the error rate under the
+attacked template on the samples the benign one got right.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ...core.data import TextSample
+from ...core.metrics import cacc
 
 
 @dataclass
@@ -17,10 +24,12 @@ class TemplateScore:
 
 
 def accuracy(pred: dict[int, int], samples: list[TextSample]) -> float:
-    return sum(pred[s.uid] == s.label for s in samples) / max(len(samples), 1)
+    """CACC of the predictions ``pred`` (uid -> label) on ``samples``."""
+    return cacc([pred[s.uid] for s in samples], [s.label for s in samples])
 
 
 def flip_rate(clean: dict[int, int], attacked: dict[int, int], samples: list[TextSample]) -> float:
+    """Share of the samples the benign template classified correctly that the attacked one gets wrong (NaN: none)."""
     ok = [s for s in samples if clean[s.uid] == s.label]
     return sum(attacked[s.uid] != s.label for s in ok) / len(ok) if ok else float("nan")
 
