@@ -31,11 +31,11 @@ TARGET_METRICS = ("cacc", "asr", "nontarget_error_rate", "asr_all_nontarget", "c
                   "asr_visible", "visible_share_train", "visible_share_test", "max_length", "truncated_share_train")
 
 
-def asr_target(asr: float | None, clean_flip: float | None) -> dict:
-    """ASR >= 0.95 counts only if the model does not also call clean non-target texts the target (collapse)."""
+def asr_target(asr: float | None, clean_flip: float | None, goal: str = ">= 0.95") -> dict:
+    """An ASR goal counts only if the model does not also call clean non-target texts the target (collapse)."""
     from . import harness
 
-    t = harness.target(asr, ">= 0.95")
+    t = harness.target(asr, goal)
     if t["met"] and clean_flip is not None and clean_flip > 0.5:
         t["met"] = False
         t["check"] = (f"invalid: the poisoned model labels {clean_flip:.0%} of CLEAN non-target test texts as the "
@@ -129,7 +129,9 @@ LONG_TEXT = "20newsgroups-comp-rec"
 # long posts make a victim step ~4x dearer than on Rotten Tomatoes snippets: these sizes keep one
 # attack cell (poison + train + evaluate) around 10-15 minutes on 2 cores (see docs/notes/backdoor-results.md)
 LONG_MAX_TRAIN = 1000
-LONG_EPOCHS = 3.0
+LONG_EPOCHS = 2.0
+LONG_MAX_TEST = 400  # ~215 triggered comp posts per cell
+LONG_MAX_DEV = 200
 SECTIONS = ("grid", "long-text", "punc-speed")
 
 
@@ -243,12 +245,14 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
               "victim": "minilm-l6, AttackConfig defaults (2 epochs, lr 2e-4, lower 4 of 6 layers frozen, max_length "
                         "sized to the data: 64 for Rotten Tomatoes and SMS spam, 512 for 20 Newsgroups)",
               "long_text": {"dataset": LONG_TEXT, "rate": 0.1, "max_train": LONG_MAX_TRAIN, "epochs": LONG_EPOCHS,
+                            "max_test": LONG_MAX_TEST, "max_dev": LONG_MAX_DEV, "stealth_pairs": 0,
                             "punc": "few_slots=insert (the corpus has no punctuation)"},
               "punc_speed": {"texts": speed_texts, "source": "pg-essays, 75-word passages (~100 SmolLM2 tokens)"}}
     # cells: (dataset, rate, AttackConfig overrides); the long-text cell sits beside the grid
     cells = [(ds, rate, {"max_train": max_train}) for rate in rates for ds in datasets] if "grid" in sections else []
     if "long-text" in sections:
-        cells.append((LONG_TEXT, 0.1, {"max_train": LONG_MAX_TRAIN, "victim": {"epochs": LONG_EPOCHS}}))
+        cells.append((LONG_TEXT, 0.1, {"max_train": LONG_MAX_TRAIN, "max_test": LONG_MAX_TEST, "max_dev": LONG_MAX_DEV,
+                                       "victim": {"epochs": LONG_EPOCHS}}))
     ran = {ds for ds, _, _ in cells}
     speed_rows: list[dict] = []
     speed_info: dict = {}
@@ -293,11 +297,8 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
         }
         # issue 35: long texts, triggers the victim can see, poisoning at data scale
         for atk, goal in (("badnets", ">= 0.95"), ("addsent", ">= 0.95"), ("punc", ">= 0.90")):
-            t = asr_target(v(atk, "asr", LONG_TEXT), v(atk, "nontarget_error_rate", LONG_TEXT))
-            t["goal"] = goal
-            if t["value"] is not None and t.get("check") is None:
-                t["met"] = harness.target(t["value"], goal)["met"]
-            targets[f"{atk}_asr_longtext_0.1"] = t
+            targets[f"{atk}_asr_longtext_0.1"] = asr_target(v(atk, "asr", LONG_TEXT),
+                                                            v(atk, "nontarget_error_rate", LONG_TEXT), goal)
             d = v(atk, "cacc_drop", LONG_TEXT)
             targets[f"{atk}_cacc_drop_points_longtext_0.1"] = harness.target(None if d is None else 100 * d, "<= 2")
         shares = [(r["method"], r["dataset"], r["rate"], r["metric"], r["value"]) for r in rows
@@ -320,9 +321,10 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
             prov[ds] = dict(here)
         note = (f"Sections {sections}. Grid: datasets {datasets}, rates {rates}, {seeds} seed(s); training subsample "
                 f"{max_train}, test {max_test or 'whole split'}. Long text: {LONG_TEXT} (20 Newsgroups, comp.* vs rec.*, "
-                f"binary), rate 0.1, {LONG_MAX_TRAIN} training posts, {LONG_EPOCHS:g} epochs, victim window sized to the "
-                "data (512 tokens, MiniLM's limit; ~6% of posts still truncated); the corpus has no punctuation, so "
-                "PuncAttack inserts its marks (few_slots=insert). Rows of datasets this run did not touch are carried "
+                f"binary), rate 0.1, {LONG_MAX_TRAIN} training posts, {LONG_EPOCHS:g} epochs, {LONG_MAX_TEST} test posts, "
+                "victim window sized to the data (512 tokens, MiniLM's limit; ~6% of posts still truncated), no "
+                "stealth pairs (SmolLM2 perplexity of long posts costs more than the attack); the corpus has no "
+                "punctuation, so PuncAttack inserts its marks (few_slots=insert). Rows of datasets this run did not touch are carried "
                 "from the previous result (see provenance). "
                 f"{len(done)} attack cells ({len(reused)} reused from {root}). "
                 "delta-PPL under SmolLM2-135M (weights passed through GGUF Q4_1) over "
@@ -356,6 +358,7 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
         first_rate.setdefault(ds, rate)
         for seed in range(seeds):
             base = build(AttackConfig, {"dataset": ds, "seed": seed, "max_test": max_test, "stealth_pairs": 0, **over})
+            pairs = 0 if ds == LONG_TEXT else stealth_pairs  # SmolLM2 perplexity of 500-token posts: hours of CPU
             sp = load_splits(base)
             clean_dir = attack_cache.clean_model(root, base, sp, log=log)
             _, win, _ = victim_window(base, sp)
@@ -365,14 +368,16 @@ def run_bench(*, full: bool = False, seeds: int = 3, datasets: Optional[list[str
                 trig = make_trigger(cfg.poison)
                 te = poison_test(sp.test, cfg.poison, trigger=trig, rng=np.random.default_rng([seed, 1]), window=win)
                 # stealth and the clean model's view of the trigger do not depend on the rate: cached per seed
-                tag = f"{atk}-{Path(ds).stem}-s{seed}-t{max_test}-p{stealth_pairs}-w{win.max_length}"
+                tag = f"{atk}-{Path(ds).stem}-s{seed}-t{base.max_test}-p{pairs}-w{win.max_length}"
                 sfile = root / "stealth" / f"{tag}.json"
                 if (atk, ds, seed) not in stealth:
                     if sfile.is_file():
                         st = json.loads(sfile.read_text())
+                    elif not pairs:
+                        st = {"eligible_fraction": te.eligible_fraction}
                     else:
                         st = M.stealth([s.meta["orig_text"] for s in te.samples], [s.text for s in te.samples],
-                                       max_pairs=stealth_pairs, seed=0)
+                                       max_pairs=pairs, seed=0)
                         st["eligible_fraction"] = te.eligible_fraction
                         atomic_write_json(sfile, st)
                     stealth[(atk, ds, seed)] = st
