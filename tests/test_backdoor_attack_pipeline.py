@@ -250,3 +250,14 @@ def test_cli_poison_writes_jsonl_and_hf(monkeypatch, capsys, tmp_path, tiny_bert
     w = json.loads((d / "data" / "window.json").read_text())
     assert w == m["window"] and w["max_length"] == 12 and w["source"] == "config" and w["visible_share_train"] == 1.0
     assert "window 12 tokens" in out.err
+
+
+def test_cli_max_length_above_the_encoders_limit(monkeypatch, capsys, tmp_path, tiny_bert):
+    ds = _user_dataset(tmp_path)
+    code, out = _main(monkeypatch, capsys, tmp_path, "backdoor", "attack", "--dataset", str(ds), "--victim", str(tiny_bert),
+                      "--max-length", "128", "--run", "too-long")
+    assert code == 2 and "victim.max_length=128 exceeds" in out.err and "limit of 64 tokens" in out.err
+    # (torch may log its own import warnings on stderr; the error itself is one line)
+    assert [x for x in out.err.splitlines() if "max_length" in x] == [x for x in out.err.splitlines() if "error" in x]
+    assert len([x for x in out.err.splitlines() if "error" in x]) == 1
+    assert not (tmp_path / "runs" / "too-long").exists()  # nothing written
