@@ -112,7 +112,8 @@ def test_victim_checkpoint_is_the_shared_format(tiny_bert, tmp_path):
                      progress=False, resume=True, checkpoint_dir=tmp_path / "ck")
 
 
-@pytest.mark.parametrize("kw, message", [({"freeze_layers": 2}, "only 2 layers"), ({"model": "/nonexistent/dir"}, "nonexistent")])
+@pytest.mark.parametrize("kw, message", [({"freeze_layers": 2}, "only 2 layers"), ({"model": "/nonexistent/dir"}, "nonexistent"),
+                                         ({"max_length": 128}, r"victim.max_length=128 exceeds .*limit of 64 tokens")])
 def test_victim_bad_input(tiny_bert, tmp_path, kw, message):
     with pytest.raises(SlimguardError, match=message):
         train_victim(_toy(8), [], _vcfg(kw.pop("model", tiny_bert), **kw), tmp_path / "m", label_names=["n", "p"], progress=False)
@@ -125,6 +126,42 @@ def _user_dataset(tmp_path, n=120, one_class=False):
     p = tmp_path / "toy.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return p
+
+
+def _long_dataset(tmp_path, n=60):
+    """Texts far longer than the tiny victim's window: the trigger must still land inside it."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in _toy(n):
+        filler = " ".join(WORDS[6:13][int(i)] for i in rng.integers(0, 7, size=40))
+        rows.append({"text": f"{s.text} {filler}, {filler}.", "label": "pos" if s.label else "neg"})
+    p = tmp_path / "long.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return p
+
+
+@pytest.mark.parametrize("attack", ["badnets", "addsent", "punc"])
+@pytest.mark.parametrize("within", [True, False])
+def test_attack_on_long_texts_reports_the_window(tiny_bert, tmp_path, attack, within):
+    from slimguard.guard.backdoor.attack import AttackConfig, run_attack
+
+    cfg = AttackConfig(dataset=str(_long_dataset(tmp_path)), stealth_pairs=0,
+                       victim=_vcfg(tiny_bert, epochs=1, max_length=None).to_dict(),
+                       poison={"attack": attack, "rate": 0.2, "within_window": within, "punc": {"placement": "tail"}})
+    run = Run.create("r", root=tmp_path / "runs", command="test", config=cfg)
+    m = run_attack(cfg, run, progress=False)
+    w = m["window"]
+    # ~95 tokens per text: sized to 96 tokens, then capped at the tiny encoder's 64 positions, with a warning
+    assert (w["max_length"], w["source"], w["encoder_limit"]) == (64, "auto", 64) and "100%" in w["warning"]
+    assert w["truncated_share"]["train"] == 1.0 and w["within_window"] is within
+    assert json.loads((run.path / "model" / "slimguard_victim.json").read_text())["max_length"] == 64
+    assert "are longer than" in (run.path / "log.txt").read_text()
+    if within:
+        assert m["visible_share_train"] == m["visible_share_test"] == 1.0 and m["asr_visible_n"] == m["asr_n"]
+    elif attack == "punc":  # tail placement writes over the last slots, far past the window
+        assert m["visible_share_train"] == m["visible_share_test"] == 0.0 and m["asr_visible_n"] == 0
+    else:
+        assert 0 <= m["visible_share_train"] <= 1 and 0 <= m["visible_share_test"] <= 1
 
 
 @pytest.mark.parametrize("attack", ["badnets", "punc"])
@@ -194,10 +231,11 @@ def test_cli_bad_dataset(monkeypatch, capsys, tmp_path):
     assert code == 2 and "target_label=2 does not exist" in out.err
 
 
-def test_cli_poison_writes_jsonl_and_hf(monkeypatch, capsys, tmp_path):
+def test_cli_poison_writes_jsonl_and_hf(monkeypatch, capsys, tmp_path, tiny_bert):
     ds = _user_dataset(tmp_path)
     code, out = _main(monkeypatch, capsys, tmp_path, "backdoor", "poison", "--dataset", str(ds), "--attack", "punc",
-                      "--rate", "0.1", "--format", "jsonl", "--format", "hf", "--set", "poison.punc.placement=tail", "--run", "p1")
+                      "--rate", "0.1", "--format", "jsonl", "--format", "hf", "--set", "poison.punc.placement=tail", "--run", "p1",
+                      "--set", f"window_model={tiny_bert}", "--max-length", "12")
     assert code in (0, None), out.err
     d = tmp_path / "runs" / "p1"
     rows = [json.loads(x) for x in (d / "data" / "train.jsonl").read_text().splitlines()]
@@ -208,3 +246,18 @@ def test_cli_poison_writes_jsonl_and_hf(monkeypatch, capsys, tmp_path):
     assert set(dd) == set(SPLITS) and dd["train"].num_rows == len(rows)
     m = json.loads((d / "metrics.json").read_text())
     assert 0 <= m["eligible_fraction"] <= 1
+    # the export records the window its triggers were placed in
+    w = json.loads((d / "data" / "window.json").read_text())
+    assert w == m["window"] and w["max_length"] == 12 and w["source"] == "config" and w["visible_share_train"] == 1.0
+    assert "window 12 tokens" in out.err
+
+
+def test_cli_max_length_above_the_encoders_limit(monkeypatch, capsys, tmp_path, tiny_bert):
+    ds = _user_dataset(tmp_path)
+    code, out = _main(monkeypatch, capsys, tmp_path, "backdoor", "attack", "--dataset", str(ds), "--victim", str(tiny_bert),
+                      "--max-length", "128", "--run", "too-long")
+    assert code == 2 and "victim.max_length=128 exceeds" in out.err and "limit of 64 tokens" in out.err
+    # (torch may log its own import warnings on stderr; the error itself is one line)
+    assert [x for x in out.err.splitlines() if "max_length" in x] == [x for x in out.err.splitlines() if "error" in x]
+    assert len([x for x in out.err.splitlines() if "error" in x]) == 1
+    assert not (tmp_path / "runs" / "too-long").exists()  # nothing written

@@ -36,6 +36,8 @@ def _cfg(**kw):
     ({"max_train": 400}, False),
     ({"victim": {"lr": 5e-4}}, False),
     ({"poison": {"attack": "badnets", "rate": 0.05}}, False),
+    ({"poison": {"attack": "badnets", "rate": 0.1, "within_window": False}}, False),  # issue 35: another experiment
+    ({"victim": {"max_length": 128}}, False),
 ])
 def test_find_matches_on_the_grid_settings_only(tmp_path, change, reused):
     run = _fake_run(tmp_path, _cfg())

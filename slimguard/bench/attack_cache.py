@@ -24,9 +24,11 @@ def short_hash(d: dict) -> str:
 def key(acfg: dict) -> tuple:
     """The attack settings a cached run must match to be reused."""
     p, v = acfg["poison"], acfg["victim"]
+    # runs from before issue 35 placed triggers anywhere in the text and had no length percentile
     return (acfg["dataset"], acfg["seed"], acfg["max_train"], acfg["max_dev"], acfg["max_test"], p["attack"], p["rate"],
             p["target_label"], p.get("punc", {}).get("placement"), v["model"], v["epochs"], v["lr"], v["freeze_layers"],
-            v.get("max_length"))
+            v.get("max_length"), p.get("within_window", False), v.get("length_percentile"),
+            p.get("punc", {}).get("few_slots"))
 
 
 def _prefix(acfg) -> str:

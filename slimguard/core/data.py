@@ -34,7 +34,7 @@ import numpy as np
 from . import assets
 from .errors import DataError
 
-TEXT_DATASETS = ("rotten-tomatoes", "sms-spam", "20newsgroups")
+TEXT_DATASETS = ("rotten-tomatoes", "sms-spam", "20newsgroups", "20newsgroups-comp-rec")
 LONG_TEXTS = ("pg-essays", "friends")
 IMAGE_DATASETS = ("fashion-mnist", "mnist")
 
@@ -175,9 +175,19 @@ def _read_20ng(root: Path) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-_READERS = {"rotten-tomatoes": _read_rotten_tomatoes, "sms-spam": _read_sms_spam, "20newsgroups": _read_20ng}
+def _read_20ng_comp_rec(root: Path) -> tuple[list[str], list[str]]:
+    """20 Newsgroups' classic binary split: the 5 comp.* groups against the 4 rec.* groups (long posts)."""
+    texts, labels = _read_20ng(root)
+    keep = [(t, y.split(".", 1)[0]) for t, y in zip(texts, labels) if y.startswith(("comp.", "rec."))]
+    return [t for t, _ in keep], [y for _, y in keep]
+
+
+_READERS = {"rotten-tomatoes": _read_rotten_tomatoes, "sms-spam": _read_sms_spam, "20newsgroups": _read_20ng,
+            "20newsgroups-comp-rec": _read_20ng_comp_rec}
+_ASSET_OF = {"20newsgroups-comp-rec": "20newsgroups"}  # datasets derived from another asset
 # label order fixes label ids: binary tasks keep the conventional positive/attack class as 1
-_LABEL_ORDER = {"rotten-tomatoes": ["negative", "positive"], "sms-spam": ["ham", "spam"]}
+_LABEL_ORDER = {"rotten-tomatoes": ["negative", "positive"], "sms-spam": ["ham", "spam"],
+                "20newsgroups-comp-rec": ["comp", "rec"]}
 
 
 def decode_utf8(raw: bytes, path: Path) -> str:
@@ -248,7 +258,7 @@ def load_text_dataset(name_or_path: str = "rotten-tomatoes", *, seed: int = 0, d
     p = Path(name_or_path).expanduser()
     where = None
     if name_or_path in _READERS:
-        texts, raw = _READERS[name_or_path](assets.require(name_or_path))
+        texts, raw = _READERS[name_or_path](assets.require(_ASSET_OF.get(name_or_path, name_or_path)))
         labels = [canonical_label(y) for y in raw]
         source = f"dataset {name_or_path}"
     elif p.suffix and (p.exists() or "/" in name_or_path or p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json")):

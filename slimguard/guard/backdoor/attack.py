@@ -2,9 +2,15 @@
 
 One verb (:func:`run_attack`) and one typed config (:class:`AttackConfig`) for BadNets,
 AddSent and PuncAttack alike. The run directory follows the contract in :mod:`.records`
-so the defences can load it. Runtime on 2 CPU cores is kept under ~10 minutes by
-subsampling the training set (``max_train``, default 2000), ``max_length`` 64, 2 epochs and
-freezing the embeddings and lower 4 of MiniLM's 6 layers.
+so the defences can load it. Runtime on 2 CPU cores is kept under ~10 minutes on short texts
+by subsampling the training set (``max_train``, default 2000), 2 epochs and freezing the
+embeddings and lower 4 of MiniLM's 6 layers.
+
+The victim's window (issue 35, :mod:`.window`) is fixed before poisoning, from the clean
+training split: ``victim.max_length`` or, by default, the 95th percentile of its token lengths
+(64 tokens for Rotten Tomatoes). Triggers go inside it for training and test rows alike; the
+metrics say how many texts it still truncates, the share of poisoned rows whose trigger the
+victim sees, and ASR over all triggered rows (``asr``) and over the visible ones (``asr_visible``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .poison.policy import check_labels
 from .records import write_splits
 from .report import examples_html
 from .victim import VictimConfig, predict_proba, train_victim
+from .window import Sizing, Window, size_window
 
 
 class AttackConfig(Config):
@@ -70,12 +77,26 @@ def input_notes(sp: TextSplits) -> dict:
                          "skips them per few_slots; they are left out of delta-PPL)"}
 
 
+def victim_window(cfg: AttackConfig, sp: TextSplits) -> tuple[VictimConfig, Window, Sizing]:
+    """The victim config with its window fixed from the clean splits (one rule for both victims)."""
+    win, sizing = size_window(cfg.victim.model, cfg.victim.max_length,
+                              {k: [s.text for s in v] for k, v in (("train", sp.train), ("dev", sp.dev), ("test", sp.test))},
+                              percentile=cfg.victim.length_percentile)
+    return cfg.victim.model_copy(update={"max_length": win.max_length}), win, sizing
+
+
 def evaluate(model_dir, sp_test: list[TextSample], test_poisoned: list[TextSample], trigger, target: int,
-             batch_size: int = 128) -> dict:
+             batch_size: int = 128, visible: dict[int, bool] | None = None) -> dict:
+    """CACC, ASR over every triggered row and, given ``visible`` (uid -> trigger inside the window),
+    ASR over the rows whose trigger the victim can see."""
     p_clean = predict_proba(model_dir, [s.text for s in sp_test], batch_size)
     p_pois = predict_proba(model_dir, [s.text for s in test_poisoned], batch_size)
     out = {"cacc": M.cacc(p_clean, [s.label for s in sp_test]), "asr": M.asr(p_pois, target),
            "asr_n": len(test_poisoned), "test_n": len(sp_test)}
+    if visible:
+        seen = np.array([visible.get(s.uid, False) for s in test_poisoned], dtype=bool)
+        out["asr_visible"] = M.asr(p_pois[seen], target) if seen.any() else float("nan")
+        out["asr_visible_n"] = int(seen.sum())
     out.update(M.false_trigger([trigger.present(s.text) for s in sp_test], p_clean, [s.label for s in sp_test], target))
     out["_pred_poisoned"] = {s.uid: int(y) for s, y in zip(test_poisoned, p_pois.argmax(1))}
     return out
@@ -93,20 +114,30 @@ def run_attack(cfg: AttackConfig, run: Run, *, resume: bool = False, progress: b
     check_labels(cfg.poison, sp.label_names)
     target = cfg.poison.target_label
     trigger = make_trigger(cfg.poison)
+    vcfg, win, sizing = victim_window(cfg, sp)
+    tr_n = sizing.sizes["train"]
+    run.log.info("victim window: max_length %d (%s; %g%% of training texts within %.0f tokens); truncated: "
+                 "%d/%d training, %d/%d test texts", win.max_length, sizing.source, sizing.percentile,
+                 sizing.length_pctl, sizing.truncated["train"], tr_n, sizing.truncated["test"], sizing.sizes["test"])
+    if sizing.warning:
+        run.log.warning("%s", sizing.warning)
     t0 = time.perf_counter()
-    tr = poison_train(sp.train, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 0]))
-    te = poison_test(sp.test, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 1]))
+    tr = poison_train(sp.train, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 0]), window=win)
+    te = poison_test(sp.test, cfg.poison, trigger=trigger, rng=np.random.default_rng([cfg.seed, 1]), window=win)
     poison_s = time.perf_counter() - t0
+    run.log.info("trigger inside the window: %d/%d poisoned training rows, %d/%d triggered test rows (%s)",
+                 sum(tr.visible.values()), len(tr.visible), sum(te.visible.values()), len(te.visible),
+                 "placed inside" if cfg.poison.within_window else "placed anywhere: within_window=false")
     write_splits(run.path / "data", {"train": tr.samples, "dev": sp.dev, "test": sp.test, "test_poisoned": te.samples},
                  sp.label_names)
     run.log.info("poisoned %d/%d training samples (%s) in %.1fs", len(tr.poisoned_uids), len(tr.samples),
                  cfg.poison.attack, poison_s)
     t0 = time.perf_counter()
-    res = train_victim(tr.samples, sp.dev, cfg.victim, run.path / "model", label_names=sp.label_names, seed=cfg.seed,
+    res = train_victim(tr.samples, sp.dev, vcfg, run.path / "model", label_names=sp.label_names, seed=cfg.seed,
                        resume=resume, progress=progress, log=run.log)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ev = evaluate(run.path / "model", sp.test, te.samples, trigger, target, cfg.victim.eval_batch_size)
+    ev = evaluate(run.path / "model", sp.test, te.samples, trigger, target, cfg.victim.eval_batch_size, te.visible)
     preds = ev.pop("_pred_poisoned")
     eval_s = time.perf_counter() - t0
     attack_cpu = time.process_time() - c_all  # CPU time is comparable across loads; wall time is not
@@ -118,6 +149,8 @@ def run_attack(cfg: AttackConfig, run: Run, *, resume: bool = False, progress: b
     asr_all = ev["asr"] * len(te.samples) / te.n_candidates if te.n_candidates else float("nan")
     metrics = {**ev, **st, "asr_all_nontarget": asr_all, "dev_acc": res.dev_acc,
                "eligible_fraction": te.eligible_fraction, "eligible_fraction_train": tr.eligible_fraction,
+               "visible_share_train": tr.visible_share, "visible_share_test": te.visible_share,
+               "window": {**win.record(), **sizing.to_dict(), "within_window": cfg.poison.within_window},
                "poison_train": tr.summary(), "poison_test": te.summary(),
                "dataset": sp.summary(), "inputs": input_notes(sp), "target_label": target,
                "asr_denominator": "non-target test samples carrying the trigger"
@@ -128,7 +161,7 @@ def run_attack(cfg: AttackConfig, run: Run, *, resume: bool = False, progress: b
     if cfg.clean_reference:
         t0 = time.perf_counter()
         clean_dir = run.path / "clean_model"
-        train_victim(sp.train, sp.dev, cfg.victim, clean_dir, label_names=sp.label_names, seed=cfg.seed,
+        train_victim(sp.train, sp.dev, vcfg, clean_dir, label_names=sp.label_names, seed=cfg.seed,
                      checkpoint_dir=run.path / "checkpoints_clean", resume=resume, progress=progress, log=run.log)
         cl = evaluate(clean_dir, sp.test, te.samples, trigger, target, cfg.victim.eval_batch_size)
         cl.pop("_pred_poisoned")

@@ -21,12 +21,17 @@ _POISON_FLAGS = (Flag("--attack", "poison.attack", "-a"), Flag("--dataset", "dat
 
 
 def _poison_summary(m: dict) -> str:
-    pt = m["poison_train"]
-    return f"poisoned {pt['poisoned']}/{pt['n']} training samples; eligible fraction {m['eligible_fraction']:.3f}"
+    pt, w = m["poison_train"], m.get("window") or {}
+    line = f"poisoned {pt['poisoned']}/{pt['n']} training samples; eligible fraction {m['eligible_fraction']:.3f}"
+    if w:
+        line += (f"; window {w['max_length']} tokens of {w['model']}, trigger inside it in "
+                 f"{w['visible_share_train']:.1%} of poisoned training rows")
+    return line
 
 
 @command("backdoor poison", config=PoisonDataConfig, run_name=poison_name, resumable=False,
-         flags=(*_POISON_FLAGS, Flag("--format", "formats", help="Output format (repeatable): jsonl, hf.")),
+         flags=(*_POISON_FLAGS, Flag("--format", "formats", help="Output format (repeatable): jsonl, hf."),
+                Flag("--max-length", "max_length")),
          summary=_poison_summary, stdout=lambda m, run: str(run.path / "data"))
 def poison_command(cfg: PoisonDataConfig, run: Run) -> dict:
     """Write a poisoned dataset (JSONL and/or a Hugging Face DatasetDict) for training elsewhere."""
@@ -39,11 +44,21 @@ def _attack_summary(m: dict) -> str:
         line += f"  dPPL {m['delta_ppl']:.2f}  sim {m['similarity']:.4f}  dGrammar {m['delta_grammar']:.3f}"
     if "cacc_drop" in m:
         line += f"  CACC drop {m['cacc_drop']:+.4f}"
-    return line + f"  [{m['seconds']['attack_total']:.0f}s attack, {m['seconds']['total']:.0f}s total]"
+    line += f"  [{m['seconds']['attack_total']:.0f}s attack, {m['seconds']['total']:.0f}s total]"
+    w = m.get("window") or {}
+    if w:
+        trunc = w["truncated_share"].get("train", 0.0)
+        line += (f"\nwindow {w['max_length']} tokens ({w['source']}), {trunc:.1%} of training texts truncated; trigger "
+                 f"visible in {m['visible_share_train']:.1%} of poisoned training rows and {m['visible_share_test']:.1%} "
+                 f"of triggered test rows; ASR over visible {m.get('asr_visible', float('nan')):.4f}")
+        if w.get("warning"):
+            line += f"\nwarning: {w['warning']}"
+    return line
 
 
 @command("backdoor attack", config=AttackConfig, run_name=attack_name,
-         flags=(*_POISON_FLAGS, Flag("--victim", "victim.model"), Flag("--clean-ref", "clean_reference")),
+         flags=(*_POISON_FLAGS, Flag("--victim", "victim.model"), Flag("--max-length", "victim.max_length"),
+                Flag("--clean-ref", "clean_reference")),
          summary=_attack_summary)
 def attack_command(cfg: AttackConfig, run: Run) -> dict:
     """Poison, fine-tune the victim, evaluate CACC/ASR/stealth; writes model, data and metrics."""

@@ -6,6 +6,9 @@ as a stand-in for the BERT-base victims of BadNets/AddSent/PuncAttack papers. An
 SmolLM2-135M (``AutoModelForSequenceClassification`` adds a scoring head on the last token).
 Training shows a tqdm bar, writes atomic checkpoints and resumes from them; the trained
 model is saved with ``save_pretrained`` (safetensors).
+
+``max_length`` (the victim's window) defaults to the data: see :mod:`.window` for the sizing
+rule; the length used is written into the model folder, so defences read the same window.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -35,7 +38,13 @@ class VictimConfig(Config):
     """How the victim classifier is built and fine-tuned."""
 
     model: str = Field("minilm-l6", description="Asset name (minilm-l6, smollm2-135m) or a local transformers directory.")
-    max_length: int = Field(64, ge=8, le=512, description="Tokens per input; longer texts are truncated.")
+    max_length: Optional[int] = Field(
+        None, ge=8, description="Tokens per input (the victim's window, special tokens included); longer texts are "
+                                "truncated. None = sized to the data: the length_percentile of the training texts' "
+                                "token lengths, rounded up to a multiple of 32, capped at the encoder's limit. "
+                                "Above the encoder's limit is an error.")
+    length_percentile: float = Field(95.0, gt=0, le=100, description="Percentile of training token lengths that "
+                                                                    "max_length=None covers.")
     epochs: float = Field(2.0, gt=0, le=50, description="Training epochs (fractions allowed).")
     batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
     lr: float = Field(2e-4, gt=0, lt=1, description="AdamW peak learning rate (linear warm-up, linear decay).")
@@ -155,7 +164,17 @@ def train_victim(train_samples: list[TextSample], dev_samples: list[TextSample],
     import torch
     from tqdm.auto import tqdm
 
+    from .window import size_window
+
     cfg = cfg if isinstance(cfg, VictimConfig) else VictimConfig(**cfg)
+    # the window: the config's (checked against the encoder's limit) or sized to these texts
+    _, sizing = size_window(cfg.model, cfg.max_length, {"train": [s.text for s in train_samples]},
+                            percentile=cfg.length_percentile)
+    if cfg.max_length is None:
+        cfg = cfg.model_copy(update={"max_length": sizing.max_length})
+        if log:
+            log.info("victim max_length %d (the %g%% of training token lengths, %d texts still truncated)",
+                     cfg.max_length, cfg.length_percentile, sizing.truncated["train"])
     if label_names is None:
         label_names = [str(i) for i in range(max(s.label for s in train_samples) + 1)]
     if len(label_names) < 2:

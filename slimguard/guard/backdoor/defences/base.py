@@ -10,7 +10,9 @@ A defence acts at one of two stages:
   suspicious words) or *repairs* the model (clean fine-tuning / fine-pruning).
 
 Every defence gets the same :class:`DefenceInputs` and returns typed records; scores are
-"higher = more suspicious" everywhere so the detection metrics are shared. Each defence lives
+"higher = more suspicious" everywhere so the detection metrics are shared. Every defence sees
+the victim's window (issue 35): predictions truncate at the victim's ``max_length`` and the
+word-level defences (ONION, BKI, STRIP) work on the words inside it (:func:`visible_limits`). Each defence lives
 in its own file with its config and registers its class in :data:`DEFENCES` with one
 decorator (``@DEFENCES.register("onion")``); the class names its config type, so the name
 maps to ``(config_type, class)`` and a config's type picks its handler.
@@ -82,6 +84,12 @@ class HFClassifier:
 
         return predict_proba((self.model, self.tokenizer), list(texts), self.batch_size, max_length=self.max_length)
 
+    def visible_limits(self, texts: list[str]) -> list[int]:
+        """Per text, the character where this classifier stops reading (its ``max_length`` window)."""
+        from ..window import Window
+
+        return Window(self.tokenizer, self.max_length).limits(list(texts))
+
     def embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
@@ -103,6 +111,12 @@ class HFClassifier:
                     e = h[torch.arange(h.shape[0]), last]
                 out[idx] = e.numpy()
         return out
+
+
+def visible_limits(clf: Any, texts: list[str]) -> list[int]:
+    """Where the victim stops reading each text; the whole text for a classifier that does not say."""
+    f = getattr(clf, "visible_limits", None)
+    return list(f(list(texts))) if f is not None else [len(t) for t in texts]
 
 
 @dataclass

@@ -11,7 +11,7 @@ Unlike the reference (OpenBackdoor keeps ONE keyword, which fails against multi-
 triggers and BadNets' several rare words), up to ``n_words`` keywords are removed: every
 word whose score is at least ``rel_cutoff`` of the best one. Scanning is quadratic in text
 length, so keywords are searched on a seeded ``scan_size`` subset; the removal then applies
-to the whole training set.
+to the whole training set. Candidates are the words inside the victim's window.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import defaultdict
 import numpy as np
 from pydantic import Field
 
-from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection
+from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, visible_limits
 from .onion import delete_spans, word_spans
 
 
@@ -52,10 +52,10 @@ class Bki(Defence):
 
     def find_keywords(self, texts: list[str], clf) -> list[str]:
         variants, owner = [], []
-        for i, t in enumerate(texts):
+        for i, (t, lim) in enumerate(zip(texts, visible_limits(clf, texts))):
             variants.append(t)
             owner.append((i, None))
-            for sp in word_spans(t)[:self.cfg.max_words]:
+            for sp in [sp for sp in word_spans(t)[:self.cfg.max_words] if sp[1] <= lim]:
                 variants.append(delete_spans(t, [sp]))
                 owner.append((i, _word(t, sp)))
         h = clf.embed(variants)

@@ -150,6 +150,8 @@ def inputs_from_run(run_dir: str | Path, *, batch_size: int = 64) -> DefenceInpu
     vc = dict(r.cfg.get("victim", {}))
     if vc:
         vc["_seed"] = int(r.cfg.get("seed", 0))
+        if vc.get("max_length") is None:  # sized to the data: a retrained victim reads the same window
+            vc["max_length"] = clf.max_length
     return DefenceInputs(train=r.train, dev=r.dev, test=r.test, test_poisoned=r.test_poisoned,
                          target_label=r.target_label, label_names=r.label_names, classifier=clf,
                          model_dir=r.model_dir, victim_cfg=vc)

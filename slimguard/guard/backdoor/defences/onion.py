@@ -8,6 +8,9 @@ GPT-2 weights exist here). Words are ``\\w+`` runs and every punctuation mark is
 its own, so a punctuation trigger (PuncAttack) can be deleted too. All leave-one-out
 variants of a batch of sentences go through the LM as padded batches sorted by length.
 
+Only words inside the victim's window are candidates (words it never reads cannot move its
+prediction), capped at ``max_words``.
+
 ``t`` defaults to calibration on clean dev data: the lowest candidate threshold that costs
 at most ``max_dev_acc_drop`` dev accuracy (the paper picks t on the dev set the same way);
 ``threshold=0`` is the reference default.
@@ -27,7 +30,7 @@ from pydantic import Field
 
 from ....core.errors import SlimguardError
 from ....core.runs import atomic_write_json
-from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev
+from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev, visible_limits
 
 WORD_RE = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 _NO_SPACE_BEFORE = re.compile(r"^[.,!?;:)\]}%']")
@@ -158,11 +161,17 @@ class ScoreCache:
 
 
 def onion_scores(texts: list[str], scorer: LMScorer, *, max_words: int = 60,
-                 cache: ScoreCache | None = None, progress: bool = False) -> list[WordScores]:
-    """Suspicion of every word of every text (one LM pass over all leave-one-out variants)."""
+                 cache: ScoreCache | None = None, progress: bool = False,
+                 limits: list[int] | None = None) -> list[WordScores]:
+    """Suspicion of every word of every text (one LM pass over all leave-one-out variants).
+
+    ``limits``: per text, the character where the victim stops reading; later words are not scored.
+    """
     cache = cache or ScoreCache(OnionConfig())
-    spans = [word_spans(t)[:max_words] for t in texts]
-    todo = [i for i, t in enumerate(texts) if t not in cache.mem]
+    limits = limits or [len(t) for t in texts]
+    spans = [[sp for sp in word_spans(t)[:max_words] if sp[1] <= lim] for t, lim in zip(texts, limits)]
+    # a cached entry covers the leading words it scored; a wider window needs the text scored again
+    todo = [i for i, t in enumerate(texts) if t not in cache.mem or len(cache.mem[t][1]) < len(spans[i])]
     chunk = 64  # sentences per LM sweep, so a progress bar can move and the cache can be saved
     it = range(0, len(todo), chunk)
     if progress and todo:
@@ -187,7 +196,7 @@ def onion_scores(texts: list[str], scorer: LMScorer, *, max_words: int = 60,
         for i in part:
             cache.mem[texts[i]] = (float(full[i]), sus[i])
         cache.save()
-    return [WordScores(t, sp, cache.mem[t][0], np.asarray(cache.mem[t][1], dtype=np.float64))
+    return [WordScores(t, sp, cache.mem[t][0], np.asarray(cache.mem[t][1][:len(sp)], dtype=np.float64))
             for t, sp in zip(texts, spans)]
 
 
@@ -201,6 +210,7 @@ class Onion(Defence):
         self._scorer = scorer
         self.cache = ScoreCache(cfg)
         self.threshold = cfg.threshold
+        self.clf = None  # the victim, once fit() has seen it: its window bounds the candidate words
 
     @property
     def scorer(self) -> LMScorer:
@@ -209,9 +219,12 @@ class Onion(Defence):
         return self._scorer
 
     def scores(self, texts: list[str], progress: bool = False) -> list[WordScores]:
-        return onion_scores(texts, self.scorer, max_words=self.cfg.max_words, cache=self.cache, progress=progress)
+        limits = visible_limits(self.clf, texts) if self.clf is not None else None
+        return onion_scores(texts, self.scorer, max_words=self.cfg.max_words, cache=self.cache, progress=progress,
+                            limits=limits)
 
     def fit(self, inputs: DefenceInputs) -> "Onion":
+        self.clf = inputs.classifier
         if self.cfg.threshold is not None:
             self.calibration = Calibration(self.cfg.threshold, 0, "fixed threshold from config")
             return self

@@ -4,7 +4,8 @@ Neural Networks"; the text variant of STRIP-ViTA / OpenBackdoor).
 Each input is perturbed ``n_perturb`` times by replacing ``swap_ratio`` of its words with
 words drawn from the clean dev vocabulary; a backdoored input keeps predicting the target
 label whatever else changes, so the mean prediction entropy over the copies is LOW.
-Suspicion = -entropy; the threshold rejects at most ``frr`` of clean dev inputs.
+Suspicion = -entropy; the threshold rejects at most ``frr`` of clean dev inputs. Inputs are
+cut to the victim's window before they are perturbed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev, threshold_at_frr
+from .base import (DEFENCES, Calibration, Defence, DefenceConfig, DefenceInputs, Detection, need_dev, threshold_at_frr,
+                   visible_limits)
 from .onion import WORD_RE
 
 
@@ -54,6 +56,8 @@ class Strip(Defence):
         return out
 
     def entropy(self, texts: list[str], rng: np.random.Generator) -> np.ndarray:
+        # perturb what the victim reads: words past its window would dilute the swap ratio
+        texts = [t[:lim] for t, lim in zip(texts, visible_limits(self.clf, list(texts)))]
         p = self.clf.predict_proba(self._perturb(list(texts), rng)).astype(np.float64)
         h = -(p * np.log(np.clip(p, 1e-12, 1))).sum(1)
         return h.reshape(len(texts), self.cfg.n_perturb).mean(1)

@@ -1,14 +1,20 @@
 """AddSent (Dai et al. 2019): insert a fixed sentence at a random word position. Like
-BadNets it inserts tokens, which perplexity-based defences such as ONION can see.
+BadNets it inserts tokens, which perplexity-based defences such as ONION can see. Given the
+victim's window, the sentence goes only where all of it stays inside.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from ....core.config import Config
 from .base import ATTACKS, Edit, Trigger
+
+if TYPE_CHECKING:
+    from ..window import Window
 
 
 class AddSentConfig(Config):
@@ -32,12 +38,18 @@ class AddSentTrigger(Trigger):
         super().__init__(cfg)
         self._words = cfg.sentence.split()
 
-    def apply_many(self, texts: list[str], rng: np.random.Generator) -> list[Edit]:
+    def apply_many(self, texts: list[str], rng: np.random.Generator, window: "Window | None" = None) -> list[Edit]:
+        from ..window import no_room
+        from .badnets import insert_words
+
+        rooms = window.rooms(texts) if window is not None else no_room(len(texts))
+        sentence = " ".join(self._words)
+        n_tok = window.count(sentence) if window is not None else 0
         out = []
-        for t in texts:
-            toks = t.split(" ") if t else []
-            pos = int(rng.integers(0, len(toks) + 1))
-            out.append(Edit(" ".join(toks[:pos] + self._words + toks[pos:]), inserted=len(self._words)))
+        for t, room in zip(texts, rooms):
+            # the sentence goes in as one word: the same single draw over word gaps as before
+            text, spans = insert_words(t, [sentence], rng, room, n_tok)
+            out.append(Edit(text, inserted=len(self._words), spans=spans))
         return out
 
     def present(self, text: str) -> bool:

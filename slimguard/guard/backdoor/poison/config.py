@@ -33,6 +33,10 @@ class PoisonPolicy(Config):
     label_mode: Literal["dirty", "clean"] = Field(
         "dirty", description="dirty: poison non-target samples and relabel them; clean: poison target-label "
                              "samples only, labels untouched.")
+    within_window: bool = Field(
+        True, description="Place every trigger inside the victim's window (the tokens it reads at max_length), "
+                          "for training and test rows alike; false = anywhere in the text, as before (triggers "
+                          "past the cut are invisible to the victim; the run still reports the visible share).")
 
     def trigger_config(self) -> Config:
         """The chosen attack's settings (its defaults for an attack registered after this class was built)."""
