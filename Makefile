@@ -24,8 +24,8 @@ assets: setup
 $(COMPRESSOR): | assets
 	$(BIN)/slimguard compress distill --signal self-info --max-chunks 60 --set batch_size=4 --run compress-distill-self-info --overwrite
 	$(BIN)/slimguard compress train --data runs/compress-distill-self-info --run compress-train-si --overwrite \
-	  --out $(SG_HOME)/compressors/default --set max_len=256 --set batch_size=8 --steps 80 \
-	  --set lr=2e-4 --set warmup=8 --set freeze_layers=2 --set eval_every=10
+	  --out $(SG_HOME)/compressors/default --set max_len=256 --set batch_size=8 --steps 48 \
+	  --set lr=3e-4 --set warmup=4 --set freeze_layers=2 --set eval_every=8
 
 compressor: $(COMPRESSOR)
 
