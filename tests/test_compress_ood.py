@@ -158,3 +158,19 @@ def test_train_records_eval_curve_and_distillation_sources(tmp_path):
     assert rec["eval_curve"][-1]["accuracy"] == res.eval_accuracy
     assert distilled_sources(tmp_path / "out") == ["friends", "pg-essays"]
     assert distilled_sources(tmp_path / "data") is None  # no record: unknown, not "nothing"
+
+
+@pytest.mark.parametrize("rate, digits, want_all_digits", [(0.5, True, True), (0.3, True, True), (0.5, False, False)])
+def test_baseline_digit_forcing_keeps_digit_words_first(rate, digits, want_all_digits):
+    pytest.importorskip("tiktoken")
+    from slimguard.core import assets
+    from slimguard.slim.compress.baselines import RandomDrop
+
+    if not assets.get("cl100k-base").is_cached():
+        pytest.skip("cl100k-base not cached")
+    text = " ".join(f"word{chr(97 + i % 26)}" if i % 5 else f"{1000 + i}" for i in range(60))  # 12 numbers, 48 words
+    res = RandomDrop(seed=3).compress(text, rate, force_digits=digits)
+    nums = [w for w in text.split() if w.isdigit()]
+    kept = set(res.compressed_prompt.split())
+    assert all(n in kept for n in nums) is want_all_digits
+    assert abs(res.rate - rate) < 0.1
