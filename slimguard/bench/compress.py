@@ -22,25 +22,33 @@ from typing import Optional
 
 import numpy as np
 import typer
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..core.config import Config
+from .compress_ood import KINDS, NUMERIC_KINDS, check_held_out, domain_prompts
 
 CAP = "compress"
 
 
 class CompressBenchConfig(Config):
-    model: str = Field("default", description="Trained compressor (signal: self-information labels).")
-    teacher_model: Optional[str] = Field("teacher", description="Compressor trained on teacher-LLM labels "
-                                         "(compared with `model` to pick the better distillation signal); None skips.")
+    model: str = Field("default", description="Trained compressor (directory or name under compressors/).")
+    compare: list[str] = Field([], description="More compressors (e.g. other distillation signals) measured on the "
+                               "same prompts as 'slimguard:<name>'.")
     llm: str = Field("smollm2-135m", description="Causal LM for Selective Context, LLMLingua-1 and QA.")
-    lengths: list[int] = Field([500, 2000], description="Prompt lengths (cl100k tokens); --full adds 4000.")
-    docs_per_length: list[int] = Field([1, 1], description="Prompts per length and seed.")
+    in_domain: list[str] = Field(["pg-essays", "friends", "20newsgroups", "sms-spam"],
+                                 description="Distilled sources; prompts come from their held-out documents.")
+    out_of_domain: list[str] = Field(["bbc-news", "grimm-tales"], description="Whole sources never distilled "
+                                     "(refused if the compressor's record says otherwise); reported, never tuned on.")
+    validation: list[str] = Field(["book-excerpts"], description="Whole sources never distilled, kept apart for "
+                                  "choices (e.g. the distillation signal).")
+    lengths: list[int] = Field([500, 2000], description="Prompt lengths (cl100k tokens).")
+    docs_per_length: list[int] = Field([1, 1], description="Prompts per length, domain and seed.")
     rates: list[float] = Field([0.5, 0.33, 0.2])
     llmlingua1_rates: list[float] = Field([0.33], description="Rates for the (slow) LLMLingua-1 baseline.")
-    seeds: int = Field(3, ge=1)
+    seeds: int = Field(3, ge=1, description="Seeds draw documents, offsets and planted facts.")
     holdout_docs: int = Field(8, description="Same as distillation: the last N documents per source are held out.")
-    qa_length: int = Field(500, description="QA accuracy is measured on prompts of this length.")
+    qa_length: int = Field(500, description="QA accuracy is measured on prompts of this length...")
+    qa_domain: str = Field("pg-essays", description="...from this domain.")
     qa_rate: float = 0.33
     timing_length: int = Field(2000, description="Prompt length for the llmlingua throughput comparison.")
     sc_timing_length: int = Field(500, description="Prompt length for the Selective Context throughput comparison.")
@@ -52,6 +60,19 @@ class CompressBenchConfig(Config):
                                   description="Methods whose compressed prompts SmolLM2 reads for QA (plus 'full').")
     gen_tokens: int = 64
     e2e_length: int = Field(4000, description="Prompt length (cl100k tokens) for end-to-end latency.")
+
+    @model_validator(mode="after")
+    def _domains(self):
+        names = self.in_domain + self.out_of_domain + self.validation
+        if len(set(names)) != len(names):
+            raise ValueError("a source is listed in more than one of in_domain, out_of_domain, validation")
+        if len(self.lengths) != len(self.docs_per_length):
+            raise ValueError("lengths and docs_per_length must have the same length")
+        return self
+
+    def domains(self) -> dict[str, str]:
+        return {**{s: "in-domain" for s in self.in_domain}, **{s: "out-of-domain" for s in self.out_of_domain},
+                **{s: "validation" for s in self.validation}}
 
 
 PEOPLE = ["Marisol", "Tobias", "Ingrid", "Kwame", "Yusuf", "Priya", "Dmitri", "Sofia", "Henrik", "Amara", "Oskar",
@@ -180,6 +201,113 @@ def word_diff(a: list[str], b: list[str]) -> int:
     return sum(max(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal")
 
 
+def distilled_sources(model_dir: Path) -> list[str] | None:
+    """The sources a compressor was distilled from, as its ``slimguard_compressor.json`` records (None: unknown,
+    e.g. a compressor trained elsewhere)."""
+    from ..slim.compress.train import describe
+
+    rec = describe(model_dir).get("distilled_from")
+    if not rec:
+        return None
+    return sorted({s for d in rec for s in (d.get("sources") or [])})
+
+
+def kept_words(text: str, tok) -> str:
+    """The words of a compressed text, normalised like the encoder (lower case, accents off), space-joined."""
+    return " " + " ".join(_norm_words(text, tok)) + " "
+
+
+def retained_in(words: str, answer: str, tok) -> bool:
+    """The answer's words survive, contiguous, in the compressed word stream (the same test for our extractive
+    output and for llmlingua's re-joined WordPieces)."""
+    return (" " + " ".join(_norm_words(answer, tok)) + " ") in words
+
+
+def label_diff(ours, p, ccfg, r: float, pr: dict, exact_text: str) -> dict:
+    """Keep/drop decisions per original word: ours in compat mode (``threshold='llmlingua'``) against the peer."""
+    cres = ours.compress(p.text, ccfg.model_copy(update={"threshold": "llmlingua", "chunk_end_tokens": ["."],
+                                                         "rate": r}))
+    a, b = _norm_words(cres.compressed_prompt, ours.tokenizer), _norm_words(pr["compressed_prompt"], ours.tokenizer)
+    e = _norm_words(exact_text, ours.tokenizer)
+    # the decision that matters is keep/drop per original word; llmlingua's reconstructed text lower-cases words
+    # and glues words across newlines, so text diffs overstate disagreement
+    la, lb = label_pairs(cres.to_llmlingua(return_word_label=True)), label_pairs(pr)
+    same = [x[0].lower() for x in la] == [y[0].lower() for y in lb]
+    return {"source": p.source, "length": p.length, "rate": r, "words": len(lb), "words_llmlingua_kept": len(b),
+            "label_diff_compat": sum(x[1] != y[1] for x, y in zip(la, lb)) if same else None,
+            "word_lists_identical": same, "text_diff_words_compat": word_diff(a, b),
+            "text_diff_words_exact": word_diff(e, b)}
+
+
+def _per_seed(d: dict[int, list]) -> list[float]:
+    return [float(np.mean(v)) for _, v in sorted(d.items())]
+
+
+def retention_rows(cfg: CompressBenchConfig, hits: dict, ach: dict, domains: dict[str, str]):
+    """Rows (per domain, per kind, achieved rate) and the retention targets of issue 36."""
+    from . import harness
+
+    def pooled(method, rate, split=None, source=None, kinds=KINDS) -> list[float]:
+        """Per seed: the share of retained facts over the matching domains and kinds."""
+        by_seed: dict[int, list[bool]] = {}
+        for (m, sp, src, k, r), d in hits.items():
+            if m == method and abs(r - rate) < 1e-9 and (split is None or sp == split) and \
+                    (source is None or src == source) and k in kinds:
+                for seed, v in d.items():
+                    by_seed.setdefault(seed, []).extend(v)
+        return _per_seed(by_seed)
+
+    methods = sorted({k[0] for k in hits})
+    rows = []
+    for m in methods:
+        for r in cfg.rates:
+            for src, sp in domains.items():
+                v = pooled(m, r, source=src)
+                if v:
+                    rows.append({"method": m, "split": sp, "domain": src, "rate": r, "metric": "answer_retention",
+                                 **harness.mean_std(v)})
+                for k in KINDS:
+                    v = pooled(m, r, source=src, kinds=(k,))
+                    if v:
+                        rows.append({"method": m, "split": sp, "domain": src, "kind": k, "rate": r,
+                                     "metric": "answer_retention_by_kind", **harness.mean_std(v)})
+            for sp in dict.fromkeys(domains.values()):
+                for k in KINDS + ("non-numeric",):
+                    v = pooled(m, r, split=sp, kinds=tuple(x for x in KINDS if x not in NUMERIC_KINDS)
+                               if k == "non-numeric" else (k,))
+                    if v:
+                        rows.append({"method": m, "split": sp, "domain": "all", "kind": k, "rate": r,
+                                     "metric": "answer_retention_by_kind", **harness.mean_std(v)})
+    for (m, sp, L, r), d in sorted(ach.items()):
+        v = _per_seed(d)
+        rows.append({"method": m, "split": sp, "length": L, "rate": r, "metric": "achieved_rate",
+                     **harness.mean_std(v), "rel_error": abs(float(np.mean(v)) / r - 1)})
+
+    def split_mean(m, sp, r=0.33):
+        """Mean over the split's domains (each domain weighs the same) of the seed-mean retention."""
+        vals = [np.mean(pooled(m, r, source=s)) for s, x in domains.items() if x == sp and pooled(m, r, source=s)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    ood = split_mean("slimguard", "out-of-domain")
+    nonnum = pooled("slimguard", 0.33, split="out-of-domain", kinds=tuple(k for k in KINDS if k not in NUMERIC_KINDS))
+    err = [abs(float(np.mean(_per_seed(d))) / r - 1) for (m, sp, L, r), d in ach.items() if m == "slimguard"]
+    targets = {"retention_ood_at_3x": harness.target(ood, ">= 0.85")}
+    for s in cfg.out_of_domain:
+        v = pooled("slimguard", 0.33, source=s)
+        targets[f"retention_ood_at_3x_{s}"] = harness.target(float(np.mean(v)) if v else None, ">= 0.85")
+    targets.update({
+        "retention_ood_non_numeric_at_3x": harness.target(float(np.mean(nonnum)) if nonnum else None, ">= 0.85"),
+        "retention_ood_gain_vs_random_at_3x": harness.target(ood - split_mean("random", "out-of-domain"), ">= 0.20"),
+        "retention_ood_gain_vs_selective_context_at_3x": harness.target(
+            ood - split_mean("selective-context", "out-of-domain"), ">= 0.10"),
+        "retention_in_domain_at_3x": harness.target(split_mean("slimguard", "in-domain"), ">= 0.90"),
+        "rate_error_max": harness.target(max(err) if err else None, "<= 0.05"),
+    })
+    extra = {"retention_summary_at_3x": {m: {sp: split_mean(m, sp) for sp in dict.fromkeys(domains.values())}
+                                         for m in methods}}
+    return rows, targets, extra
+
+
 # --------------------------------------------------------------------------- QA
 
 
@@ -233,16 +361,24 @@ def run_bench(cfg: CompressBenchConfig, command: str) -> Path:
     enc = cl100k()
     model_dir = resolve_compressor(cfg.model)
     ours = PromptCompressor(str(model_dir))
-    teacher = PromptCompressor(str(resolve_compressor(cfg.teacher_model))) if cfg.teacher_model else None
+    compared = {f"slimguard:{resolve_compressor(m).name}": PromptCompressor(str(resolve_compressor(m)))
+                for m in cfg.compare}
+    domains = cfg.domains()
+    distilled = {}
+    for name, d in [("slimguard", model_dir)] + [(k, v.path) for k, v in compared.items()]:
+        distilled[name] = distilled_sources(d)
+        check_held_out(domains, set(distilled[name] or ()))
     lm = load_causal_lm(cfg.llm)
     sc, ll1 = SelectiveContext(lm), LLMLingua1(lm)
     qa = QA(lm)
     peer = load_llmlingua(model_dir)
     ccfg = CompressConfig(model=str(model_dir))
+    dcfg = ccfg.model_copy(update={"force_reserve_digit": True})
     say = lambda m: print(f"[bench compress] {time.strftime('%H:%M:%S')} {m}", file=sys.stderr, flush=True)  # noqa
-    # ret[(method, length, rate)] -> per-seed retention means; ach[...] -> per-seed achieved rates
-    ret: dict[tuple, list[float]] = {}
-    ach: dict[tuple, list[float]] = {}
+    # hits[(method, split, source, kind, rate)][seed] -> retained or not, per planted fact
+    hits: dict[tuple, dict[int, list[bool]]] = {}
+    # ach[(method, split, length, rate)][seed] -> achieved rates of the prompts
+    ach: dict[tuple, dict[int, list[float]]] = {}
     qa_acc: dict[str, list[float]] = {}
     diffs: list[dict] = []
 
@@ -250,78 +386,54 @@ def run_bench(cfg: CompressBenchConfig, command: str) -> Path:
         d.setdefault(key, []).append(v)
 
     for seed in range(cfg.seeds):
-        prompts = make_prompts(cfg, seed, enc)
+        prompts = domain_prompts(domains, cfg.lengths, cfg.docs_per_length, seed, cfg.holdout_docs, enc)
         rnd = RandomDrop(seed)
-        per = {}  # (method, length, rate) -> list of (retention, achieved) over this seed's prompts
         qa_hits: dict[str, list[bool]] = {}
         for pi, p in enumerate(prompts):
-            say(f"seed {seed} prompt {pi} ({p.length} tokens, {p.source})")
-            outs: dict[tuple, str] = {}
-            for r, res in zip(cfg.rates, ours.compress_rates(p.text, ccfg, cfg.rates)):
-                outs[("slimguard", r)] = res.compressed_prompt
-                per.setdefault(("slimguard", p.length, r), []).append(res.rate)
-            if teacher:
-                for r, res in zip(cfg.rates, teacher.compress_rates(p.text, ccfg.model_copy(update={"model": "t"}),
-                                                                     cfg.rates)):
-                    outs[("slimguard-teacher-labels", r)] = res.compressed_prompt
-                    per.setdefault(("slimguard-teacher-labels", p.length, r), []).append(res.rate)
-            for name, m, rates in (("random", rnd, cfg.rates), ("selective-context", sc, cfg.rates),
-                                   ("llmlingua1-ppl", ll1, cfg.llmlingua1_rates)):
-                if m is ll1:
-                    ll1._cache = sc._cache  # stage 1 reuses the same self-information
-                for r, res in zip(rates, m.compress_rates(p.text, rates) if m is not ll1 else
-                                  [m.compress(p.text, r) for r in rates]):
-                    outs[(name, r)] = res.compressed_prompt
-                    per.setdefault((name, p.length, r), []).append(res.rate)
-            sc._cache = None
-            if seed == 0:  # the peer on the same inputs: retention, rate, and kept-word agreement
-                compat = ours.compress_rates(p.text, ccfg.model_copy(update={"threshold": "llmlingua",
-                                                                             "chunk_end_tokens": ["."]}), cfg.rates)
-                for r, cres in zip(cfg.rates, compat):
-                    pr = peer.compress_prompt(p.text, rate=r, return_word_label=True)
-                    outs[("llmlingua-package", r)] = pr["compressed_prompt"]
-                    per.setdefault(("llmlingua-package", p.length, r), []).append(
-                        pr["compressed_tokens"] / pr["origin_tokens"])
-                    a, b = _norm_words(cres.compressed_prompt, ours.tokenizer), _norm_words(pr["compressed_prompt"],
-                                                                                              ours.tokenizer)
-                    e = _norm_words(outs[("slimguard", r)], ours.tokenizer)
-                    # the decision that matters is keep/drop per original word; llmlingua's reconstructed text
-                    # lower-cases words and glues words across newlines, so text diffs overstate disagreement
-                    la = label_pairs(cres.to_llmlingua(return_word_label=True))
-                    lb = label_pairs(pr)
-                    same = [x[0].lower() for x in la] == [y[0].lower() for y in lb]
-                    diffs.append({"length": p.length, "rate": r, "words": len(lb), "words_llmlingua_kept": len(b),
-                                  "label_diff_compat": sum(x[1] != y[1] for x, y in zip(la, lb)) if same else None,
-                                  "word_lists_identical": same,
-                                  "text_diff_words_compat": word_diff(a, b), "text_diff_words_exact": word_diff(e, b)})
-            for (name, r), text in outs.items():
-                hits = [retained(text, f.answer) for f in p.facts]
-                per.setdefault((name, p.length, r, "ret"), []).extend(hits)
-            if p.length == cfg.qa_length:
+            say(f"seed {seed} prompt {pi + 1}/{len(prompts)} ({p.length} tokens, {p.source}, {p.split})")
+            outs: dict[tuple, tuple[str, float]] = {}  # (method, rate) -> (compressed text, achieved rate)
+            for name, comp in [("slimguard", ours), *compared.items()]:
+                for suffix, c in (("", ccfg), ("+digits", dcfg)):
+                    for r, res in zip(cfg.rates, comp.compress_rates(p.text, c, cfg.rates)):
+                        outs[(name + suffix, r)] = (res.compressed_prompt, res.rate)
+            for suffix, digits in (("", False), ("+digits", True)):
+                for name, m in (("random", rnd), ("selective-context", sc)):
+                    for r, res in zip(cfg.rates, m.compress_rates(p.text, cfg.rates, force_digits=digits,
+                                                                  keep_cache=True)):
+                        outs[(name + suffix, r)] = (res.compressed_prompt, res.rate)
+            ll1._cache = sc._cache  # stage 1 reuses the same self-information
+            for r in cfg.llmlingua1_rates:
+                res = ll1.compress(p.text, r)
+                outs[("llmlingua1-ppl", r)] = (res.compressed_prompt, res.rate)
+            sc._cache = ll1._cache = None
+            for suffix, digits in (("", False), ("+digits", True)):
+                for r in cfg.rates:  # the peer on the same inputs and the same weights
+                    pr = peer.compress_prompt(p.text, rate=r, force_reserve_digit=digits, return_word_label=True)
+                    outs[("llmlingua-package" + suffix, r)] = (pr["compressed_prompt"],
+                                                              pr["compressed_tokens"] / pr["origin_tokens"])
+                    if seed == 0 and not digits and p.split == "in-domain":
+                        diffs.append(label_diff(ours, p, ccfg, r, pr, outs[("slimguard", r)][0]))
+            words = {k: kept_words(t, ours.tokenizer) for k, (t, _) in outs.items()}
+            for (name, r), (text, rate) in outs.items():
+                for f in p.facts:
+                    hits.setdefault((name, p.split, p.source, f.kind, r), {}).setdefault(seed, []).append(
+                        retained_in(words[(name, r)], f.answer, ours.tokenizer))
+                ach.setdefault((name, p.split, p.length, r), {}).setdefault(seed, []).append(rate)
+            if p.length == cfg.qa_length and p.source == cfg.qa_domain:
                 say(f"seed {seed} QA")
                 add_hits = lambda k, v: qa_hits.setdefault(k, []).extend(v)  # noqa
                 qf = p.facts[: cfg.qa_facts]
                 add_hits("full", qa.ask(p.text, qf))
-                for (name, r), text in outs.items():
+                for (name, r), (text, _) in outs.items():
                     if r == cfg.qa_rate and name in cfg.qa_methods:
                         add_hits(name, qa.ask(text, qf))
-        for k, v in per.items():
-            if k[-1] == "ret":
-                add(ret, k[:3], float(np.mean(v)))
-            else:
-                add(ach, k, float(np.mean(v)))
         for k, v in qa_hits.items():
             add(qa_acc, k, float(np.mean(v)))
 
-    rows = []
-    for (m, L, r), v in sorted(ret.items()):
-        rows.append({"method": m, "length": L, "rate": r, "metric": "answer_retention", **harness.mean_std(v)})
-    for (m, L, r), v in sorted(ach.items()):
-        rows.append({"method": m, "length": L, "rate": r, "metric": "achieved_rate", **harness.mean_std(v),
-                     "rel_error": abs(np.mean(v) / r - 1)})
+    rows, targets, ood_extra = retention_rows(cfg, hits, ach, domains)
     for m, v in sorted(qa_acc.items()):
-        rows.append({"method": m, "length": cfg.qa_length, "rate": 1.0 if m == "full" else cfg.qa_rate,
-                     "metric": "qa_accuracy_smollm2", **harness.mean_std(v)})
+        rows.append({"method": m, "domain": cfg.qa_domain, "length": cfg.qa_length,
+                     "rate": 1.0 if m == "full" else cfg.qa_rate, "metric": "qa_accuracy_smollm2", **harness.mean_std(v)})
 
     # ---------------------------------------------------------------- throughput
     say("timing")
@@ -383,36 +495,30 @@ def run_bench(cfg: CompressBenchConfig, command: str) -> Path:
               "value": t_comp.median_s}]
 
     # ---------------------------------------------------------------- targets
-    def rv(m, r=0.33, L=None):
-        vals = [np.mean(v) for (mm, LL, rr), v in ret.items() if mm == m and abs(rr - r) < 1e-9 and (L is None or LL == L)]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    ours3 = rv("slimguard")
-    long_err = [abs(np.mean(v) / r - 1) for (m, L, r), v in ach.items() if m == "slimguard" and L >= 500]
     # a word list that does not line up counts as all-different: never a silent pass
     d_compat = sum(d["label_diff_compat"] if d["word_lists_identical"] else d["words"] for d in diffs)
     n_words = sum(d["words"] for d in diffs)
-    better = "self-info" if rv("slimguard") >= rv("slimguard-teacher-labels") else "teacher"
-    targets = {
-        "retention_at_3x": harness.target(ours3, ">= 0.90"),
-        "retention_gain_vs_random_at_3x": harness.target(ours3 - rv("random"), ">= 0.20"),
-        "retention_gain_vs_selective_context_at_3x": harness.target(ours3 - rv("selective-context"), ">= 0.20"),
-        "rate_error_max_ge500": harness.target(float(max(long_err)) if long_err else None, "<= 0.05"),
+    targets.update({
         "speedup_vs_llmlingua": harness.target(t_peer.median_s / t_ours.median_s, ">= 3"),
         "speedup_vs_llmlingua_fp32 (same precision as the peer)": harness.target(t_peer.median_s / t_ours32.median_s, ">= 3"),
         "keep_label_diff_fraction_vs_llmlingua_compat": harness.target(d_compat / max(1, n_words), "<= 0"),
         "speedup_vs_selective_context": harness.target(t_sc.median_s / t_ours_sc.median_s, ">= 10"),
         "e2e_speedup_at_3x_4k": harness.target(t_full.median_s / t_comp.median_s, ">= 1.6"),
-    }
-    note = (f"Reduced size on a shared 2-core CPU under heavy load from other jobs (torch threads {threads}); absolute "
+    })
+    note = (f"Reduced size on a shared 2-core CPU under load from other jobs (torch threads {threads}); absolute "
             f"times are inflated, ratios are side by side in this run. Compressor '{cfg.model}' = MiniLM-L6 trained "
-            f"on self-information labels; 'slimguard-teacher-labels' = the same recipe on SmolLM2-135M teacher labels "
-            f"(better signal here: {better}). llmlingua-package runs the same weights via a symlinked directory name. "
-            f"LLMLingua-1 baseline only at rates {cfg.llmlingua1_rates}. End-to-end: {cfg.e2e_repeats} repeat(s), "
+            f"on distilled labels (sources: {distilled['slimguard']}). Retention: seeds draw the documents, offsets and "
+            f"planted facts (one per kind per prompt); out-of-domain sources {cfg.out_of_domain} and validation "
+            f"sources {cfg.validation} were never distilled (checked against the compressor's record); the validation "
+            f"source is the one used for choices (distillation signal), the out-of-domain ones are only reported. "
+            f"'+digits' = force_reserve_digit=True (baselines: digit words first within the budget). "
+            f"llmlingua-package runs the same weights via a symlinked directory name; a fact counts as retained when "
+            f"its answer's words survive contiguously (llmlingua re-joins lower-cased WordPieces). LLMLingua-1 only "
+            f"at rates {cfg.llmlingua1_rates}, without digit forcing. End-to-end: {cfg.e2e_repeats} repeat(s), "
             f"{cfg.e2e_warmup} warm-up (4K-token prefill on CPU); SmolLM2 weights passed through GGUF Q4_1. slimguard "
-            f"scores in {precision} (dtype=auto) and llmlingua in float32; slimguard-fp32 is ours at the peer's precision. "
-            "The kept-word comparison uses threshold='llmlingua', which scores in float32.")
-    extra = {"note": note, "kept_word_diffs": diffs,
+            f"scores in {precision} (dtype=auto) and llmlingua in float32; slimguard-fp32 is ours at the peer's "
+            "precision. The kept-word comparison uses threshold='llmlingua', which scores in float32.")
+    extra = {"note": note, "kept_word_diffs": diffs, "distilled_sources": distilled, **ood_extra,
              "timings": {"slimguard": t_ours.to_dict(), "slimguard_fp32": t_ours32.to_dict(), "llmlingua": t_peer.to_dict(), "sc": t_sc.to_dict(),
                          "slimguard_sc_len": t_ours_sc.to_dict(), "e2e_full": t_full.to_dict(),
                          "e2e_compressed": t_comp.to_dict()}}
@@ -421,27 +527,38 @@ def run_bench(cfg: CompressBenchConfig, command: str) -> Path:
     return path
 
 
+PLOT_METHODS = ("slimguard", "slimguard+digits", "llmlingua-package", "selective-context", "random", "llmlingua1-ppl")
+
+
 def plot(rows: list[dict], out: Path) -> None:
+    """Retention against the requested rate, one panel per split (in-domain, out-of-domain, validation), then the
+    achieved rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, metric, title in ((axes[0], "answer_retention", "answer retention (all lengths)"),
-                              (axes[1], "achieved_rate", "achieved rate")):
+    splits = [sp for sp in ("in-domain", "out-of-domain", "validation")
+              if any(r.get("split") == sp and r["metric"] == "answer_retention" for r in rows)]
+    fig, axes = plt.subplots(1, len(splits) + 1, figsize=(4.2 * (len(splits) + 1), 3.6), squeeze=False)
+    panels = [(ax, "answer_retention", sp) for ax, sp in zip(axes[0], splits)] + [(axes[0][-1], "achieved_rate", None)]
+    for ax, metric, sp in panels:
         by: dict[str, dict[float, list[float]]] = {}
         for r in rows:
-            if r["metric"] == metric:
+            if r["metric"] == metric and (sp is None or r.get("split") == sp) and r["method"] in PLOT_METHODS:
                 by.setdefault(r["method"], {}).setdefault(r["rate"], []).append(r["value"])
-        for m, d in sorted(by.items()):
-            xs = sorted(d)
-            ax.plot(xs, [np.mean(d[x]) for x in xs], marker="o", label=m)
+        for m in PLOT_METHODS:
+            if m in by:
+                xs = sorted(by[m])
+                ax.plot(xs, [np.mean(by[m][x]) for x in xs], marker="o", label=m)
         if metric == "achieved_rate":
             ax.plot([0.2, 0.5], [0.2, 0.5], "k--", lw=0.8, label="requested")
+            ax.set_title("achieved rate")
+        else:
+            ax.set_title(f"answer retention, {sp}")
+            ax.set_ylim(0, 1.02)
         ax.set_xlabel("requested rate (kept fraction)")
-        ax.set_title(title)
-    axes[0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -451,18 +568,19 @@ def register(app: typer.Typer) -> None:
     from ..options import ConfigOpt, SetOpt, ThreadsOpt, set_threads
 
     @app.command("compress")
-    def compress_cmd(full: bool = typer.Option(False, "--full", help="More prompts per length, all rates for "
-                                               "LLMLingua-1, 5 end-to-end repeats."),
+    def compress_cmd(full: bool = typer.Option(False, "--full", help="4K-token prompts too, two 500-token "
+                                               "prompts per domain, all rates for LLMLingua-1, 5 end-to-end repeats."),
                      seeds: Optional[int] = typer.Option(None, help="Seeds (default 3)."),
                      config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
                      threads: Optional[int] = ThreadsOpt) -> None:
-        """LLMLingua-2 vs random drop, Selective Context, LLMLingua-1 and the llmlingua package."""
+        """LLMLingua-2 vs random drop, Selective Context, LLMLingua-1 and the llmlingua package, in-domain and
+        out-of-domain."""
         from ..core.config import resolve
 
-        extra = {"lengths": [500, 2000, 4000], "docs_per_length": [3, 2, 2], "llmlingua1_rates": [0.5, 0.33, 0.2], "e2e_repeats": 5,
-                 "e2e_warmup": 1, "qa_facts": 3, "qa_methods": ["slimguard", "slimguard-teacher-labels", "random",
-                                                                "selective-context", "llmlingua1-ppl",
-                                                                "llmlingua-package"]} if full else {}
+        extra = {"lengths": [500, 2000, 4000], "docs_per_length": [2, 1, 1], "llmlingua1_rates": [0.5, 0.33, 0.2],
+                 "e2e_repeats": 5, "e2e_warmup": 1, "qa_facts": 3,
+                 "qa_methods": ["slimguard", "random", "selective-context", "llmlingua1-ppl", "llmlingua-package"]
+                 } if full else {}
         cfg = resolve(CompressBenchConfig, config_file=config, sets=set_, seeds=seeds, **extra)
         set_threads(threads)
         typer.echo(run_bench(cfg, " ".join(["slimguard", "bench"] + sys.argv[2:]) if len(sys.argv) > 2

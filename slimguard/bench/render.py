@@ -41,8 +41,9 @@ class TableSpec:
 
 TABLES: dict[str, TableSpec] = {
     "core": TableSpec("Medians after warm-up.", ("method",)),
-    "compress": TableSpec("Requested rate 0.33 (3x) where a row has a rate; mean over prompt lengths.", ("method",),
-                          where={"rate": (0.33, None)},
+    "compress": TableSpec("Requested rate 0.33 (3x) where a row has a rate; retention is the mean over the split's "
+                          "domains, achieved rate over prompt lengths; `+digits` = force_reserve_digit=True.",
+                          ("split", "method"), where={"rate": (0.33, None)},
                           columns=("answer_retention", "achieved_rate", "qa_accuracy_smollm2", "compress_s",
                                    "e2e_latency_s")),
     "kvselect": TableSpec("One cell per context length (tokens): attention timing on one SmolLM2-shaped layer "

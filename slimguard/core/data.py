@@ -35,7 +35,9 @@ from . import assets
 from .errors import DataError
 
 TEXT_DATASETS = ("rotten-tomatoes", "sms-spam", "20newsgroups", "20newsgroups-comp-rec")
-LONG_TEXTS = ("pg-essays", "friends")
+# long documents; the short-text assets (reviews, SMS, posts, tweets) come packed into documents of consecutive items
+LONG_TEXTS = ("pg-essays", "friends", "bbc-news", "grimm-tales", "book-excerpts", "election-tweets", "20newsgroups",
+              "rotten-tomatoes", "sms-spam")
 IMAGE_DATASETS = ("fashion-mnist", "mnist")
 
 LabelValue = Union[int, float, str]
@@ -312,10 +314,74 @@ def load_long_texts(name_or_path: str = "pg-essays") -> list[str]:
                 if len(r) >= 6:
                     episodes.setdefault(r[2], []).append(f"{r[4]}: {r[5].strip()}")
         return ["\n".join(lines) for _, lines in sorted(episodes.items())]
+    if name_or_path in _LONG_READERS:
+        return _LONG_READERS[name_or_path](assets.require(name_or_path) / "raw")
     if name_or_path in assets.REGISTRY:
         raise DataError(f"asset '{name_or_path}' is not a long-text asset (try one of {', '.join(LONG_TEXTS)})")
     assets.get(name_or_path)
     raise AssertionError("unreachable")
+
+
+def pack_documents(items: list[str], min_words: int, sep: str = "\n") -> list[str]:
+    """Consecutive short texts joined (in their order) into documents of at least ``min_words`` words; a short
+    tail joins the last document. Order is the dataset's, so a document's neighbours stay its neighbours."""
+    docs, cur, n = [], [], 0
+    for t in items:
+        t = t.strip()
+        if not t:
+            continue
+        cur.append(t)
+        n += len(t.split())
+        if n >= min_words:
+            docs.append(sep.join(cur))
+            cur, n = [], 0
+    if cur:
+        if docs:
+            docs[-1] = docs[-1] + sep + sep.join(cur)
+        else:
+            docs.append(sep.join(cur))
+    return docs
+
+
+def _bbc(raw: Path) -> list[str]:
+    # one article per document, topic by topic; the files are Latin-1 (a few pound signs), not UTF-8
+    return [f.read_bytes().decode("latin-1").strip() for f in sorted(raw.glob("*/*.txt"))]
+
+
+def _orange_docs(file: str, col: str):
+    return lambda raw: [t.strip() for t in _read_orange_tab(raw / file, col, None)[0] if t.strip()]
+
+
+def _tweets(raw: Path) -> list[str]:
+    import html
+
+    texts = _read_orange_tab(raw / "election-tweets-2016.tab", "Content", None)[0]
+    return pack_documents([html.unescape(t) for t in texts], 400)
+
+
+def _posts(raw: Path) -> list[str]:
+    # posts of one newsgroup stay together (a thread-like document), separated by a blank line
+    by: dict[str, list[str]] = {}
+    for part in ("train", "test"):
+        t, y = _read_orange_tab(raw / f"20newsgroups-{part}.tab", "Text", "Category")
+        for text, cat in zip(t, y):
+            by.setdefault(cat, []).append(text)
+    return [d for cat in sorted(by) for d in pack_documents(by[cat], 500, "\n\n")]
+
+
+def _short(reader, min_words: int):
+    return lambda raw: pack_documents(reader(raw.parent)[0], min_words)
+
+
+_LONG_READERS = {
+    "bbc-news": _bbc,
+    "grimm-tales": _orange_docs("grimm-tales.tab", "Content"),
+    "book-excerpts": _orange_docs("book-excerpts.tab", "Text"),
+    "election-tweets": _tweets,
+    "20newsgroups": _posts,
+    "rotten-tomatoes": _short(_read_rotten_tomatoes, 400),
+    "sms-spam": _short(_read_sms_spam, 400),
+}
 
 
 # --------------------------------------------------------------------------- images

@@ -57,24 +57,32 @@ class _Base:
     def scores(self, text: str, words, rate: float) -> np.ndarray:
         raise NotImplementedError
 
-    def compress(self, text: str, rate: float) -> BaselineResult:
+    def compress(self, text: str, rate: float, *, force_digits: bool = False) -> BaselineResult:
+        """Keep about ``rate`` of the tokens; ``force_digits`` keeps every word holding a digit first (within the
+        budget, like the compressor's ``force_reserve_digit``)."""
         words = split_words(text)
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         w, origin = self.counter.word_weights(text, codes, words.starts, np.zeros(0, dtype=np.int64))
-        keep = self.select(text, words, w, rate)
+        force = np.array([any(ch.isdigit() for ch in x) for x in words.words], dtype=bool) if force_digits else None
+        keep = self.select(text, words, w, rate, force)
         out = assemble(codes, words.starts, words.ends, keep)
         return BaselineResult(self.name, out, origin, self.counter.count(out), keep)
 
-    def select(self, text, words, w, rate):
-        return select_top(self.scores(text, words, rate), w, rate)
+    def select(self, text, words, w, rate, force=None):
+        scores = self.scores(text, words, rate)
+        if force is not None:
+            scores = np.where(force, np.inf, scores)
+        return select_top(scores, w, rate)
 
-    def compress_rates(self, text: str, rates: list[float]) -> list[BaselineResult]:
-        """Several rates on one text; LM scores are computed once and reused."""
-        self._cache = None
+    def compress_rates(self, text: str, rates: list[float], *, force_digits: bool = False,
+                       keep_cache: bool = False) -> list[BaselineResult]:
+        """Several rates on one text; LM scores are computed once and reused (and kept for the next call on the
+        same text with ``keep_cache``)."""
         try:
-            return [self.compress(text, r) for r in rates]
+            return [self.compress(text, r, force_digits=force_digits) for r in rates]
         finally:
-            self._cache = None
+            if not keep_cache:
+                self._cache = None
 
 
 class RandomDrop(_Base):
@@ -146,7 +154,9 @@ class LLMLingua1(_LMScored):
 
     name = "llmlingua1-ppl"
 
-    def select(self, text, words, w, rate):
+    def select(self, text, words, w, rate, force=None):
+        if force is not None:
+            raise NotImplementedError("LLMLingua-1 here has no digit forcing")
         n = len(words.words)
         if n == 0:
             return np.zeros(0, dtype=bool)

@@ -15,6 +15,11 @@ DEFAULT_INSTRUCTION = (
 )
 
 
+# one source per genre the project ships (essays, dialogue, news-group posts, reviews, SMS, tweets); the news and
+# fiction assets (bbc-news, grimm-tales, book-excerpts) are never distilled: `bench compress` holds them out
+DISTILL_SOURCES = ["pg-essays", "friends", "20newsgroups", "rotten-tomatoes", "sms-spam", "election-tweets"]
+
+
 class DistillConfig(Config):
     """``slimguard compress distill``: label 512-token chunks of long text with keep/drop word labels."""
 
@@ -29,7 +34,8 @@ class DistillConfig(Config):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key "
                              "(optional; never stored in the run record).")
     instruction: str = Field(DEFAULT_INSTRUCTION, description="Teacher instruction (words-only deletion).")
-    sources: list[str] = Field(["pg-essays", "friends"], description="Long-text assets or .txt files/dirs to chunk.")
+    sources: list[str] = Field(default_factory=lambda: list(DISTILL_SOURCES), min_length=1,
+                               description="Long-text assets or .txt files/dirs to chunk (round-robin, one share each).")
     holdout_docs: int = Field(8, ge=0, description="Last N documents of each source are held out (never distilled); "
                               "the benchmark reads its documents from there.")
     chunk_tokens: int = Field(512, ge=32, le=2048, description="Chunk length in teacher-tokenizer tokens.")
@@ -69,6 +75,8 @@ class TrainConfig(Config):
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N encoder layers (cheaper "
                                "steps on CPU; 0 = train everything).")
     eval_frac: float = Field(0.1, ge=0, lt=1, description="Fraction of chunks held out for validation accuracy/F1.")
+    eval_every: int = Field(0, ge=0, description="Evaluate on the held-out chunks every N steps (the eval curve in "
+                            "slimguard_compressor.json; 0 = only at the end).")
     save_every: int = Field(100, ge=1, description="Checkpoint every N steps (resume with --resume).")
     seed: int = Field(0)
 

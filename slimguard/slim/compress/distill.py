@@ -90,13 +90,22 @@ def chunk_text(text: str, tokenizer, chunk_tokens: int) -> list[tuple[str, int]]
 
 
 def training_chunks(cfg: DistillConfig, tokenizer) -> list[Chunk]:
+    """Up to ``max_chunks`` full-length chunks, round-robin over the sources (so every genre weighs the same),
+    each source's training documents visited in a seeded random order; only as many documents are chunked
+    as the source's share needs (20 Newsgroups alone has thousands)."""
     rng = np.random.default_rng(cfg.seed)
+    share = -(-cfg.max_chunks // max(1, len(cfg.sources)))
     per_source: list[list[Chunk]] = []
     for src in cfg.sources:
         train_docs, _ = split_documents(src, cfg.holdout_docs)
-        # full-length chunks only: short tails teach little and skew the rate
-        chunks = [Chunk(src, d, i, c) for d, doc in enumerate(train_docs)
-                  for i, (c, n) in enumerate(chunk_text(doc, tokenizer, cfg.chunk_tokens)) if n >= cfg.chunk_tokens // 2]
+        chunks: list[Chunk] = []
+        for d in rng.permutation(len(train_docs)).tolist():
+            # full-length chunks only: short tails teach little and skew the rate
+            chunks += [Chunk(src, d, i, c) for i, (c, n) in enumerate(chunk_text(train_docs[d], tokenizer,
+                                                                                 cfg.chunk_tokens))
+                       if n >= cfg.chunk_tokens // 2]
+            if len(chunks) >= 2 * share:
+                break
         per_source.append([chunks[i] for i in rng.permutation(len(chunks))])
     picked: list[Chunk] = []
     while len(picked) < cfg.max_chunks and any(per_source):

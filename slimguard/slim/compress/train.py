@@ -9,7 +9,7 @@ decay. The result is a plain ``transformers`` token-classification directory
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class TrainResult:
     eval_keep_fraction: float
     n_train_windows: int
     n_eval_windows: int
+    eval_curve: list = field(default_factory=list)  # {step, train_loss, accuracy, f1_keep, keep_fraction, tokens}
 
 
 @dataclass
@@ -115,7 +116,24 @@ def evaluate(model, windows: list[Window], pad: int, batch_size: int = 8) -> dic
 def config_fingerprint(cfg: TrainConfig) -> Fingerprint:
     """What a checkpoint must agree on to be resumed: all but the checkpoint cadence and the output folder.
     ``steps`` stays in: the learning-rate decay is a function of it."""
-    return Fingerprint.of(cfg, exclude=("save_every", "out"))
+    return Fingerprint.of(cfg, exclude=("save_every", "out", "eval_every"))
+
+
+def distilled_from(paths: list[str]) -> list[dict]:
+    """What each distilled dataset was made from (signal, teacher, sources, held-out documents), from its
+    ``provenance.json``: the benchmark reads it to refuse an out-of-domain source that was distilled."""
+    out = []
+    for p in paths:
+        d = Path(p)
+        d = d / "dataset" if (d / "dataset").is_dir() else d
+        f = d / "provenance.json"
+        if f.exists():
+            prov = json.loads(f.read_text())
+            cfg = prov.get("config", {})
+            out.append({"path": str(d), "signal": prov.get("signal"), "teacher": prov.get("teacher"),
+                        "sources": cfg.get("sources"), "holdout_docs": cfg.get("holdout_docs"),
+                        "chunks": len(prov.get("chunks", []))})
+    return out
 
 
 def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = None, resume: bool = False,
@@ -152,7 +170,7 @@ def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = No
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * max(0.0, 1 - s / cfg.steps))
-    step, losses = 0, []
+    step, losses, curve = 0, [], []
     state = ckpt_dir / CKPT
     clean_stale_temps(ckpt_dir)
     fingerprint = config_fingerprint(cfg)
@@ -162,6 +180,7 @@ def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = No
         ck.restore(model=model, optimizer=opt, scheduler=sched, generators={"data": gen})
         # the epoch's order and the place in it, so a resumed run sees the batches the interrupted one would have
         step, losses, perm, pos = ck.step, list(ck.extra["losses"]), ck.extra["perm"], int(ck.extra["pos"])
+        curve = list(ck.extra.get("curve", []))
     model.train()
     pad = tok.pad_token_id or 0
     if perm is None:
@@ -186,24 +205,35 @@ def train(cfg: TrainConfig, out: str | Path, *, ckpt_dir: str | Path | None = No
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         if log:
             log.info("step %d loss %.4f", step, losses[-1])
+        if eval_w and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            # evaluation draws no random numbers (no dropout in eval mode), so the curve leaves training unchanged
+            ev = evaluate(model, eval_w, pad)
+            model.train()
+            curve.append({"step": step, "train_loss": float(np.mean(losses[-cfg.eval_every:])), **ev})
+            if log:
+                log.info("eval step %d accuracy %.4f f1_keep %.4f", step, ev["accuracy"], ev["f1_keep"])
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_checkpoint(state, kind=CKPT_KIND, step=step, fingerprint=fingerprint, model=model, optimizer=opt,
                             scheduler=sched, generators={"data": gen},
-                            extra={"losses": losses, "perm": perm, "pos": pos})
+                            extra={"losses": losses, "perm": perm, "pos": pos, "curve": curve})
     bar.close()
-    ev = evaluate(model, eval_w, pad) if eval_w else {"accuracy": float("nan"), "f1_keep": float("nan"),
-                                                      "keep_fraction": float("nan"), "tokens": 0}
+    if curve and curve[-1]["step"] == step:
+        ev = curve[-1]
+    else:
+        ev = evaluate(model, eval_w, pad) if eval_w else {"accuracy": float("nan"), "f1_keep": float("nan"),
+                                                          "keep_fraction": float("nan"), "tokens": 0}
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     res = TrainResult(out, step, float(np.mean(losses[-20:])), ev["accuracy"], ev["f1_keep"], ev["keep_fraction"],
-                      len(train_w), len(eval_w))
+                      len(train_w), len(eval_w), curve)
     signals = sorted({str(s) for s in data["signal"]}) if "signal" in data.column_names else []
     atomic_write_json(out / "slimguard_compressor.json", {
         "method": "LLMLingua-2 token classification", "base": cfg.base, "signals": signals,
         "config": cfg.model_dump(mode="json"), "result": {k: (str(v) if isinstance(v, Path) else v)
                                                           for k, v in asdict(res).items()},
+        "eval_curve": curve, "distilled_from": distilled_from(cfg.data),
         "created": now_iso(), "git_commit": git_commit()})
     return res
 
