@@ -141,16 +141,16 @@ class PromptCompressor:
     def __init__(self, model_name: str = "default", device_map: str = "cpu", use_llmlingua2: bool = True,
                  rate_tokenizer: str = "cl100k_base", batch_size: int = 16, model_config: dict | None = None,
                  llmlingua2_config: dict | None = None, log=None):
-        import torch
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
         if not use_llmlingua2:
             raise SlimguardError("slimguard's PromptCompressor implements LLMLingua-2 only; pass use_llmlingua2=True")
         self.path = resolve_compressor(model_name)
+        check_token_classifier(self.path)  # before the heavy imports: a wrong folder fails in a blink
+        import torch
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
         self.device = device_map if device_map in ("cpu", "cuda", "mps") or device_map.startswith("cuda:") else "cpu"
         from ...core.models import reading_model
 
-        check_token_classifier(self.path)
         with reading_model(self.path, "compressor"):
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), use_fast=True)
             self.model, info = AutoModelForTokenClassification.from_pretrained(

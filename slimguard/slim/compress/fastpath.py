@@ -93,7 +93,7 @@ def recipe(dtype: str) -> dict[str, Any]:
 
     return {"format": RECIPE_FORMAT, "dtype": dtype, "opset": OPSET, "optimizer": "bert",
             "quantization": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False,
-                             "head": "float32"} if dtype == "int8" else None,
+                             "ops": ["MatMul", "Attention"], "head": "float32"} if dtype == "int8" else None,
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__.split("+")[0],
             "transformers": transformers.__version__}
 
@@ -255,11 +255,15 @@ def _build(model_dir: Path, dtype: str) -> tuple[bytes, dict]:
             graph = onnx.load(str(opt)).graph
             # the 2-label head is tiny and decides every label directly: keep it in float32
             head = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-                    and any("classifier" in i for i in n.input)]
+                    and any("classifier" in x for x in [n.name, *n.input])]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                quantize_dynamic(str(opt), str(q8), weight_type=QuantType.QInt8, per_channel=True,
-                                 nodes_to_exclude=head, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                logging.disable(logging.WARNING)  # "consider pre-processing": shape inference we do not need
+                try:
+                    quantize_dynamic(str(opt), str(q8), weight_type=QuantType.QInt8, per_channel=True,
+                                     nodes_to_exclude=head, op_types_to_quantize=["MatMul", "Attention"], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                finally:
+                    logging.disable(logging.NOTSET)
             out = q8
         data = out.read_bytes()
     sess = session(data, threads=1)
