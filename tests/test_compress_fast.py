@@ -254,7 +254,6 @@ def _cli(args, stdin="", env_root=None):
 
 @pytest.mark.parametrize("args, stdin, message", [
     (["compress", "run", "--rate", "0.33"], "", "empty"),
-    (["compress", "run", "--rate", "1.5"], "some text", "rate"),
     (["compress", "run", "--set", "max_input_tokens=3"], "a prompt of more than three tokens", "max_input_tokens=3"),
     (["compress", "run", "--model", "{bare}"], "some text", "no token-classification head"),
     (["compress", "run", "--set", "dtype=int8", "--set", "runtime=torch"], "some text", "runtime=onnxruntime"),
