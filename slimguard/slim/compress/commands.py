@@ -1,4 +1,4 @@
-"""The compression verbs, ``slimguard compress distill | train | run``: each owns its run folder.
+"""The compression verbs, ``slimguard compress distill | train | run | serve``: each owns its run folder.
 
 The CLI builds these commands from the records below (``slimguard/cli/adapter.py``); Python
 users call :func:`slimguard.core.commands.execute` or the functions in this package.
@@ -6,6 +6,8 @@ users call :func:`slimguard.core.commands.execute` or the functions in this pack
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 from ...core.commands import Flag, Input, command
 from ...core.errors import SlimguardError
 from ...core.runs import Run, atomic_write_text, safe_run_name
-from .config import CompressConfig, DistillConfig, TrainConfig
+from .config import CompressConfig, DistillConfig, ServeConfig, TrainConfig
 
 
 @command("compress distill", config=DistillConfig, run_name=lambda cfg: f"compress-distill-{cfg.signal}",
@@ -84,10 +86,14 @@ def _compress_summary(m: dict) -> str:
          stdout=lambda m, run: (run.path / "compressed.txt").read_text(encoding="utf-8"))
 def run_command(cfg: CompressConfig, run: Run, text: str, show: bool = False, input_file=None) -> dict:
     """Compress a prompt read from stdin (or --input); prints the compressed prompt, writes the run."""
-    from .compressor import compress
+    from .compressor import PromptCompressor, compress
     from .render import html_words, rich_words
 
-    res = compress(text, cfg)
+    if not text.strip():
+        compress(text, cfg)  # the one-line empty-prompt error, before any model loads
+    pc = PromptCompressor(cfg.model, device_map=cfg.device, rate_tokenizer=cfg.rate_tokenizer,
+                          batch_size=cfg.batch_size, log=_notice(run))
+    res = compress(text, cfg, compressor=pc)
     atomic_write_text(run.artefact("compressed.txt"), res.compressed_prompt)
     atomic_write_text(run.artefact("sections/1_kept-and-dropped-words.html"), html_words(res))
     if show:
@@ -96,6 +102,82 @@ def run_command(cfg: CompressConfig, run: Run, text: str, show: bool = False, in
         con = Console(stderr=True)
         con.print(rich_words(res))
         con.rule()
-    return {"origin_tokens": res.origin_tokens, "compressed_tokens": res.compressed_tokens, "achieved_rate": res.rate,
-            "requested_rate": cfg.rate, "ratio": res.ratio, "rate_tokenizer": res.rate_tokenizer,
-            "model_s": res.model_s, "post_s": res.post_s}
+    return res.record(cfg)
+
+
+def _notice(run: Run):
+    """A one-off notice (the first-use ONNX export) for both the run's log and the terminal."""
+    def say(msg: str) -> None:
+        run.log.info(msg)
+        print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
+def read_serve_inputs(cfg: ServeConfig, inputs: dict) -> dict:
+    """``--load-test`` reads its prompt from ``--input`` (or stdin); plain serving reads nothing."""
+    if not inputs.get("load_test"):
+        if inputs.get("input_file") is not None:
+            raise SlimguardError("--input is the --load-test prompt; add --load-test (or drop --input)")
+        return {"load_test": False}
+    return {"load_test": True, "text": read_prompt(cfg.compress, inputs)["text"]}
+
+
+def _serve_summary(m: dict) -> str:
+    if "load_test" in m:
+        return "; ".join(f"{r['concurrency']} clients: p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, "
+                         f"{r['throughput_rps']:.2f} req/s" for r in m["load_test"])
+    return f"served {m['served']} requests ({m['rejected']} refused busy, {m['failed']} failed); p50 " \
+           f"{m['p50_s'] * 1000:.0f} ms, p99 {m['p99_s'] * 1000:.0f} ms"
+
+
+@command("compress serve", config=ServeConfig, resumable=False,
+         run_name=lambda cfg, **_: safe_run_name("compress-serve", time.strftime("%Y%m%d-%H%M%S")),
+         flags=(Flag("--host", "host"), Flag("--port", "port"), Flag("--model", "compress.model"),
+                Flag("--rate", "compress.rate"), Flag("--workers", "workers"), Flag("--max-requests", "max_requests")),
+         inputs=(Input("--load-test", "load_test", "Start the server, measure it with a bounded local load test "
+                       "(load_concurrency x load_requests requests of the --input prompt), report, stop.", type=bool),
+                 Input("--input", "input_file", "The --load-test prompt (default: stdin).", type=Path, short="-i")),
+         read_inputs=read_serve_inputs, summary=_serve_summary, stdout=lambda m, run: None)
+def serve_command(cfg: ServeConfig, run: Run, load_test: bool = False, text: str | None = None,
+                  input_file=None) -> dict:
+    """Serve compression over HTTP (POST /v1/compress, JSON) with one loaded model, until Ctrl-C or --max-requests."""
+    import signal
+    import threading
+
+    from .service import CompressService
+    from .service import load_test as run_load_test
+
+    svc = CompressService(cfg, log=_notice(run))
+    try:
+        url = svc.start()
+    except OSError as e:
+        svc.stop()
+        raise SlimguardError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}; choose another --port") from None
+    atomic_write_text(run.artefact("server.json"), json.dumps({"url": url, "pid": os.getpid(),
+                                                               "precision": svc.precision}) + "\n")
+    try:
+        if load_test:
+            levels = []
+            for c in cfg.load_concurrency:
+                r = run_load_test(url, [text], concurrency=c, requests=cfg.load_requests, rate=cfg.compress.rate,
+                                  timeout=cfg.timeout_s)
+                run.log.info("load test: %s", r)
+                levels.append(r)
+            return {"url": url, "precision": svc.precision, "load_test": levels, **svc.stats()}
+        print(f"serving {svc.pc.path.name} ({svc.precision}) at {url}{'/v1/compress'}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        main = threading.current_thread() is threading.main_thread()
+        # SIGTERM (a service manager stopping us) ends the run like Ctrl-C: status done, stats written
+        previous = signal.signal(signal.SIGTERM, lambda *_: svc.done.set()) if main else None
+        try:
+            while not svc.done.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+        return {"url": url, **svc.stats()}
+    finally:
+        svc.stop()

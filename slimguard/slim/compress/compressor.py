@@ -57,8 +57,10 @@ class CompressResult:
     labels: list[np.ndarray] = field(default_factory=list, repr=False)  # per context: 1 kept / 0 dropped
     probs: list[np.ndarray] = field(default_factory=list, repr=False)  # per context: p(keep) per word
     contexts: list[str] = field(default_factory=list, repr=False)
-    model_s: float = 0.0
-    post_s: float = 0.0
+    model_s: float = 0.0  # tokenisation, chunking and the encoder forward
+    post_s: float = 0.0  # everything after the forward: word probabilities, selection, assembly, counting
+    forward_s: float = 0.0  # the encoder forward alone (part of model_s)
+    precision: str = ""  # who scored, in what: "onnxruntime/int8", "torch/float32", ...
 
     @property
     def ratio(self) -> float:
@@ -67,6 +69,13 @@ class CompressResult:
     @property
     def rate(self) -> float:
         return self.compressed_tokens / self.origin_tokens if self.origin_tokens else 1.0
+
+    def record(self, cfg: CompressConfig) -> dict[str, Any]:
+        """What ``compress run`` reports (metrics.json) and ``compress serve`` answers beside the prompt."""
+        return {"origin_tokens": self.origin_tokens, "compressed_tokens": self.compressed_tokens,
+                "achieved_rate": self.rate, "requested_rate": cfg.rate, "ratio": self.ratio,
+                "rate_tokenizer": self.rate_tokenizer, "precision": self.precision, "model_s": self.model_s,
+                "forward_s": self.forward_s, "post_s": self.post_s}
 
     def word_label_pairs(self) -> list[tuple[str, int]]:
         return [(c[s:e], int(lab)) for c, sp, la in zip(self.contexts, self.words, self.labels)
@@ -131,19 +140,25 @@ class PromptCompressor:
 
     def __init__(self, model_name: str = "default", device_map: str = "cpu", use_llmlingua2: bool = True,
                  rate_tokenizer: str = "cl100k_base", batch_size: int = 16, model_config: dict | None = None,
-                 llmlingua2_config: dict | None = None):
-        import torch
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
+                 llmlingua2_config: dict | None = None, log=None):
         if not use_llmlingua2:
             raise SlimguardError("slimguard's PromptCompressor implements LLMLingua-2 only; pass use_llmlingua2=True")
         self.path = resolve_compressor(model_name)
+        check_token_classifier(self.path)  # before the heavy imports: a wrong folder fails in a blink
+        import torch
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
         self.device = device_map if device_map in ("cpu", "cuda", "mps") or device_map.startswith("cuda:") else "cpu"
         from ...core.models import reading_model
 
         with reading_model(self.path, "compressor"):
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), use_fast=True)
-            self.model = AutoModelForTokenClassification.from_pretrained(str(self.path), attn_implementation="sdpa")
+            self.model, info = AutoModelForTokenClassification.from_pretrained(
+                str(self.path), attn_implementation="sdpa", output_loading_info=True)
+        if info.get("missing_keys"):
+            # transformers would silently start a new random head: every keep/drop decision would be noise
+            raise SlimguardError(f"{self.path} has no trained token-classification head (missing "
+                                 f"{', '.join(sorted(info['missing_keys'])[:3])}); train one with `slimguard compress train`")
         if not self.tokenizer.is_fast:
             raise SlimguardError(f"{self.path}: a fast tokenizer (tokenizer.json) is required")
         self.model.to(self.device).eval()
@@ -154,6 +169,8 @@ class PromptCompressor:
         self.default_rate_tokenizer = rate_tokenizer
         self._torch = torch
         self._native_bf16: bool | None = None
+        self._onnx = None  # fastpath.OnnxScorer, made on first int8/onnxruntime use
+        self.log = log  # callable(str) for one-off notices (the first-use ONNX export)
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         self._has_digit = np.array([any(ch.isdigit() for ch in t) for t in vocab], dtype=bool)
 
@@ -178,7 +195,8 @@ class PromptCompressor:
                         drop_consecutive: bool = False, use_context_level_filter: bool = False,
                         return_word_label: bool = False, word_sep: str = "\t\t|\t\t", label_sep: str = " ",
                         chunk_end_tokens: list[str] | None = None, rate_tokenizer: str | None = None,
-                        threshold: str = "exact", dtype: str = "auto", **unsupported: Any) -> dict[str, Any]:
+                        threshold: str = "exact", dtype: str = "auto", runtime: str = "auto",
+                        **unsupported: Any) -> dict[str, Any]:
         """Compress ``context`` keeping about ``rate`` of its tokens; returns llmlingua's result dict."""
         if unsupported:
             raise SlimguardError(f"unsupported compress_prompt argument(s): {', '.join(sorted(unsupported))}")
@@ -190,7 +208,7 @@ class PromptCompressor:
             "use_context_level_filter": use_context_level_filter,
             "rate_tokenizer": rate_tokenizer or self.default_rate_tokenizer, "threshold": threshold,
             "chunk_end_tokens": [".", "\n"] if chunk_end_tokens is None else chunk_end_tokens,
-            "batch_size": self.batch_size, "dtype": dtype})
+            "batch_size": self.batch_size, "dtype": dtype, "runtime": runtime})
         return self._compress(_contexts(context, allow_empty=True), cfg).to_llmlingua(
             return_word_label=return_word_label, word_sep=word_sep, label_sep=label_sep)
 
@@ -203,11 +221,12 @@ class PromptCompressor:
         counter = self.counter(cfg.rate_tokenizer)
         t0 = time.perf_counter()
         ctxs = self._analyse(contexts, cfg)
-        self._score(ctxs, cfg)
+        fwd = self._score(ctxs, cfg)
         t1 = time.perf_counter()
         res = self._select(ctxs, cfg, counter)
         # tokenisation and chunking count as model time (the encoder needs them); the rest is post-processing
         res.model_s, res.post_s = t1 - t0, time.perf_counter() - t1
+        res.forward_s, res.precision = fwd, "/".join(self.precision(cfg))
         return res
 
     def compress_rates(self, context: str | list[str], cfg: CompressConfig, rates: list[float]) -> list[CompressResult]:
@@ -218,7 +237,7 @@ class PromptCompressor:
         counter = self.counter(cfg.rate_tokenizer)
         t0 = time.perf_counter()
         ctxs = self._analyse(contexts, cfg)
-        self._score(ctxs, cfg)
+        fwd = self._score(ctxs, cfg)
         model_s = time.perf_counter() - t0
         out = []
         for r in rates:
@@ -226,6 +245,7 @@ class PromptCompressor:
             t1 = time.perf_counter()
             res = self._select(ctxs, c, counter)
             res.model_s, res.post_s = model_s, time.perf_counter() - t1
+            res.forward_s, res.precision = fwd, "/".join(self.precision(cfg))
             out.append(res)
         return out
 
@@ -234,6 +254,11 @@ class PromptCompressor:
     def _analyse(self, contexts: list[str], cfg: CompressConfig) -> list[_Ctx]:
         """Tokenise every context once; words come from the tokenizer's pre-tokenizer, chunks from the token stream."""
         enc = self.tokenizer(contexts, add_special_tokens=False, return_offsets_mapping=True)
+        if cfg.max_input_tokens:
+            n_tok = sum(len(x) for x in enc["input_ids"])
+            if n_tok > cfg.max_input_tokens:
+                raise SlimguardError(f"the prompt has {n_tok} encoder tokens, more than max_input_tokens="
+                                     f"{cfg.max_input_tokens}; shorten it or raise the limit")
         end_ids = set()
         for t in cfg.chunk_end_tokens:
             toks = self.tokenizer.tokenize(t) if t.strip() else []
@@ -285,8 +310,9 @@ class PromptCompressor:
             out.append(_Ctx(text, codes, ids, word, starts, ends, chunk))
         return out
 
-    def _score(self, ctxs: list[_Ctx], cfg: CompressConfig) -> None:
-        """p(keep) per token with the encoder, batched by similar length; word prob = mean of its tokens."""
+    def _score(self, ctxs: list[_Ctx], cfg: CompressConfig) -> float:
+        """p(keep) per token with the encoder (torch: batched by similar length; onnxruntime: one chunk per
+        call); word prob = mean of its tokens. Returns the seconds spent in the encoder forward."""
         torch = self._torch
         pieces = []  # (ctx index, token slice)
         for ci, c in enumerate(ctxs):
@@ -294,35 +320,84 @@ class PromptCompressor:
                 bounds = np.flatnonzero(np.diff(c.chunk_of_token, prepend=-1, append=-2))
                 pieces += [(ci, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         token_probs = [np.zeros(len(c.ids), dtype=np.float32) for c in ctxs]
-        order = sorted(range(len(pieces)), key=lambda i: pieces[i][2] - pieces[i][1])
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        pad = self.tokenizer.pad_token_id or 0
-        dev_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
-        bf16 = self.uses_bf16(cfg)
-        for b in range(0, len(order), cfg.batch_size):
-            group = [pieces[i] for i in order[b: b + cfg.batch_size]]
-            L = min(max(e - s for _, s, e in group) + 2, self.max_seq_len)
-            ids = np.full((len(group), L), pad, dtype=np.int64)
-            mask = np.zeros((len(group), L), dtype=np.int64)
-            for r, (ci, s, e) in enumerate(group):
+        runtime, dtype = self.precision(cfg)
+        t_fwd = 0.0
+        if runtime == "onnxruntime":
+            # one chunk per call, unpadded: int8 activation scales are per call, so a chunk's probabilities
+            # never depend on its batch-mates (fastpath module docstring)
+            threads = torch.get_num_threads()
+            for ci, s, e in pieces:
                 n = e - s
-                ids[r, 0], ids[r, 1:n + 1] = cls, ctxs[ci].ids[s:e]
-                if n + 2 <= L:  # a compat-mode chunk of max_seq_len - 1 tokens has no [SEP], as in llmlingua
-                    ids[r, n + 1] = sep
-                mask[r, : min(n + 2, L)] = 1
-            with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
-                logits = self.model(input_ids=torch.from_numpy(ids).to(self.device),
-                                    attention_mask=torch.from_numpy(mask).to(self.device)).logits
-                p = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
-            for r, (ci, s, e) in enumerate(group):
-                token_probs[ci][s:e] = p[r, 1: e - s + 1]
+                ids = np.empty(min(n + 2, self.max_seq_len), dtype=np.int64)
+                ids[0], ids[1:n + 1] = cls, ctxs[ci].ids[s:e]
+                if n + 2 <= self.max_seq_len:  # a compat-mode chunk of max_seq_len - 1 tokens has no [SEP]
+                    ids[n + 1] = sep
+                t = time.perf_counter()
+                p = self.onnx.keep_probs(ids, dtype=dtype, threads=threads)
+                t_fwd += time.perf_counter() - t
+                token_probs[ci][s:e] = p[1: n + 1]
+        else:
+            order = sorted(range(len(pieces)), key=lambda i: pieces[i][2] - pieces[i][1])
+            pad = self.tokenizer.pad_token_id or 0
+            dev_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+            bf16 = dtype == "bfloat16"
+            for b in range(0, len(order), cfg.batch_size):
+                group = [pieces[i] for i in order[b: b + cfg.batch_size]]
+                L = min(max(e - s for _, s, e in group) + 2, self.max_seq_len)
+                ids = np.full((len(group), L), pad, dtype=np.int64)
+                mask = np.zeros((len(group), L), dtype=np.int64)
+                for r, (ci, s, e) in enumerate(group):
+                    n = e - s
+                    ids[r, 0], ids[r, 1:n + 1] = cls, ctxs[ci].ids[s:e]
+                    if n + 2 <= L:  # a compat-mode chunk of max_seq_len - 1 tokens has no [SEP], as in llmlingua
+                        ids[r, n + 1] = sep
+                    mask[r, : min(n + 2, L)] = 1
+                t = time.perf_counter()
+                with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = self.model(input_ids=torch.from_numpy(ids).to(self.device),
+                                        attention_mask=torch.from_numpy(mask).to(self.device)).logits
+                    p = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
+                t_fwd += time.perf_counter() - t
+                for r, (ci, s, e) in enumerate(group):
+                    token_probs[ci][s:e] = p[r, 1: e - s + 1]
         for c, tp in zip(ctxs, token_probs):
             n = len(c.starts)
             c.probs = (np.bincount(c.word, weights=tp, minlength=n) / np.maximum(np.bincount(c.word, minlength=n), 1)
                        ).astype(np.float64) if n else np.zeros(0)
+        return t_fwd
+
+    @property
+    def onnx(self):
+        """The ONNX Runtime scorer over this compressor's weights (exported once, see ``fastpath``)."""
+        if self._onnx is None:
+            from .fastpath import OnnxScorer
+
+            self._onnx = OnnxScorer(self.path, log=self.log)
+        return self._onnx
+
+    def precision(self, cfg: CompressConfig) -> tuple[str, str]:
+        """(runtime, dtype) that scoring uses for ``cfg``: ``CompressConfig.dtype`` and ``runtime`` resolved."""
+        dtype = cfg.dtype
+        on_cpu = not str(self.device).startswith(("cuda", "mps"))
+        if dtype == "auto":
+            from .fastpath import available
+
+            if cfg.threshold == "llmlingua":
+                dtype = "float32"
+            elif cfg.runtime != "torch" and on_cpu and available():
+                dtype = "int8"
+            else:
+                dtype = "bfloat16" if self.uses_bf16(cfg) else "float32"
+        runtime = cfg.runtime
+        if runtime == "auto":
+            runtime = "onnxruntime" if dtype == "int8" else "torch"
+        if runtime == "onnxruntime" and not on_cpu:
+            raise SlimguardError(f"runtime=onnxruntime runs on the CPU; use runtime=torch with device={self.device}")
+        return runtime, dtype
 
     def uses_bf16(self, cfg: CompressConfig) -> bool:
-        """Whether scoring runs under bfloat16 autocast (see ``CompressConfig.dtype``)."""
+        """Whether torch scoring runs under bfloat16 autocast (see ``CompressConfig.dtype``)."""
         if cfg.dtype != "auto":
             return cfg.dtype == "bfloat16"
         if cfg.threshold == "llmlingua":
@@ -494,6 +569,25 @@ def assemble(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, keep: np.n
     return out.tobytes().decode("utf-32-le")
 
 
+
+
+def check_token_classifier(path: Path) -> None:
+    """Refuse, in one line, a folder that is not a 2-label token classifier (e.g. a bare encoder)."""
+    import json
+
+    try:
+        conf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SlimguardError(f"{path} has no config.json; is it a trained compressor folder?") from None
+    except (OSError, ValueError) as e:
+        raise SlimguardError(f"{path}/config.json cannot be read: {e}") from None
+    archs = conf.get("architectures") or []
+    if not any(str(a).endswith("ForTokenClassification") for a in archs):
+        raise SlimguardError(f"{path} has no token-classification head (architectures: {', '.join(map(str, archs)) or 'none'}); "
+                             "train one with `slimguard compress train`")
+    n = len(conf.get("id2label") or {}) or conf.get("num_labels", 2)
+    if n != 2:
+        raise SlimguardError(f"{path}: the token-classification head has {n} labels; a compressor needs 2 (drop, keep)")
 
 
 def compress(context: str | list[str], cfg: CompressConfig | None = None, *, compressor: PromptCompressor | None = None

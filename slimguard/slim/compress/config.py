@@ -103,10 +103,18 @@ class CompressConfig(Config):
     chunk_end_tokens: list[str] = Field([".", "\n"], description="Chunks are cut back to the last of these.")
     batch_size: int = Field(16, ge=1, description="Encoder chunks per forward.")
     device: str = Field("cpu")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Encoder matmul precision. 'auto': bfloat16 autocast where the hardware has native bf16 "
-        "matmuls (AVX512-BF16/AMX CPUs, bf16 GPUs), except with threshold='llmlingua', which promises the reference's "
-        "words and so scores in float32; 'float32' everywhere else.")
+    dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto", description="Encoder precision. 'float32': the reference. 'int8': ONNX Runtime with int8 weights and "
+        "activations (the fast CPU path; >= 99% of words labelled as in float32, see docs/compress.md). 'bfloat16': "
+        "autocast (GPUs, or CPUs with native bf16 matmuls). 'auto': int8 on a CPU with onnxruntime installed, else "
+        "bfloat16 where native, else float32; always float32 with threshold='llmlingua', which promises the "
+        "reference's words.")
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="Who runs the encoder: 'torch', or 'onnxruntime' (the compressor exported once to ONNX, "
+        "cached next to its folder and checked against the weights' hash). 'auto': onnxruntime for int8, torch "
+        "otherwise.")
+    max_input_tokens: int = Field(0, ge=0, description="Refuse a prompt longer than this many encoder tokens "
+                                  "(0 = no limit; `compress serve` sets one).")
 
     @field_validator("rate")
     @classmethod
@@ -128,4 +136,43 @@ class CompressConfig(Config):
     def _force(self):
         if len(self.force_tokens) > 100:
             raise ValueError("at most 100 force_tokens")
+        if self.dtype == "int8" and self.runtime == "torch":
+            raise ValueError("dtype=int8 runs on onnxruntime; set runtime=onnxruntime (or auto)")
+        if self.dtype == "bfloat16" and self.runtime == "onnxruntime":
+            raise ValueError("runtime=onnxruntime scores in float32 or int8; bfloat16 needs runtime=torch")
         return self
+
+
+# the fields a `compress serve` request may set; the rest (model, precision, limits) are the server's
+REQUEST_FIELDS = ("rate", "target_token", "force_tokens", "force_reserve_digit", "drop_consecutive",
+                  "use_context_level_filter", "rate_tokenizer", "threshold", "chunk_end_tokens")
+
+
+def _serve_compress() -> CompressConfig:
+    return CompressConfig(max_input_tokens=131072)
+
+
+class ServeConfig(Config):
+    """``slimguard compress serve``: one loaded compressor answering concurrent JSON requests over HTTP."""
+
+    compress: CompressConfig = Field(default_factory=_serve_compress, description="The compressor and the "
+                                     "defaults of every request (a request may override the fields in "
+                                     "REQUEST_FIELDS); max_input_tokens bounds one request's work.")
+    host: str = Field("127.0.0.1", description="Address to bind (127.0.0.1: this machine only).")
+    port: int = Field(8750, ge=0, le=65535, description="TCP port (0: any free port; the run's server.json says which).")
+    max_queue: int = Field(32, ge=1, description="Requests waiting for the model; one more is refused with 503.")
+    workers: int = Field(1, ge=1, le=64, description="Requests compressed at once (each uses the configured "
+                         "threads; 1 is fastest per request on a small CPU).")
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body accepted (413 above).")
+    timeout_s: float = Field(300.0, gt=0, description="A request not answered within this is failed with 504.")
+    max_requests: int = Field(0, ge=0, description="Stop after answering this many requests (0: until Ctrl-C).")
+    load_concurrency: list[int] = Field([1, 4, 16], min_length=1, description="--load-test: concurrent clients "
+                                        "per level.")
+    load_requests: int = Field(48, ge=1, le=10000, description="--load-test: requests per concurrency level.")
+
+    @field_validator("load_concurrency")
+    @classmethod
+    def _levels(cls, v):
+        if any(c < 1 or c > 256 for c in v):
+            raise ValueError("each concurrency level must be in [1, 256]")
+        return v
