@@ -12,7 +12,7 @@ from .options import optional_module
 
 app = typer.Typer(no_args_is_help=True)
 
-CAPABILITIES = ["core", "compress", "kvselect", "quant", "backdoor", "defence", "promptattack", "diffusion"]
+CAPABILITIES = ["core", "compress", "kvselect", "quant", "backdoor", "defence", "scan", "promptattack", "diffusion"]
 
 for _cap in CAPABILITIES:
     if (_mod := optional_module(f"slimguard.bench.{_cap}")) is not None:

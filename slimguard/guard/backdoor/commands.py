@@ -122,7 +122,7 @@ def _scan_name(cfg, model: str | None = None, data: str | None = None) -> str:
 
 
 @command("backdoor scan", config=ScanConfig, run_name=_scan_name, resumable=False,
-         flags=(Flag("--method", "method"), Flag("--n-clean", "n_clean"), Flag("--reference", "reference"),
+         flags=(Flag("--inversion", "method"), Flag("--n-clean", "n_clean"), Flag("--reference", "reference"),
                 Flag("--seed", "seed")),
          inputs=(Input("--model", "model", "The classifier to scan: a transformers sequence-classification folder, "
                                            "or a `backdoor attack` run (runs/NAME or a path).", required=True),

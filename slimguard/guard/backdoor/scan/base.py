@@ -44,8 +44,9 @@ class ScanPolicy(Config):
 
     method: ScanMethodName = Field("dbs", description="Inversion method: a registered scan method (dbs, or the "
                                    "greedy random-token baseline).")
-    n_clean: int = Field(20, ge=2, le=2000, description="Clean samples of the other labels the trigger is inverted "
-                         "on, per candidate target label (TrojAI gave 20 per model).")
+    n_clean: int = Field(20, ge=2, le=2000, description="Clean samples the triggers are inverted on, in all, "
+                         "balanced over labels (TrojAI gave 20 per model); a target label's trigger uses those of "
+                         "the other labels.")
     n_holdout: int = Field(200, ge=0, le=20000, description="Further clean samples (never seen by the inversion) on "
                            "which the inverted trigger's attack success rate is measured (0 = skip).")
     positions: list[Position] = Field(["start", "middle", "punct"], min_length=1, description=(
@@ -57,6 +58,10 @@ class ScanPolicy(Config):
     reference: str | None = Field(None, description="A benign reference classifier of the same task and tokenizer "
                                   "(folder or run): DBS's margin keeps triggers that flip it too (sentiment words) "
                                   "out. None: no margin.")
+    quantize: Literal["none", "int8", "w4a8"] = Field("none", description=(
+        "Scan the model as it would ship after slimming: int8 = torch's dynamic int8 PTQ (inverted through its "
+        "dequantized float twin, judged on the int8 model), w4a8 = the quant package's 4-bit weights / 8-bit "
+        "activations (fake-quant, post-training). The model folder is never changed."))
     batch_size: int = Field(64, ge=1, le=1024, description="Batch size for held-out ASR and prediction.")
     seed: int = Field(0, description="Seed of the clean-sample choice and of every random draw of the method.")
     top_k: int = Field(5, ge=1, le=32, description="Inverted trigger tokens reported per label (ranked by how much "

@@ -192,9 +192,14 @@ def run_scan(policy: ScanPolicy, im, texts: list[str], labels: list[int], label_
                disable=not progress, leave=False)
     gen = torch.Generator().manual_seed(policy.seed)
     scans: list[LabelScan] = []
+    # n_clean samples in all, balanced over labels (TrojAI: 20 per model); a target's trigger is inverted on those
+    # of the other labels and measured on further clean samples of the other labels (held out)
+    per_label = max(1, policy.n_clean // K)
+    chosen = {c: [int(i) for i in ok if labels_a[i] == c][:per_label] for c in range(K)}
+    used = {i for v in chosen.values() for i in v}
     for t in range(K):
-        pool = [int(i) for i in ok if labels_a[i] != t]
-        inv_idx, hold_idx = pool[:policy.n_clean], pool[policy.n_clean:policy.n_clean + policy.n_holdout]
+        inv_idx = sorted(i for c, v in chosen.items() if c != t for i in v)
+        hold_idx = [int(i) for i in ok if labels_a[i] != t and int(i) not in used][:policy.n_holdout]
         if len(inv_idx) < 2:
             raise SlimguardError(f"fewer than 2 clean samples of labels other than '{label_names[t]}' that the model "
                                  f"classifies correctly ({len(inv_idx)}); give more clean samples with --data")
@@ -233,7 +238,7 @@ def run_scan(policy: ScanPolicy, im, texts: list[str], labels: list[int], label_
     return ScanResult(method=policy.method, verdict=decide.verdict(worst.score, mcfg.threshold), score=worst.score,
                       threshold=mcfg.threshold, suspected_target=worst.target, suspected_target_name=worst.name,
                       top_tokens=worst.top_tokens, trigger=worst.best.text, asr=worst.holdout_asr, labels=scans,
-                      n_clean=min(policy.n_clean, len(ok)), n_holdout=worst.holdout_n,
+                      n_clean=len(used), n_holdout=worst.holdout_n,
                       seconds=time.perf_counter() - t0, statistic="-log10(min discrete trigger loss)")
 
 
@@ -247,6 +252,8 @@ def open_model(policy: ScanPolicy, target: ScanTarget, *, model=None, tokenizer=
         target.label_names = names
         ml = ml or ((victim_ml + policy.trigger_len) if victim_ml else 128)
     ml = ml or 128
+    if policy.quantize != "none":
+        model, judge = slimmed(model, policy.quantize)
     reference = None
     if policy.reference:
         ref_target = resolve_target(policy.reference)
@@ -259,6 +266,18 @@ def open_model(policy: ScanPolicy, target: ScanTarget, *, model=None, tokenizer=
                                  f"{model.config.num_labels}")
         reference = ref_model
     return InversionModel(model, tokenizer, max_length=ml, judge=judge, reference=reference)
+
+
+def slimmed(model, kind: str):
+    """(model gradients flow through, model that is judged) for ``model`` slimmed by ``kind``."""
+    from ....slim.quant.classifier import dequantized_twin, int8_dynamic, w4a8
+
+    if kind == "int8":
+        q = int8_dynamic(model)
+        return dequantized_twin(model, q), q
+    if kind == "w4a8":
+        return w4a8(model), None
+    raise SlimguardError(f"quantize: unknown value '{kind}'; choose none, int8 or w4a8")
 
 
 def recovery(tokenizer, true: dict | None, top_tokens: list[str]) -> dict | None:
