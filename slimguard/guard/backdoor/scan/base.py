@@ -134,6 +134,7 @@ class ScanResult:
     n_holdout: int
     seconds: float
     statistic: str
+    cpu_seconds: float = 0.0  # process CPU time: comparable across machine loads, unlike wall time
     notes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -178,7 +178,7 @@ def run_scan(policy: ScanPolicy, im, texts: list[str], labels: list[int], label_
     import torch
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     mcfg = policy.method_config()
     scanner = SCANNERS.get(policy.method)(mcfg)
     pred = im.predict(texts, policy.batch_size)
@@ -239,7 +239,8 @@ def run_scan(policy: ScanPolicy, im, texts: list[str], labels: list[int], label_
                       threshold=mcfg.threshold, suspected_target=worst.target, suspected_target_name=worst.name,
                       top_tokens=worst.top_tokens, trigger=worst.best.text, asr=worst.holdout_asr, labels=scans,
                       n_clean=len(used), n_holdout=worst.holdout_n,
-                      seconds=time.perf_counter() - t0, statistic="-log10(min discrete trigger loss)")
+                      seconds=time.perf_counter() - t0, statistic="-log10(min discrete trigger loss)",
+                      cpu_seconds=time.process_time() - c0)
 
 
 def open_model(policy: ScanPolicy, target: ScanTarget, *, model=None, tokenizer=None, judge=None):
