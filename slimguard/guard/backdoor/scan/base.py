@@ -49,9 +49,10 @@ class ScanPolicy(Config):
                          "the other labels.")
     n_holdout: int = Field(200, ge=0, le=20000, description="Further clean samples (never seen by the inversion) on "
                            "which the inverted trigger's attack success rate is measured (0 = skip).")
-    positions: list[Position] = Field(["start", "middle", "punct"], min_length=1, description=(
+    positions: list[Position] = Field(["start"], min_length=1, description=(
         "Where the trigger goes: start (after [CLS]/BOS), middle, end (before [SEP]/at the end), punct (written "
-        "OVER the sample's punctuation tokens, the rest inserted at the end: PuncAttack's replacement)."))
+        "OVER the sample's punctuation tokens, the rest inserted at the end: PuncAttack's replacement). Each "
+        "position is one more inversion per label; DBS's reference tries two (near the start, mid-text)."))
     trigger_len: int = Field(10, ge=1, le=32, description="Trigger tokens inverted per option (DBS reference: 10).")
     max_length: int | None = Field(None, ge=8, le=512, description="Tokens per stamped input (None: the victim's own "
                                    "max_length from its folder plus trigger_len, else 128).")

@@ -17,7 +17,8 @@ vocabulary and ``L`` trigger slots:
          loss = CE(F(x_i (+) e_trigger), t) + max(CE(R(x_i (+) e_trigger), y_i) - b0, 0)
 
      minimised over ``theta`` (zeros at start: the uniform hull centre) with Adam (lr 0.5,
-     halved every 50 of 200 steps).
+     halved every 50 of 200 steps in the reference; here every 25 of 100 by default, the same
+     schedule in half the steps, for the CPU budget of one scan).
 
 (E3) dynamic bound scaling and rollback (Algorithm 1): once the loss first falls under the
      barrier ``B`` (0.1), every 5 steps: loss < B -> ``T /= 2`` (tighten the bound, toward one-hot);
@@ -49,9 +50,10 @@ from .base import SCANNERS, Inversion, MethodConfig, Scanner, discrete_inversion
 class DBSConfig(MethodConfig):
     """DBS (ICML 2022): softmax relaxation over the vocabulary with a dynamically scaled temperature bound."""
 
-    steps: int = Field(200, ge=1, le=5000, description="Adam steps per (target label, position) option.")
+    steps: int = Field(100, ge=1, le=5000, description="Adam steps per (target label, position) option (reference: "
+                       "200; 100 with the schedule compressed alike keeps a MiniLM scan near 3 CPU minutes).")
     lr: float = Field(0.5, gt=0, description="Adam learning rate on the trigger logits theta.")
-    lr_step: int = Field(50, ge=1, description="Halve the learning rate every this many steps.")
+    lr_step: int = Field(25, ge=1, description="Halve the learning rate every this many steps (reference: 50 of 200).")
     lr_gamma: float = Field(0.5, gt=0, le=1, description="Learning-rate decay factor at each lr_step.")
     init_temp: float = Field(2.0, gt=0, description="Initial softmax temperature T (the bound).")
     max_temp: float = Field(2.0, gt=0, description="Largest temperature a rollback may restore.")
