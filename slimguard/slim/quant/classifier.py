@@ -40,9 +40,13 @@ W4A8 = QATConfig(w_bits=4, a_bits=8, kv_bits=None, prob_bits=None, granularity="
 
 def int8_dynamic(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` as a dynamic int8 linear (CPU kernels)."""
+    import warnings
+
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch 2.13 announces the quantized-tensor API's removal on every linear
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
 def dequantized_twin(model: nn.Module, quantized: nn.Module) -> nn.Module:
