@@ -2,7 +2,7 @@
 adapter, docs, the registry tests).
 
 Every family of methods (backdoor attacks, defences, KV selectors, prompt-attack strategies,
-QAT variants, diffusion triggers) registers its methods in a :class:`~slimguard.core.registry.Registry`
+QAT variants, backdoor scan methods, diffusion triggers) registers its methods in a :class:`~slimguard.core.registry.Registry`
 from one file per method. This index names, per family, the registry, the config fields it
 validates and the CLI parameters whose choices are its names. It stores dotted paths only:
 importing it imports nothing heavy, and :meth:`Family.registry` imports the one family asked for.
@@ -65,6 +65,9 @@ FAMILIES: tuple[Family, ...] = (
     # QAT variants are benchmark rows: chosen through `slimguard bench quant --set variants=[...]`, no option of their own
     Family("qat variant", "slimguard.slim.quant.variants:VARIANTS", (
         ConfigField("slimguard.bench.quant:QuantBenchConfig", "variants", many=True),)),
+    Family("scan method", "slimguard.guard.backdoor.scan.base:SCANNERS", (
+        ConfigField("slimguard.guard.backdoor.scan.config:ScanConfig", "method"),
+        ConfigField("slimguard.bench.scan:ScanBenchConfig", "methods", many=True)), cli_params=("inversion",)),
     Family("diffusion trigger", "slimguard.guard.diffusion.config:TRIGGERS", (
         ConfigField("slimguard.guard.diffusion.config:PoisonConfig", "trigger"),
         ConfigField("slimguard.guard.diffusion.config:TrainConfig", "poison.trigger")), cli_params=("trigger",)),

@@ -130,6 +130,7 @@ EXPECTED = {
     "strategy": ("gradient", "char", "word", "distractor", "random"),
     "qat variant": ("lsq_ce", "lsq_kd", "lsq_kd_entropy", "lsq_kd_distribution", "edgeqat", "edgeqat_entropy_capped",
                     "edgeqat_reference_sign", "edgeqat_adaptive", "edgeqat_adaptive_random"),
+    "scan method": ("dbs", "greedy"),
     "diffusion trigger": ("patch", "blend"),
 }
 
@@ -140,6 +141,7 @@ METHODS = {
     "selector": ("slimguard.slim.kvselect.selectors", "slimguard.slim.kvselect.selectors.base:Selector"),
     "strategy": ("slimguard.guard.promptattack.strategies", "slimguard.guard.promptattack.strategies.base:Strategy"),
     "qat variant": ("slimguard.slim.quant.variants", "Recipe"),
+    "scan method": ("slimguard.guard.backdoor.scan", "slimguard.guard.backdoor.scan.base:Scanner"),
     "diffusion trigger": ("slimguard.guard.diffusion.triggers", "Trigger"),
 }
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # the default results folder; SLIMGUARD_BENCH_DIR moves it (read at call time, see results_root)
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 # every capability with a `slimguard bench <capability>` and so one canonical result file
-CAPABILITIES = ("core", "compress", "kvselect", "quant", "backdoor", "defence", "promptattack", "diffusion")
+CAPABILITIES = ("core", "compress", "kvselect", "quant", "backdoor", "defence", "scan", "promptattack", "diffusion")
 STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 

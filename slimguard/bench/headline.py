@@ -51,6 +51,9 @@ HEADLINES: dict[str, HeadlineSpec] = {
         ("bki", "cube", "rap", "strip", "finetune"),
         {"attack": "badnets", "dataset": "rotten-tomatoes", "metric": "asr_after"}, by="defence",
         higher_is_better=False),
+    "scan": HeadlineSpec(
+        "badnets_auroc_rt_0.1", "backdoored-vs-clean detection AUROC, BadNets, Rotten Tomatoes 0.1", "dbs",
+        ("greedy",), {"metric": "auroc", "attack": "badnets", "dataset": "rotten-tomatoes", "rate": 0.1}),
     "promptattack": HeadlineSpec(
         "gradient_minus_random_flip_points_mean", "flip rate (mean over victims and datasets)", "gradient",
         ("random", "random-draw", "char", "word", "distractor"), {"metric": "flip_rate"}),

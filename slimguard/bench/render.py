@@ -62,6 +62,11 @@ TABLES: dict[str, TableSpec] = {
     "defence": TableSpec("Mean over datasets and seeds.", ("attack", "defence"),
                          columns=("asr_before", "asr_after", "cacc_drop", "auroc", "poison_removed",
                                   "clean_removed")),
+    "scan": TableSpec("Model-level scanning at the stored thresholds, by method and attack (clean: share of clean "
+                      "models flagged); mean over seeds; slimming rows are in the JSON (`quant_*`).",
+                      ("method", "attack", "dataset"), where={"rate": (0.1, None)},
+                      columns=("auroc", "tpr_at_5fpr", "detected_rate", "trigger_recovery", "flagged_rate",
+                               "scan_seconds")),
     "promptattack": TableSpec("Accuracy under the malicious template and flip rate of the correctly classified "
                               "test examples, by search strategy (mean over seeds).", ("victim", "dataset", "metric"),
                               column="method", where={"metric": ("attacked_acc", "flip_rate")},

@@ -1,4 +1,4 @@
-"""The backdoor verbs, ``slimguard backdoor poison | attack | defend``: each owns its run folder.
+"""The backdoor verbs, ``slimguard backdoor poison | attack | defend | scan``: each owns its run folder.
 
 The CLI builds these commands from the records below (``slimguard/cli/adapter.py``); Python
 users call :func:`slimguard.core.commands.execute` or the verbs themselves.
@@ -14,6 +14,7 @@ from ...core.runs import Run, runs_root
 from .attack import AttackConfig, default_name as attack_name, run_attack
 from .defences.base import DefenceConfig
 from .poisondata import PoisonDataConfig, default_name as poison_name, poison_dataset
+from .scan.config import ScanConfig
 
 # shortcuts shared by poison and attack: the same fields of the same nested PoisonConfig
 _POISON_FLAGS = (Flag("--attack", "poison.attack", "-a"), Flag("--dataset", "dataset", "-d"),
@@ -115,3 +116,36 @@ def defend_command(cfg: DefenceConfig, run: Run, attack_run: str) -> dict:
 
     metrics, _ = defend_into(cfg, run, _attack_run(attack_run))
     return metrics
+
+
+def _scan_summary(m: dict) -> str:
+    asr = "n/a" if m["asr"] is None else f"{m['asr']:.3f}"
+    line = (f"{m['verdict'].upper()}: score {m['score']:.3f} (threshold {m['threshold']:.3f}, {m['method']}); "
+            f"suspected target '{m['suspected_target_name']}'; top tokens {' '.join(m['top_tokens'])}; "
+            f"held-out ASR {asr} (n={m['n_holdout']}); {m['seconds']:.0f}s")
+    rec = m.get("recovery")
+    if rec:
+        line += (f"\ntrue trigger ({rec['attack']}): {' '.join(rec['true_tokens'])}; "
+                 f"{'recovered ' + ' '.join(rec['recovered_tokens']) if rec['recovered'] else 'not recovered'}")
+    return line
+
+
+def _scan_name(cfg, model: str | None = None, data: str | None = None) -> str:
+    from .scan.scan import default_name
+
+    return default_name(cfg, model, data)
+
+
+@command("backdoor scan", config=ScanConfig, run_name=_scan_name, resumable=False,
+         flags=(Flag("--inversion", "method"), Flag("--n-clean", "n_clean"), Flag("--reference", "reference"),
+                Flag("--seed", "seed")),
+         inputs=(Input("--model", "model", "The classifier to scan: a transformers sequence-classification folder, "
+                                           "or a `backdoor attack` run (runs/NAME or a path).", required=True),
+                 Input("--data", "data", "Clean samples (CSV/TSV/JSONL with text,label); default: an attack "
+                                         "run's clean dev split.")),
+         summary=_scan_summary)
+def scan_command(cfg: ScanConfig, run: Run, model: str, data: str | None = None) -> dict:
+    """Is this classifier backdoored? Invert a trigger per label (DBS) from the model and a few clean samples."""
+    from .scan.scan import scan_model
+
+    return scan_model(cfg, run, model=model, data=data)
