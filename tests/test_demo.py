@@ -5,7 +5,7 @@ import pytest
 from slimguard.core.errors import SlimguardError
 from slimguard.demo import STEPS, available_steps, canonical_block, run_demo
 from slimguard.report.browser import check_page, find_chromium
-from slimguard.report.step import StepResult, SummaryRow
+from slimguard.report.step import SummaryRow
 
 
 def test_unknown_step_is_rejected(tmp_path, monkeypatch):
