@@ -88,7 +88,8 @@ def _run_steps(run: Run, todo: list[str], quick: bool, con) -> Path:
                          "shows": res.shows, "summary": res.summary_dicts()}
         con.print(f"  {res.shows}", highlight=False, markup=False)
         for r in res.summary:
-            base = f"{_fmt(r.baseline)} ({r.baseline_name})" if r.baseline is not None else f"no baseline: {r.no_baseline}"
+            base = (f"{_fmt(r.baseline)} ({r.baseline_name})" if r.baseline is not None
+                    else f"no baseline: {r.no_baseline}")
             con.print(f"  {r.metric} = {_fmt(r.value)}" + (f" (n={r.n})" if r.n is not None else "") + f"; {base}",
                       highlight=False, markup=False)
         con.print(f"  [dim]{name} took {dt:.0f}s ({cpu:.0f} CPU-s)[/dim]")

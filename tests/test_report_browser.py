@@ -28,8 +28,10 @@ def _figure():
 def _step(**kw) -> StepResult:
     rows = [SummaryRow("ASR after ONION", 0.13, n=40, baseline=0.99, baseline_name="undefended model, same inputs"),
             SummaryRow("greedy answers correct", 0.9, n=10, no_baseline="a sanity check of the loaded weights")]
-    return StepResult("Backdoor", rows, html=H.table([{"template": LONG, "value": 0.5, **{f"c{i}": i for i in range(12)}}])
-                      + f"<p><code>{LONG}</code></p>" + H.fold("<p>first words</p>", f"<pre>{LONG * 3}</pre>", "1200 chars"),
+    wide = H.table([{"template": LONG, "value": 0.5, **{f"c{i}": i for i in range(12)}}])
+    return StepResult("Backdoor", rows,
+                      html=wide + f"<p><code>{LONG}</code></p>"
+                      + H.fold("<p>first words</p>", f"<pre>{LONG * 3}</pre>", "1200 chars"),
                       goal="ONION should delete the trigger words and bring the attack success rate down.",
                       shows="ASR fell from 0.99 to 0.13 (n=40) while clean accuracy stayed.", **kw)
 

@@ -25,7 +25,8 @@ line-height:1.4;overflow-wrap:break-word}
 h1{border-bottom:2px solid #444}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 h2 .secs{float:right;font-size:.6em;font-weight:normal;color:#666;margin-top:.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:14px;max-width:100%}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+td{overflow-wrap:anywhere;min-width:2.5em}
 th{background:#f2f2f2}code,pre{background:#f6f6f6;padding:2px 4px;overflow-wrap:anywhere}
 pre{white-space:pre-wrap}img{max-width:100%;height:auto}
 .kept{background:#c8f7c5}.dropped{color:#aaa;text-decoration:line-through}.changed{background:#ffd6d6;font-weight:bold}
@@ -33,6 +34,7 @@ pre{white-space:pre-wrap}img{max-width:100%;height:auto}
 p.summary{font-size:1.05em;background:#f4f8ff;border-left:4px solid #48a;padding:.5em .8em}
 p.caveat{background:#fff8e6;border-left:4px solid #d90;padding:.4em .8em;font-size:.95em}
 div.canonical{font-size:.9em;color:#333;border-left:4px solid #aaa;padding:.2em .8em;margin:.6em 0}
+table.summary-table{width:100%;table-layout:fixed}
 table.summary-table td:nth-child(2),table.summary-table td:nth-child(4){font-weight:bold}
 details.fold{margin:.5em 0}details.fold>summary{cursor:pointer;list-style:none}
 details.fold>summary::-webkit-details-marker{display:none}
@@ -67,7 +69,9 @@ def summary_table(rows) -> str:
     """A section's summary: each number, its n, and its baseline or the reason none applies.
 
     ``rows`` are :class:`slimguard.report.step.SummaryRow` records (which refuse a row with neither)."""
-    out = ['<table class="summary-table"><tr>' + "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLS) + "</tr>"]
+    widths = ("30%", "9%", "8%", "9%", "44%")  # fixed: a long reason must not squeeze the numbers
+    out = ['<table class="summary-table"><colgroup>' + "".join(f'<col style="width:{w}">' for w in widths)
+           + "</colgroup><tr>" + "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLS) + "</tr>"]
     for r in rows:
         base = ("-", f"none: {r.no_baseline}") if r.baseline is None else (_fmt(r.baseline), r.baseline_name)
         cells = (r.metric, _fmt(r.value), "" if r.n is None else r.n, *base)

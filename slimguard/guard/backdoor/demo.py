@@ -45,7 +45,8 @@ def demo_step(quick: bool, out_dir: Path):
         att[a] = execute("backdoor attack", cfg, run=f"attack-{a}", root=out_dir, overwrite=True, progress=False,
                          command_line=f"slimguard backdoor attack --attack {a} --dataset sms-spam --rate 0.1")
         # calibrated threshold (largest dev-accuracy cost 3%, as in bench defence); clean scores are shared
-        ocfg = OnionConfig(max_eval=n_eval, calib_size=40, max_dev_acc_drop=0.03, cache_dir=str(out_dir / "onion-cache"))
+        ocfg = OnionConfig(max_eval=n_eval, calib_size=40, max_dev_acc_drop=0.03,
+                           cache_dir=str(out_dir / "onion-cache"))
         dfd[a] = execute("backdoor defend", ocfg, run=f"defend-onion-{a}", root=out_dir, overwrite=True,
                          progress=False, attack_run=str(att[a].path),
                          command_line=f"slimguard backdoor defend --defence onion --run attack-{a}")
@@ -80,8 +81,9 @@ def demo_step(quick: bool, out_dir: Path):
     # the figure: ASR and CACC before/after per attack
     fig, ax = plt.subplots(figsize=(6.5, 3))
     x = np.arange(len(ATTACKS))
-    for j, (key, lab, col) in enumerate([("asr_before", "ASR, no defence", "#c44"), ("asr_after", "ASR after ONION", "#e99"),
-                                         ("cacc_before", "CACC, no defence", "#48a"), ("cacc_after", "CACC after ONION", "#8ac")]):
+    bars = [("asr_before", "ASR, no defence", "#c44"), ("asr_after", "ASR after ONION", "#e99"),
+            ("cacc_before", "CACC, no defence", "#48a"), ("cacc_after", "CACC after ONION", "#8ac")]
+    for j, (key, lab, col) in enumerate(bars):
         ax.bar(x + (j - 1.5) * 0.2, [m[a][key] for a in ATTACKS], 0.2, label=lab, color=col)
     ax.set_xticks(x, [f"{NAMES[a]}\n(n={npois[a]} triggered, {nclean} clean)" for a in ATTACKS])
     ax.set_ylim(0, 1.05)
@@ -95,7 +97,8 @@ def demo_step(quick: bool, out_dir: Path):
             rows = "".join("<tr><td>{}</td><td>{}</td></tr>".format(*highlight_pair(e["before"], e["after"]))
                            for e in examples)
             ex_html += (f"<h4>{NAMES[a]}: triggered inputs before and after ONION (deleted words struck out)</h4>"
-                        f"<table><tr><th>triggered input</th><th>what the victim sees after ONION</th></tr>{rows}</table>")
+                        "<table><tr><th>triggered input</th><th>what the victim sees after ONION</th></tr>"
+                        f"{rows}</table>")
     r = load_run(att["punc"].path)
     thr = {a: (m[a].get("calibration") or {}).get("threshold") for a in ATTACKS}
     html = (f"<p>Each attack poisons 10% of {len(r.train)} SMS spam training messages (ham relabelled spam) and "

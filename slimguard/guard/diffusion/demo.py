@@ -70,7 +70,8 @@ def demo_step(quick: bool, out_dir: Path):
         tr = execute("diffusion train", tcfg, run="diffusion-train", root=out_dir, overwrite=True, progress=False,
                      command_line=f"slimguard diffusion train --steps {steps}")
         model_dir = Path(tr.metrics["model_dir"])
-        origin = f"trained here with <code>slimguard diffusion train</code> for {steps} steps ({tr.metrics['train_seconds']:.0f} s)"
+        origin = (f"trained here with <code>slimguard diffusion train</code> for {steps} steps "
+                  f"({tr.metrics['train_seconds']:.0f} s)")
     model = load_model(model_dir)
     tcfg, data, ps = training_data_of(model)
     cnn = CNNConfig(epochs=2 if quick else 3)

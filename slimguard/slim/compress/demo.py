@@ -113,7 +113,8 @@ def demo_step(quick: bool, out_dir: Path):
         post_ms.append(res[1].post_s * 1000)
         methods["random drop"].append([r.compressed_prompt for r in rnd.compress_rates(p.text, rates)])
         if sc is not None:
-            methods["Selective Context (SmolLM2)"].append([r.compressed_prompt for r in sc.compress_rates(p.text, rates)])
+            methods["Selective Context (SmolLM2)"].append([r.compressed_prompt
+                                                           for r in sc.compress_rates(p.text, rates)])
     n_facts = sum(len(p.facts) for p in prompts)
 
     def kept(method: str, ri: int) -> int:
@@ -129,7 +130,8 @@ def demo_step(quick: bool, out_dir: Path):
     k_ours, k_rand = kept(ours, 1), kept(rand, 1)
     rate_err = float(np.max([abs(a[1] - 0.33) for a in achieved]))
     summary = [SummaryRow("planted facts kept at 3x (rate 0.33)", round(k_ours / n_facts, 3), n=n_facts,
-                          baseline=round(k_rand / n_facts, 3), baseline_name="random word drop, same rate, same prompts")]
+                          baseline=round(k_rand / n_facts, 3),
+                          baseline_name="random word drop, same rate, same prompts")]
     if sc is not None:
         k_sc = kept("Selective Context (SmolLM2)", 1)
         summary.append(SummaryRow("planted facts kept at 3x vs the LM-based peer", round(k_ours / n_facts, 3),
@@ -156,11 +158,12 @@ def demo_step(quick: bool, out_dir: Path):
     fig, ax = plt.subplots(figsize=(5.5, 3))
     for m, style in zip(methods, ("o-", "s--", "^-.")):
         ax.plot(rates, [kept(m, i) / n_facts for i in range(len(rates))], style, label=m)
-    ax.set(xlabel="requested rate (kept fraction of tokens)", ylabel=f"planted facts kept (n={n_facts})", ylim=(0, 1.05))
+    ax.set(xlabel="requested rate (kept fraction of tokens)", ylabel=f"planted facts kept (n={n_facts})",
+           ylim=(0, 1.05))
     ax.invert_xaxis()
     ax.legend(fontsize=8)
-    facts_html = "".join(f"<li>{esc(s)} <small>({'kept' if retained(full.compressed_prompt, a) else 'dropped'})</small></li>"
-                         for s, a in ex.facts)
+    facts_html = "".join(f"<li>{esc(s)} <small>({'kept' if retained(full.compressed_prompt, a) else 'dropped'})"
+                         "</small></li>" for s, a in ex.facts)
     html = (f"<p>{len(prompts)} prompts of about {chars} characters from held-out Paul Graham essays and Friends "
             f"transcripts (documents the compressor was not trained on), {per} facts planted in each "
             f"({n_facts} in all); compressor <code>{esc(pc.path)}</code>.</p>" + table(rows) + figure(fig)

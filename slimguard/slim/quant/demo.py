@@ -71,7 +71,8 @@ def demo_step(quick: bool, out_dir: Path):
     n_tok = r_qat.tokens
     summary = [
         SummaryRow("held-out KL to the float model, essays (nats/token)", round(r_qat.kl_to_fp, 4), n=n_tok,
-                   baseline=round(r_rtn.kl_to_fp, 4), baseline_name="round-to-nearest W4A8KV4 (per-group), same tokens"),
+                   baseline=round(r_rtn.kl_to_fp, 4),
+                   baseline_name="round-to-nearest W4A8KV4 (per-group), same tokens"),
         SummaryRow("held-out KL to the float model, Friends (never trained on)", round(r_qat_ood.kl_to_fp, 4),
                    n=r_qat_ood.tokens, baseline=round(r_rtn_ood.kl_to_fp, 4),
                    baseline_name="round-to-nearest W4A8KV4, same tokens"),
