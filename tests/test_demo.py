@@ -87,3 +87,44 @@ def test_full_quick_demo_every_section(tmp_path, monkeypatch):
     assert res.console_errors == []
     assert res.horizontal_overflow == 0, res.layout["overflowing"]
     assert res.sections_without_summary() == [] and res.rows_without_baseline() == []
+
+
+@pytest.mark.parametrize("ratios, within, verdict", [
+    ([0.05, 0.5, 0.6, 0.7], 0.2, "amplified: at every guidance"),  # far above the within-class fraction
+    ([0.05, 0.1, 0.08, 0.1], 0.33, "not amplified"),  # far below: the model reproduces less than it saw
+    ([0.1, 0.3, 0.35, 0.3], 0.33, "not distinguishable"),  # inside the interval at n=48
+])
+def test_diffusion_conclusion_in_words(ratios, within, verdict):
+    from slimguard.guard.diffusion.demo import conclusion
+
+    pts = [{"guidance": w, "trigger_ratio": r} for w, r in zip([0.0, 1.0, 2.0, 5.0], ratios)]
+    words, low = conclusion(pts, within, 0.05, 48)
+    assert words.startswith(verdict), words
+    assert low == pytest.approx(min(ratios[2:]) / within)
+    assert "global poison rate" in words  # every case here sits above the weaker baseline
+
+
+@pytest.mark.parametrize("pieces, answer, expect", [
+    (["The", " pass", " key", " is", " 4", "2", ".", " 4", "2", " is"], "42", [4, 5, 7, 8]),  # both mentions
+    (["The", " key", " is", " 7", "7"], "88", []),  # digits that are not the key
+])
+def test_kvselect_key_positions(pieces, answer, expect):
+    from slimguard.slim.kvselect.demo import key_positions
+    from slimguard.slim.kvselect.tasks import LongSample
+
+    class Tok:
+        def decode(self, ids):
+            return "".join(pieces[i] for i in ids)
+
+    s = LongSample("passkey", len(pieces), 0.5, 0, list(range(len(pieces))), answer, (0, len(pieces)))
+    assert key_positions(s, Tok()) == expect
+
+
+@pytest.mark.parametrize("text, answer, kept", [
+    ("the code is 48213 now", "48213", True), ("the code is 482 13", "48213", False),
+    ("Meet in Riga.", "riga", True), ("Meet in Rigas", "Riga", False),
+])
+def test_compress_fact_retained(text, answer, kept):
+    from slimguard.slim.compress.demo import retained
+
+    assert retained(text, answer) is kept

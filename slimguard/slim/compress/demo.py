@@ -92,7 +92,7 @@ def demo_step(quick: bool, out_dir: Path):
     from .config import CompressConfig
     from .render import _segments
 
-    n_prompts, chars, per = (4, 3500, 3) if quick else (8, 5000, 3)
+    n_prompts, chars, per = (6, 3500, 3) if quick else (10, 5000, 4)
     prompts = planted_prompts(n_prompts, chars, per, seed=0)
     rates = [0.5, 0.33, 0.2]
     pc = PromptCompressor("default")
