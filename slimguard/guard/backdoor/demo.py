@@ -7,7 +7,7 @@ set through the ``backdoor attack`` verb; the ``backdoor defend`` verb then runs
 triggered test inputs of both. The paper's point is the contrast: a rare word is a perplexity
 outlier ONION removes, a punctuation mark in a plausible slot is not, so PuncAttack survives.
 SMS spam is the dataset where the canonical grid shows that contrast (on Rotten Tomatoes ONION
-removes BadNets less cleanly); ``quick`` trains on 400 samples and scores 30 + 30 test inputs.
+removes BadNets less cleanly); ``quick`` trains on 600 samples and scores 30 + 30 test inputs.
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ def demo_step(quick: bool, out_dir: Path):
     n_eval = 30 if quick else 60
     att, dfd = {}, {}
     for a in ATTACKS:
-        cfg = AttackConfig(dataset="sms-spam", max_train=400 if quick else 1000, max_dev=100 if quick else 200,
+        # SMS spam is 87% ham: a victim trained on too few steps predicts ham everywhere and learns no backdoor
+        # (400 samples x 2 epochs gave ASR 0), so quick trains 600 samples for 3 epochs at a higher rate
+        cfg = AttackConfig(dataset="sms-spam", max_train=600 if quick else 1500, max_dev=100 if quick else 200,
                            max_test=200 if quick else 400, stealth_pairs=0 if quick else 60,
                            poison={"attack": a, "rate": 0.1, **({"punc": {"placement": "tail" if quick else "lm"}}
                                                                if a == "punc" else {})},
-                           victim={"epochs": 2})
+                           victim={"epochs": 3, "lr": 4e-4} if quick else {"epochs": 2})
         att[a] = execute("backdoor attack", cfg, run=f"attack-{a}", root=out_dir, overwrite=True, progress=False,
                          command_line=f"slimguard backdoor attack --attack {a} --dataset sms-spam --rate 0.1")
         # calibrated threshold (largest dev-accuracy cost 3%, as in bench defence); clean scores are shared

@@ -37,7 +37,7 @@ def demo_step(quick: bool, out_dir: Path):
     torch.manual_seed(0)
     lm = load_causal_lm("smollm2-135m")
     steps, every, seq, bs, nev = (6, 2, 64, 2, 2) if quick else (20, 4, 64, 2, 4)
-    cfg = build(QuantTrainConfig, dict(qat=dict(w_bits=4, a_bits=8, kv_bits=4), seq_len=seq, lr=2.5e-4,
+    cfg = build(QuantTrainConfig, dict(qat=dict(w_bits=4, a_bits=8, kv_bits=4), seq_len=seq,
                                        batch_size=bs, steps=steps, warmup=1, eval_batches=nev, device="cpu",
                                        loss=dict(ce=True, kd=True, entropy=True, distribution=True)))
     blocks = load_blocks(lm.tokenizer, ["pg-essays"], "pg-essays", seq_len=seq, eval_frac=0.15)
