@@ -19,12 +19,28 @@ from ..core.errors import SlimguardError
 from ..core.runs import atomic_write_text
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
+line-height:1.4;overflow-wrap:break-word}
 h1{border-bottom:2px solid #444}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:.6em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f2f2f2}code,pre{background:#f6f6f6;padding:2px 4px}img{max-width:100%}
+h2 .secs{float:right;font-size:.6em;font-weight:normal;color:#666;margin-top:.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:14px;max-width:100%}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+td{overflow-wrap:anywhere;min-width:2.5em}
+th{background:#f2f2f2}code,pre{background:#f6f6f6;padding:2px 4px;overflow-wrap:anywhere}
+pre{white-space:pre-wrap}img{max-width:100%;height:auto}
 .kept{background:#c8f7c5}.dropped{color:#aaa;text-decoration:line-through}.changed{background:#ffd6d6;font-weight:bold}
 .ok{color:#080}.bad{color:#b00}
+p.summary{font-size:1.05em;background:#f4f8ff;border-left:4px solid #48a;padding:.5em .8em}
+p.caveat{background:#fff8e6;border-left:4px solid #d90;padding:.4em .8em;font-size:.95em}
+div.canonical{font-size:.9em;color:#333;border-left:4px solid #aaa;padding:.2em .8em;margin:.6em 0}
+table.summary-table{width:100%;table-layout:fixed}
+table.summary-table td:nth-child(2),table.summary-table td:nth-child(4){font-weight:bold}
+details.fold{margin:.5em 0}details.fold>summary{cursor:pointer;list-style:none}
+details.fold>summary::-webkit-details-marker{display:none}
+details.fold>summary .more{color:#36c;text-decoration:underline;white-space:nowrap}
+details.fold[open]>summary .preview{display:none}
+details.fold[open]>summary .more::after{content:" (hide)"}
 """
 
 
@@ -44,6 +60,46 @@ def table(rows: list[dict], cols: list[str] | None = None, *, fmt: str = "{:.4g}
             cells.append(f"<td>{esc(fmt.format(v) if isinstance(v, float) else v)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join(out) + "</table>"
+
+
+SUMMARY_COLS = ("metric", "this run", "n", "baseline", "baseline is / why none")
+
+
+def summary_table(rows) -> str:
+    """A section's summary: each number, its n, and its baseline or the reason none applies.
+
+    ``rows`` are :class:`slimguard.report.step.SummaryRow` records (which refuse a row with neither)."""
+    widths = ("30%", "9%", "8%", "9%", "44%")  # fixed: a long reason must not squeeze the numbers
+    out = ['<table class="summary-table"><colgroup>' + "".join(f'<col style="width:{w}">' for w in widths)
+           + "</colgroup><tr>" + "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLS) + "</tr>"]
+    for r in rows:
+        base = ("-", f"none: {r.no_baseline}") if r.baseline is None else (_fmt(r.baseline), r.baseline_name)
+        cells = (r.metric, _fmt(r.value), "" if r.n is None else r.n, *base)
+        out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def fold(preview: str, full: str, label: str) -> str:
+    """Long content folded: ``preview`` (HTML) shows, a click on "show all" swaps in ``full`` (no script)."""
+    return (f'<details class="fold"><summary><div class="preview">{preview}</div>'
+            f'<span class="more">show all: {esc(label)}</span></summary>{full}</details>')
+
+
+def step_section(res, seconds: float, canonical: str = "") -> str:
+    """The body of one demo section: the two-sentence summary, caveat, canonical numbers, summary table, details."""
+    parts = [f'<p class="summary"><b>What it should do:</b> {esc(res.goal)} <b>This run:</b> {esc(res.shows)}</p>']
+    if res.caveat:
+        parts.append(f'<p class="caveat"><b>Caveat:</b> {esc(res.caveat)}</p>')
+    if canonical:
+        parts.append(canonical)
+    parts += [summary_table(res.summary), res.html]
+    return "\n".join(parts)
 
 
 def kv_table(d: dict) -> str:
@@ -82,10 +138,16 @@ def slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
-    body = "\n".join(f'<section id="{slug(t)}"><h2>{esc(t)}</h2>\n{h}\n</section>' for t, h in sections)
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
+def page(title: str, sections: Iterable[tuple[str, str]], *, intro: str = "",
+         seconds: dict[str, float] | None = None) -> str:
+    """A self-contained page; ``seconds`` (title -> s) puts each section's time beside its heading."""
+    seconds = seconds or {}
+    body = "\n".join(f'<section id="{slug(t)}"><h2>{esc(t)}'
+                     + (f'<span class="secs">{seconds[t]:.0f} s</span>' if t in seconds else "")
+                     + f"</h2>\n{h}\n</section>" for t, h in sections)
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+            f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>\n{intro}\n{body}\n</body></html>\n")
 
 
 def run_status(run_dir: str | Path, info: dict) -> str:

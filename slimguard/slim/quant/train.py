@@ -157,11 +157,13 @@ def _trainable_state(model) -> dict:
 
 def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False, model=None, tokenizer=None,
           teacher=None, blocks: TokenBlocks | None = None, progress: bool = True, do_eval: bool = True,
-          eval_fp: bool = True, stop_at: int | None = None) -> tuple[TrainResult, object]:
+          eval_fp: bool = True, stop_at: int | None = None, on_step=None) -> tuple[TrainResult, object]:
     """Train ``cfg``; returns the result and the (prepared, unconverted) student model.
 
     ``stop_at`` ends the call early at that step (as a kill would), for time-boxed runs and tests;
-    ``resume=True`` then continues from the last checkpoint as if never interrupted."""
+    ``resume=True`` then continues from the last checkpoint as if never interrupted. ``on_step(step, model)``
+    is called on the main rank before the first update (step 0) and after each one (the demo evaluates
+    held-out KL there for its curve)."""
     dist = setup_dist(cfg.device)
     torch.manual_seed(cfg.seed)
     if model is None:
@@ -209,6 +211,8 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
         bar = tqdm(total=cfg.steps, initial=start, desc=f"qat {cfg.qat.tag()}", unit="step")
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     n_skipped = sum(1 for h in history if h.get("skipped"))  # a resumed run counts its earlier skips too
+    if on_step is not None and dist.main and start == 0:
+        on_step(0, model)  # the prepared model before any update: where the curve starts
     for step in range(start, end):
         x = blocks.batch(step, cfg.batch_size, cfg.seed, dist.rank, dist.world).to(dist.device)
         st.reset()
@@ -245,6 +249,8 @@ def train(cfg: QuantTrainConfig, *, run: Run | None = None, resume: bool = False
             _save_checkpoint(ckpt_path, cfg, step + 1, model, opt, sched, gen, losses, history)
             if run is not None:
                 run.log.info("step %d loss %.4f, %d updates skipped so far (checkpoint)", step + 1, loss, n_skipped)
+        if on_step is not None and dist.main:
+            on_step(step + 1, model)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0

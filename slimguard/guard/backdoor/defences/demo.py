@@ -29,7 +29,7 @@ def _highlight(ws, threshold: float, trigger_words: set[str]) -> str:
 
 def demo_step(quick: bool, out_dir: Path):
     from ....core.data import load_text_dataset
-    from ....report.step import StepResult
+    from ....report.step import StepResult, SummaryRow
     from ..poison import PoisonConfig, make_trigger
     from .onion import LMScorer, onion_scores
 
@@ -55,9 +55,10 @@ def demo_step(quick: bool, out_dir: Path):
                 n_other += not is_t
                 removed_trig += is_t and f > t
                 removed_other += (not is_t) and f > t
-        rows.append({"metric": f"ONION t=0 on {kind} sentences: trigger tokens removed",
-                     "slimguard": f"{removed_trig}/{n_trig}" if n_trig else "-",
-                     "baseline": f"other words removed {removed_other}/{n_other}"})
+        rows.append(SummaryRow(f"ONION t=0 on {kind} sentences: trigger tokens removed",
+                               f"{removed_trig}/{n_trig}" if n_trig else "-", n=len(sel),
+                               baseline=f"{removed_other}/{n_other}",
+                               baseline_name="other words of the same sentences removed"))
     for w, k in zip(ws, kinds):
         items.append(f"<li><b>{k}</b>: {_highlight(w, t, trig if k != 'clean' else set())}</li>")
     html = ("<p>ONION with SmolLM2-135M perplexity, word-level with punctuation as its own token. "
@@ -71,4 +72,9 @@ def demo_step(quick: bool, out_dir: Path):
         html += H.table([{"target": k, "value": v["value"], "goal": v["goal"], "met": v["met"]}
                          for k, v in doc.get("targets", {}).items()])
         html += f"<p><small>{H.esc(doc.get('note', ''))}</small></p>"
-    return StepResult(title="Backdoor defences (ONION, STRIP, RAP, BKI, CUBE, fine-tuning)", summary=rows, html=html)
+    return StepResult(title="Backdoor defences (ONION, STRIP, RAP, BKI, CUBE, fine-tuning)", summary=rows, html=html,
+                      goal="ONION should delete the words whose removal lowers a language model's perplexity, "
+                           "which takes out rare-word triggers.",
+                      shows=f"At t=0 ONION removed {rows[0].value} BadNets trigger tokens and {rows[1].value} "
+                            "PuncAttack trigger marks.",
+                      canonical=("defence",), featured=("onion_badnets_asr_after",))
