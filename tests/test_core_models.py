@@ -63,3 +63,22 @@ def test_minilm_paraphrases_closer_than_unrelated(need_asset):
                              "The stock market fell sharply today."])
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] + 0.3
+
+
+@pytest.mark.parametrize("asked, native, expected", [
+    ("float32", True, "float32"), ("float32", False, "float32"),
+    ("bfloat16", False, "bfloat16"),  # an explicit choice is kept, even where bf16 is emulated
+    ("auto", True, "bfloat16"), ("auto", False, "float32"),
+])
+def test_auto_dtype_picks_bfloat16_only_where_native(monkeypatch, asked, native, expected):
+    from slimguard.core import models
+
+    monkeypatch.setattr(models, "native_bf16", lambda device="cpu": native)
+    assert models.resolve_dtype(asked) == expected
+
+
+def test_onion_scores_in_the_resolved_dtype():
+    from slimguard.core.models import resolve_dtype
+    from slimguard.guard.backdoor.defences.onion import OnionConfig
+
+    assert OnionConfig().dtype == "auto" and resolve_dtype("auto") in ("float32", "bfloat16")

@@ -11,7 +11,7 @@ def test_onion_smollm2_flags_rare_trigger_word(need_asset):
     need_asset("smollm2-135m")
     from slimguard.guard.backdoor.defences.onion import LMScorer, onion_scores
 
-    sc = LMScorer("smollm2-135m", dtype="bfloat16")
+    sc = LMScorer("smollm2-135m")
     ws = onion_scores(["the movie is a charming , cf funny portrait of family life ."], sc)[0]
     words = [ws.text[a:b] for a, b in ws.spans]
     assert words[int(np.argmax(ws.suspicion))] == "cf"

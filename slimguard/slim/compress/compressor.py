@@ -403,11 +403,10 @@ class PromptCompressor:
         if cfg.threshold == "llmlingua":
             return False
         if self._native_bf16 is None:
-            torch = self._torch
-            if str(self.device).startswith("cuda"):
-                self._native_bf16 = bool(torch.cuda.is_bf16_supported())
-            else:  # emulated bf16 on CPUs without AVX512-BF16/AMX is slower than float32
-                self._native_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            from ...core.models import native_bf16
+
+            # emulated bf16 on CPUs without AVX512-BF16/AMX is slower than float32
+            self._native_bf16 = native_bf16(str(self.device))
         return self._native_bf16
 
     def _forced(self, c: _Ctx, cfg: CompressConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ def demo_step(quick: bool, out_dir: Path):
     punc = make_trigger(PoisonConfig(attack="punc", punc={"placement": "random"})).apply_many(clean[n:2 * n], rng)
     texts = [e.text for e in bad] + [e.text for e in punc] + clean[:n]
     kinds = ["badnets"] * n + ["punc"] * n + ["clean"] * n
-    ws = onion_scores(texts, LMScorer("smollm2-135m", dtype="bfloat16"))
+    ws = onion_scores(texts, LMScorer("smollm2-135m"))
     t = 0.0  # the paper's default threshold: any word whose removal lowers perplexity
     trig = {"cf", "mn", "bb", "tq", ";", "!"}
     rows, items = [], []
