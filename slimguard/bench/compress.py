@@ -25,7 +25,7 @@ import typer
 from pydantic import Field, model_validator
 
 from ..core.config import Config
-from .compress_ood import KINDS, NUMERIC_KINDS, check_held_out, domain_prompts
+from .compress_ood import KINDS, NUMERIC_KINDS, check_held_out, domain_prompts, plant
 from .compress_speed import SpeedBenchConfig
 
 CAP = "compress"
@@ -141,14 +141,7 @@ def make_prompts(cfg: CompressBenchConfig, seed: int, enc) -> list[Prompt]:
             first = max(body.find(". "), body.find("\n"))
             body = body[first + 1:].lstrip() if 0 <= first < 200 else body
             facts = _facts(rng, max(3, L // 400))
-            bounds = [m.end() for m in re.finditer(r"(?<=[.!?])\s+|\n", body)]
-            pos = sorted(rng.choice(bounds, size=min(len(facts), len(bounds)), replace=False).tolist()) if bounds else []
-            pieces, prev = [], 0
-            for p_, f in zip(pos, facts):
-                pieces += [body[prev:p_], f.sentence + " "]
-                prev = p_
-            pieces.append(body[prev:])
-            out.append(Prompt("".join(pieces), L, facts, src))
+            out.append(Prompt(plant(rng, body, facts), L, facts, src))
     return out
 
 
