@@ -76,9 +76,3 @@ def test_auto_dtype_picks_bfloat16_only_where_native(monkeypatch, asked, native,
     monkeypatch.setattr(models, "native_bf16", lambda device="cpu": native)
     assert models.resolve_dtype(asked) == expected
 
-
-def test_onion_scores_in_the_resolved_dtype():
-    from slimguard.core.models import resolve_dtype
-    from slimguard.guard.backdoor.defences.onion import OnionConfig
-
-    assert OnionConfig().dtype == "auto" and resolve_dtype("auto") in ("float32", "bfloat16")

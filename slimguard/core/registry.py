@@ -140,6 +140,18 @@ class Registry(Generic[T]):
         """``Annotated[str, ...]`` for a config field that takes one registered name (``list[...]`` for several)."""
         return Annotated[str, _InRegistry(self)]
 
+    def config_with_methods(self, base: type, name: str, module: str, doc: str, settings: str = "settings") -> type:
+        """``base`` plus one sub-config field per registered method (``cls.config_type``, named after it), so a
+        method adds its settings by registering, not by editing the config's file."""
+        from pydantic import Field, create_model
+
+        clash = [n for n in self.names() if n in base.model_fields]
+        if clash:
+            raise ValueError(f"{self.family} names {clash} clash with {name}'s own fields")
+        subs = {n: (cls.config_type, Field(default_factory=cls.config_type, description=f"{cls.title} {settings}."))
+                for n, cls in self.items()}
+        return create_model(name, __base__=base, __module__=module, __doc__=doc, **subs)
+
 
 @dataclass(frozen=True, eq=False)
 class _InRegistry:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, create_model
+from pydantic import Field
 
 from ....core.config import Config
 from .addsent import AddSentConfig
@@ -45,18 +45,10 @@ class PoisonPolicy(Config):
         return ATTACKS.get(self.attack).config_type()
 
 
-def _poison_config() -> type[PoisonPolicy]:
-    # built from the registry, so an attack adds its sub-config by registering, not by editing this file
-    clash = [n for n in ATTACKS.names() if n in PoisonPolicy.model_fields]
-    if clash:
-        raise ValueError(f"attack names {clash} clash with PoisonConfig's own fields")
-    subs = {name: (cls.config_type, Field(default_factory=cls.config_type, description=f"{cls.title} trigger settings."))
-            for name, cls in ATTACKS.items()}
-    return create_model("PoisonConfig", __base__=PoisonPolicy, __module__=__name__,
-                        __doc__="Which trigger, how many samples, which label: the whole poisoning recipe.", **subs)
-
-
-PoisonConfig = _poison_config()
+# built from the registry, so an attack adds its sub-config by registering, not by editing this file
+PoisonConfig = ATTACKS.config_with_methods(
+    PoisonPolicy, "PoisonConfig", __name__, "Which trigger, how many samples, which label: the whole poisoning recipe.",
+    "trigger settings")
 
 __all__ = ["ATTACKS", "AttackName", "PoisonPolicy", "PoisonConfig", "AddSentConfig", "BadNetsConfig", "PuncConfig",
            "PUNCT_MARKS"]
